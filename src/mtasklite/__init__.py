@@ -1,0 +1,47 @@
+"""mtasklite: stateful, lazy, fault-tolerant drop-ins for ``concurrent.futures`` executors.
+
+The two executors subclass the stdlib ones, so code written for ``ThreadPoolExecutor`` /
+``ProcessPoolExecutor`` keeps working when the class name is swapped.  They add stateful
+workers (:func:`delayed_init`), lazy bounded ``imap`` over any iterable, and per-task timeouts.
+"""
+
+from .errors import (
+    DeserializationError,
+    RemoteError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerInitError,
+)
+from .stateful import (
+    DelayedInit,
+    DelayedInitClass,
+    WorkerHandle,
+    current_worker,
+    delayed_init,
+    worker_index,
+)
+from .thread_pool import StatefulThreadExecutor, StatefulThreadPoolExecutor
+from .windowing import ResultIterator, SizedResultIterator, imap, imap_unordered
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DelayedInit",
+    "DelayedInitClass",
+    "DeserializationError",
+    "RemoteError",
+    "ResultIterator",
+    "SizedResultIterator",
+    "StatefulThreadExecutor",
+    "StatefulThreadPoolExecutor",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+    "WorkerHandle",
+    "WorkerInitError",
+    "__version__",
+    "current_worker",
+    "delayed_init",
+    "imap",
+    "imap_unordered",
+    "worker_index",
+]

@@ -1,0 +1,83 @@
+"""Exceptions raised by mtasklite executors.
+
+Each one subclasses the stdlib exception that code written for ``concurrent.futures`` already
+catches, so swapping executor classes never changes which ``except`` clause runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.thread import BrokenThreadPool
+
+__all__ = [
+    "DeserializationError",
+    "RemoteError",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+    "WorkerInitError",
+]
+
+# On 3.9/3.10 ``concurrent.futures.TimeoutError`` is its own class; from 3.11 on it *is* the
+# built-in.  Inherit from both where they differ so either ``except`` catches a task timeout.
+if concurrent.futures.TimeoutError is TimeoutError:
+    _TIMEOUT_BASES: tuple[type[BaseException], ...] = (TimeoutError,)
+else:  # pragma: no cover - exercised on 3.9/3.10 only
+    _TIMEOUT_BASES = (concurrent.futures.TimeoutError, TimeoutError)
+
+
+class TaskTimeoutError(*_TIMEOUT_BASES):  # type: ignore[misc]
+    """A task ran longer than its ``task_timeout`` and was stopped.
+
+    Its message names the limit, the worker index and the task.
+    """
+
+
+class WorkerCrashedError(BrokenProcessPool):
+    """The worker process running this task died (signal, ``os._exit``, segfault, OOM kill).
+
+    Only the task that was running is failed; the slot is respawned and the pool goes on.
+    ``slot``, ``pid`` and ``exitcode`` describe the dead worker (a negative exit code is the
+    number of the signal that killed it).
+    """
+
+    def __init__(self, message: str, slot: int = -1, pid: int = -1, exitcode: int | None = None):
+        super().__init__(message)
+        self.slot = slot
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.args[0], self.slot, self.pid, self.exitcode))
+
+
+class WorkerInitError(BrokenThreadPool, BrokenProcessPool):
+    """A stateful worker's constructor (or the pool ``initializer``) raised.
+
+    The pool is broken, as the stdlib breaks it on a failing initializer; the original
+    exception is chained as ``__cause__``.  It is a ``BrokenThreadPool`` *and* a
+    ``BrokenProcessPool``, so stdlib ``except`` clauses for either executor catch it.
+    """
+
+
+class DeserializationError(BrokenProcessPool):
+    """A task could not be unpickled in the worker, or its result in the parent.
+
+    Only the affected task fails; the cause is chained.  (The stdlib breaks the whole pool
+    here, hence the ``BrokenProcessPool`` base.)
+    """
+
+
+class RemoteError(Exception):
+    """Stands in for an exception raised in a worker process that could not be sent back.
+
+    ``type_name`` is the qualified name of the original exception type; the message carries
+    its text, and ``__cause__`` holds the remote traceback.
+    """
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, str(self.args[0]).partition(": ")[2]))

@@ -1,0 +1,179 @@
+"""What both stateful executors add on top of ``concurrent.futures``: one mixin, no state.
+
+The concrete pools provide ``_submit_call`` / ``_submit_chunk`` (the windowing engine's
+:class:`~mtasklite.windowing.Submitter` protocol) and ``_submit_timed``; everything users call
+beyond the stdlib API (``imap``, ``imap_unordered``, ``map(buffersize=)``,
+``submit_with_timeout``, ``worker``) is written once here.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
+
+from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
+from .windowing import ChunkResult, ResultIterator, make_result_iterator
+
+__all__ = ["StatefulExecutorMixin", "check_timeout"]
+
+T = TypeVar("T")
+
+_DEFAULT: Any = object()  # "use the executor's task_timeout"
+
+
+def check_timeout(name: str, value: Optional[float]) -> Optional[float]:
+    """Validate a timeout in seconds (``None`` means no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+    if math.isinf(value):
+        return None
+    return float(value)
+
+
+class StatefulExecutorMixin:
+    """imap, timeouts and the worker handle, shared by the thread and process executors."""
+
+    _max_workers: int
+    _worker_specs: Optional[list[WorkerLike]]
+    _task_timeout: Optional[float]
+    #: chunksize ``imap`` uses when the caller does not say
+    _default_chunksize: Optional[int] = 1
+    #: whether one chunk can carry a per-item time limit (else timed imap sends single items)
+    _chunks_take_timeouts: bool = False
+
+    # -- provided by the concrete executor ------------------------------------------------
+
+    def _submit_timed(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: Optional[float],
+    ) -> Future[Any]:
+        raise NotImplementedError
+
+    def _submit_chunk(
+        self, fn: Callable[..., Any], items: list[Any], star: bool, timeout: Optional[float]
+    ) -> Future[ChunkResult]:
+        raise NotImplementedError
+
+    def _submit_call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: Optional[float]
+    ) -> Future[Any]:
+        return self._submit_timed(fn, args, {}, timeout)
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def worker(self) -> WorkerHandle:
+        """A picklable handle: called inside a pool worker, it calls that worker's own object."""
+        if self._worker_specs is None:
+            raise AttributeError(
+                f"{type(self).__name__} was created without worker=, so it has no worker handle"
+            )
+        return WORKER_HANDLE
+
+    def submit_with_timeout(
+        self, timeout: Optional[float], fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> Future[T]:
+        """``submit`` with this task's own time limit (seconds from when it starts running).
+
+        A late task's future fails with :class:`~mtasklite.TaskTimeoutError` and the worker is
+        replaced; ``None`` means no limit.
+        """
+        return self._submit_timed(fn, args, kwargs, check_timeout("timeout", timeout))
+
+    def imap(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: Optional[int] = _DEFAULT,
+        buffersize: Optional[int] = None,
+        task_timeout: Optional[float] = _DEFAULT,
+    ) -> ResultIterator[T]:
+        """Lazy, bounded, ordered ``map`` that also works on unsized and infinite inputs.
+
+        At most ``buffersize`` tasks (chunks, when chunking) are submitted and not yet yielded;
+        the default is four per worker.  ``chunksize=None`` sizes chunks from measured task
+        durations.  ``timeout`` is an overall deadline as in :meth:`map`; ``task_timeout``
+        limits each item.  The result has ``len()`` exactly when every input has one.
+        """
+        return self._imap(fn, iterables, True, timeout, chunksize, buffersize, task_timeout)
+
+    def imap_unordered(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: Optional[int] = _DEFAULT,
+        buffersize: Optional[int] = None,
+        task_timeout: Optional[float] = _DEFAULT,
+    ) -> ResultIterator[T]:
+        """Like :meth:`imap`, but yields results as tasks complete."""
+        return self._imap(fn, iterables, False, timeout, chunksize, buffersize, task_timeout)
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: int = 1,
+        buffersize: Optional[int] = None,
+    ) -> Iterator[T]:
+        """``Executor.map`` with the stdlib semantics, plus ``buffersize`` on every Python.
+
+        Without ``buffersize`` every task is submitted before this returns, as the stdlib does;
+        with it, at most ``buffersize`` tasks are in flight and input is read lazily (the
+        Python 3.14 contract).
+        """
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        return make_result_iterator(
+            self,  # type: ignore[arg-type]
+            fn,
+            iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            task_timeout=self._task_timeout,
+            workers=self._max_workers,
+            eager=True,
+        )
+
+    def _imap(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        timeout: Optional[float],
+        chunksize: Optional[int],
+        buffersize: Optional[int],
+        task_timeout: Optional[float],
+        return_exceptions: bool = False,
+    ) -> ResultIterator[Any]:
+        if chunksize is _DEFAULT:
+            chunksize = self._default_chunksize
+        if task_timeout is _DEFAULT:
+            task_timeout = self._task_timeout
+        else:
+            task_timeout = check_timeout("task_timeout", task_timeout)
+        if task_timeout is not None and not self._chunks_take_timeouts:
+            chunksize = 1
+        if buffersize is None:
+            buffersize = 4 * self._max_workers
+        return make_result_iterator(
+            self,  # type: ignore[arg-type]
+            fn,
+            iterables,
+            ordered=ordered,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            task_timeout=task_timeout,
+            return_exceptions=return_exceptions,
+            workers=self._max_workers,
+        )

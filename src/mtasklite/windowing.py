@@ -1,0 +1,514 @@
+"""The lazy windowing engine behind every ``imap``, ``imap_unordered`` and ``map``.
+
+It needs nothing from an executor but a way to submit work and get futures back (the
+:class:`Submitter` protocol), so the thread pool, the process pool and any third-party
+``concurrent.futures.Executor`` share it.
+
+Input is pulled by the consumer's own ``next()`` calls, never by a background thread: at
+most ``buffersize`` chunks are submitted and not yet yielded, so memory is bounded by
+``buffersize * chunk size`` items however long (or infinite) the input is.  Tasks are sent
+one by one (``chunksize=1``), in fixed chunks, or in chunks sized adaptively from measured
+task durations (``chunksize=None``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import math
+import queue
+import time
+from collections import deque
+from concurrent.futures import Future
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Generic,
+    Iterable,
+    Iterator,
+    NamedTuple,
+    Optional,
+    Protocol,
+    TypeVar,
+    Union,
+)
+
+__all__ = [
+    "AdaptiveChunkSize",
+    "ChunkResult",
+    "ExecutorSubmitter",
+    "ResultIterator",
+    "SizedResultIterator",
+    "Submitter",
+    "imap",
+    "imap_unordered",
+    "make_result_iterator",
+    "run_chunk",
+]
+
+T = TypeVar("T")
+
+
+class ChunkResult(NamedTuple):
+    """What running one chunk produced: per-item values, per-item errors, time spent."""
+
+    values: list[Any]
+    #: index within the chunk -> exception; ``None`` when every item succeeded
+    errors: Optional[dict[int, BaseException]]
+    #: seconds spent inside the task function for the whole chunk (drives adaptive sizing)
+    elapsed: float
+    #: pickled size of the chunk's input when the executor knows it, else 0
+    nbytes: int = 0
+
+
+def run_chunk(fn: Callable[..., Any], items: list[Any], star: bool) -> ChunkResult:
+    """Run ``fn`` over ``items`` (each a tuple of arguments when ``star``), catching per item."""
+    values: list[Any] = []
+    errors: Optional[dict[int, BaseException]] = None
+    start = time.perf_counter()
+    for i, item in enumerate(items):
+        try:
+            values.append(fn(*item) if star else fn(item))
+        except BaseException as exc:  # noqa: BLE001 - a task's SystemExit fails only that item
+            if errors is None:
+                errors = {}
+            errors[i] = exc
+            values.append(None)
+    return ChunkResult(values, errors, time.perf_counter() - start)
+
+
+class Submitter(Protocol):
+    """How the engine hands work to an executor."""
+
+    def _submit_call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: Optional[float]
+    ) -> Future[Any]:
+        """Run ``fn(*args)``; the future's result is its return value."""
+
+    def _submit_chunk(
+        self, fn: Callable[..., Any], items: list[Any], star: bool, timeout: Optional[float]
+    ) -> Future[ChunkResult]:
+        """Run ``fn`` over ``items``; the future's result is a :class:`ChunkResult`."""
+
+
+class ExecutorSubmitter:
+    """Adapts any ``concurrent.futures.Executor`` (stdlib, loky, Dask, ...) to the engine."""
+
+    def __init__(self, executor: concurrent.futures.Executor):
+        self.executor = executor
+
+    def _submit_call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: Optional[float]
+    ) -> Future[Any]:
+        _refuse_timeout(timeout)
+        return self.executor.submit(fn, *args)
+
+    def _submit_chunk(
+        self, fn: Callable[..., Any], items: list[Any], star: bool, timeout: Optional[float]
+    ) -> Future[ChunkResult]:
+        _refuse_timeout(timeout)
+        return self.executor.submit(run_chunk, fn, items, star)
+
+
+def _refuse_timeout(timeout: Optional[float]) -> None:
+    if timeout is not None:
+        raise ValueError("task_timeout needs an mtasklite executor; this executor cannot stop tasks")
+
+
+# --- chunk sizing ---------------------------------------------------------------------------
+
+
+class FixedChunkSize:
+    """Every chunk has the same size."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def observe(self, result: ChunkResult, count: int) -> None:
+        """Fixed sizes ignore measurements."""
+
+
+class AdaptiveChunkSize:
+    """Sizes chunks so each one runs for about ``TARGET_SECONDS`` in a worker.
+
+    It starts at one item, grows at most ``GROWTH``-fold over the size it last measured (so a
+    noisy fast sample cannot produce a huge chunk of slow items), shrinks at once when tasks
+    get slower, and caps a chunk at ``MAX_BYTES`` of pickled input when the executor reports
+    sizes.  For a sized input it never exceeds ``total / (4 * workers)``, so the tail of the
+    work still spreads over every worker.
+    """
+
+    TARGET_SECONDS = 0.02
+    GROWTH = 4
+    SMOOTHING = 0.3
+    MAX_BYTES = 4 << 20
+    MAX_ITEMS = 1 << 16
+    MAX_ITEMS_UNKNOWN_BYTES = 1 << 12
+
+    def __init__(self, workers: int, total: Optional[int] = None):
+        self.size = 1
+        self._cap = self.MAX_ITEMS
+        if total is not None:
+            self._cap = max(1, min(self._cap, math.ceil(total / (4 * max(1, workers)))))
+        self._per_item: Optional[float] = None
+        self._bytes_per_item: Optional[float] = None
+
+    def observe(self, result: ChunkResult, count: int) -> None:
+        """Fold one finished chunk of ``count`` items into the estimate."""
+        per_item = result.elapsed / count
+        if self._per_item is None:
+            self._per_item = per_item
+        else:
+            self._per_item += self.SMOOTHING * (per_item - self._per_item)
+        limit = self._cap
+        if result.nbytes:
+            self._bytes_per_item = result.nbytes / count
+        if self._bytes_per_item:
+            limit = min(limit, int(self.MAX_BYTES / self._bytes_per_item))
+        else:
+            limit = min(limit, self.MAX_ITEMS_UNKNOWN_BYTES)
+        ideal = self.TARGET_SECONDS / self._per_item if self._per_item > 0 else float(limit)
+        self.size = max(1, min(int(ideal), self.GROWTH * count, limit))
+
+
+ChunkSizer = Union[FixedChunkSize, AdaptiveChunkSize]
+
+
+# --- result iterators -----------------------------------------------------------------------
+
+
+class ResultIterator(Generic[T]):
+    """The lazy iterator ``imap`` returns: a context manager with :meth:`close`.
+
+    ``for`` loops run directly on the inner generator (``__iter__`` returns it), which keeps
+    per-item overhead at generator speed.  Closing it, leaving ``with``, breaking out of a loop
+    over it and garbage collection all stop reading the input and cancel every submitted task
+    that has not started.  Tasks already running finish; their results are dropped.
+    """
+
+    def __init__(self, generator: Iterator[T]):
+        self._gen = generator
+
+    def __iter__(self) -> Iterator[T]:
+        return self._gen
+
+    def __next__(self) -> T:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop: read no more input, cancel tasks not yet started."""
+        close = getattr(self._gen, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> ResultIterator[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class SizedResultIterator(ResultIterator[T]):
+    """A :class:`ResultIterator` over sized inputs: ``len()`` is the total number of results."""
+
+    def __init__(self, generator: Iterator[T], length: int):
+        super().__init__(generator)
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+
+class _Window:
+    """Pulls input and submits tasks for one iteration, keeping at most ``limit`` in flight.
+
+    Ordered iteration keeps in-flight tasks in a FIFO; unordered iteration in a dict plus a
+    queue their done-callbacks feed, so it can wait for whichever finishes first.
+    """
+
+    def __init__(
+        self,
+        submitter: Submitter,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        sizer: Optional[ChunkSizer],
+        task_timeout: Optional[float],
+        buffersize: Optional[int],
+        ordered: bool,
+    ):
+        self.submitter = submitter
+        self.fn = fn
+        self.star = len(iterables) != 1
+        self.source: Iterator[Any] = zip(*iterables) if self.star else iter(iterables[0])
+        self.sizer = sizer  # None: one submit_call per item
+        self.task_timeout = task_timeout
+        self.limit = buffersize if buffersize is not None else math.inf
+        self.exhausted = False
+        self.input_error: Optional[BaseException] = None
+        self.fifo: Deque[tuple[Future[Any], int]] = deque()  # ordered: oldest first
+        self.pending: dict[Future[Any], int] = {}  # unordered: future -> item count
+        self.done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+        self.ordered = ordered
+
+    def fill(self) -> None:
+        """Submit until ``limit`` tasks are in flight or the input ends (or raises)."""
+        sizer, fifo, pending = self.sizer, self.fifo, self.pending
+        while len(fifo) + len(pending) < self.limit and not self.exhausted:
+            if sizer is None:
+                try:
+                    item = next(self.source)
+                except StopIteration:
+                    self.exhausted = True
+                    break
+                except Exception as exc:
+                    self._input_failed(exc)
+                    break
+                args = item if self.star else (item,)
+                fut = self.submitter._submit_call(self.fn, args, self.task_timeout)
+                count = 1
+            else:
+                want = sizer.size
+                items: list[Any] = []
+                try:
+                    items.extend(itertools.islice(self.source, want))
+                except Exception as exc:  # items pulled before the error still run
+                    self._input_failed(exc)
+                if not items:
+                    self.exhausted = True
+                    break
+                if len(items) < want:
+                    self.exhausted = True
+                fut = self.submitter._submit_chunk(self.fn, items, self.star, self.task_timeout)
+                count = len(items)
+            if self.ordered:
+                fifo.append((fut, count))
+            else:
+                pending[fut] = count
+                fut.add_done_callback(self.done.put)
+
+    def _input_failed(self, exc: Exception) -> None:
+        # Raised to the consumer after the items pulled before it are yielded.
+        self.input_error = exc
+        self.exhausted = True
+
+    def cancel_all(self) -> None:
+        """Cancel every in-flight task that has not started and forget them all."""
+        for fut, _ in self.fifo:
+            fut.cancel()
+        for fut in self.pending:
+            fut.cancel()
+        self.fifo.clear()
+        self.pending.clear()
+
+
+def _wait_exception(fut: Future[Any], deadline: Optional[float]) -> Optional[BaseException]:
+    """The future's exception (or ``None``); ``TimeoutError`` once ``deadline`` passes."""
+    if deadline is None:
+        return fut.exception()
+    return fut.exception(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _chunk_outputs(
+    window: _Window, fut: Future[Any], count: int, return_exceptions: bool
+) -> Iterator[Any]:
+    """Yield one finished task's per-item outputs, in input order (errors raised or yielded)."""
+    exc = fut.exception()
+    if window.sizer is None:
+        if exc is None:
+            yield fut.result()
+        elif return_exceptions:
+            yield exc
+        else:
+            raise exc
+        return
+    if exc is not None:  # the whole chunk failed (cancelled, pool broken, ...)
+        if not return_exceptions:
+            raise exc
+        for _ in range(count):
+            yield exc
+        return
+    result: ChunkResult = fut.result()
+    del fut
+    window.sizer.observe(result, count)
+    values, errors = result.values, result.errors
+    del result
+    if errors is None:
+        # Popping from the reversed list drops our reference to each value as it is yielded.
+        values.reverse()
+        while values:
+            yield values.pop()
+        return
+    for i in range(len(values)):
+        error = errors.get(i)
+        if error is None:
+            value, values[i] = values[i], None
+            yield value
+        elif return_exceptions:
+            yield error
+        else:
+            raise error
+
+
+def _ordered(window: _Window, deadline: Optional[float], return_exceptions: bool) -> Iterator[Any]:
+    inflight = window.fifo
+    try:
+        while True:
+            window.fill()
+            if not inflight:
+                break
+            fut, count = inflight[0]
+            _wait_exception(fut, deadline)
+            inflight.popleft()
+            if window.sizer is None:  # fast path: one item per future
+                exc = fut.exception()
+                if exc is None:
+                    yield fut.result()
+                elif return_exceptions:
+                    yield exc
+                else:
+                    raise exc
+            else:
+                yield from _chunk_outputs(window, fut, count, return_exceptions)
+            del fut
+        if window.input_error is not None:
+            raise window.input_error
+    finally:
+        window.cancel_all()
+
+
+def _unordered(
+    window: _Window, deadline: Optional[float], return_exceptions: bool
+) -> Iterator[Any]:
+    inflight, done = window.pending, window.done
+    try:
+        while True:
+            window.fill()
+            if not inflight:
+                break
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                fut = done.get(timeout=timeout)
+            except queue.Empty:
+                raise concurrent.futures.TimeoutError() from None
+            count = inflight.pop(fut)
+            yield from _chunk_outputs(window, fut, count, return_exceptions)
+            del fut
+        if window.input_error is not None:
+            raise window.input_error
+    finally:
+        window.cancel_all()
+
+
+def _total_length(iterables: tuple[Iterable[Any], ...]) -> Optional[int]:
+    lengths = []
+    for it in iterables:
+        try:
+            lengths.append(len(it))  # type: ignore[arg-type]
+        except TypeError:
+            return None
+    return min(lengths) if lengths else None
+
+
+def _check_positive(name: str, value: Optional[int]) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+
+
+def make_result_iterator(
+    submitter: Submitter,
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    *,
+    ordered: bool = True,
+    timeout: Optional[float] = None,
+    chunksize: Optional[int] = 1,
+    buffersize: Optional[int] = None,
+    task_timeout: Optional[float] = None,
+    return_exceptions: bool = False,
+    workers: int = 1,
+    eager: bool = False,
+) -> ResultIterator[Any]:
+    """Build the result iterator all ``imap`` flavours return.
+
+    ``buffersize=None`` means unbounded (everything is submitted at once, like the stdlib
+    ``map``); ``eager`` submits the first window now rather than on the first ``next()``.
+    """
+    if not iterables:
+        raise TypeError("imap() needs at least one iterable")
+    _check_positive("chunksize", chunksize)
+    _check_positive("buffersize", buffersize)
+    if task_timeout is not None and not task_timeout > 0:
+        raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
+    total = _total_length(iterables)
+    sizer: Optional[ChunkSizer]
+    if chunksize is None:
+        sizer = AdaptiveChunkSize(workers, total)
+    elif chunksize == 1:
+        sizer = None
+    else:
+        sizer = FixedChunkSize(chunksize)
+    window = _Window(submitter, fn, iterables, sizer, task_timeout, buffersize, ordered)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if eager:
+        window.fill()
+    run = _ordered if ordered else _unordered
+    generator = run(window, deadline, return_exceptions)
+    if total is None:
+        return ResultIterator(generator)
+    return SizedResultIterator(generator, total)
+
+
+def imap(
+    executor: concurrent.futures.Executor,
+    fn: Callable[..., T],
+    *iterables: Iterable[Any],
+    timeout: Optional[float] = None,
+    chunksize: Optional[int] = 1,
+    buffersize: Optional[int] = None,
+) -> ResultIterator[T]:
+    """Lazy, bounded, ordered ``map`` over any ``concurrent.futures.Executor``.
+
+    With an mtasklite executor prefer its own ``imap`` method (it knows its worker count and
+    supports ``task_timeout``).  ``buffersize`` defaults to 16 tasks in flight.
+    """
+    return _generic(executor, fn, iterables, True, timeout, chunksize, buffersize)
+
+
+def imap_unordered(
+    executor: concurrent.futures.Executor,
+    fn: Callable[..., T],
+    *iterables: Iterable[Any],
+    timeout: Optional[float] = None,
+    chunksize: Optional[int] = 1,
+    buffersize: Optional[int] = None,
+) -> ResultIterator[T]:
+    """Like :func:`imap` but yields results as tasks complete."""
+    return _generic(executor, fn, iterables, False, timeout, chunksize, buffersize)
+
+
+def _generic(
+    executor: concurrent.futures.Executor,
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    ordered: bool,
+    timeout: Optional[float],
+    chunksize: Optional[int],
+    buffersize: Optional[int],
+) -> ResultIterator[Any]:
+    native = getattr(executor, "imap" if ordered else "imap_unordered", None)
+    if native is not None and hasattr(executor, "_submit_chunk"):
+        return native(  # type: ignore[no-any-return]
+            fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize
+        )
+    workers = getattr(executor, "_max_workers", None) or 4
+    return make_result_iterator(
+        ExecutorSubmitter(executor),
+        fn,
+        iterables,
+        ordered=ordered,
+        timeout=timeout,
+        chunksize=chunksize,
+        buffersize=buffersize if buffersize is not None else 4 * workers,
+        workers=workers,
+    )
