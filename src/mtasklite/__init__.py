@@ -8,6 +8,7 @@ workers (:func:`delayed_init`), lazy bounded ``imap`` over any iterable, and per
 from .errors import (
     DeserializationError,
     RemoteError,
+    TaskPicklingError,
     TaskTimeoutError,
     WorkerCrashedError,
     WorkerInitError,
@@ -20,6 +21,7 @@ from .stateful import (
     delayed_init,
     worker_index,
 )
+from .process_pool import StatefulProcessExecutor, StatefulProcessPoolExecutor
 from .thread_pool import StatefulThreadExecutor, StatefulThreadPoolExecutor
 from .windowing import ResultIterator, SizedResultIterator, imap, imap_unordered
 
@@ -32,8 +34,11 @@ __all__ = [
     "RemoteError",
     "ResultIterator",
     "SizedResultIterator",
+    "StatefulProcessExecutor",
+    "StatefulProcessPoolExecutor",
     "StatefulThreadExecutor",
     "StatefulThreadPoolExecutor",
+    "TaskPicklingError",
     "TaskTimeoutError",
     "WorkerCrashedError",
     "WorkerHandle",

@@ -7,12 +7,14 @@ catches, so swapping executor classes never changes which ``except`` clause runs
 from __future__ import annotations
 
 import concurrent.futures
+import pickle
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
 __all__ = [
     "DeserializationError",
     "RemoteError",
+    "TaskPicklingError",
     "TaskTimeoutError",
     "WorkerCrashedError",
     "WorkerInitError",
@@ -81,3 +83,11 @@ class RemoteError(Exception):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.type_name, str(self.args[0]).partition(": ")[2]))
+
+
+class TaskPicklingError(pickle.PicklingError):
+    """A task (its function or an argument) could not be pickled to send it to a worker.
+
+    Only that task fails.  For lambdas, closures and functions defined interactively, install
+    the ``cloudpickle`` extra (``pip install 'mtasklite[cloudpickle]'``).
+    """

@@ -1,0 +1,173 @@
+"""The code a worker process runs: initialise once, then serve Runs from its pipe.
+
+The worker writes which item it is running (and, for timed work, since when) into its cell
+of a shared array, so the parent can tell exactly which item was running when the worker
+died or overran its limit, without a message per item.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures._base import LOGGER
+from typing import Any, Callable, Optional
+
+from . import _wire
+from .stateful import WorkerContext, WorkerLike, build_worker, set_process_context
+
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_main(
+    slot: int,
+    conn: multiprocessing.connection.Connection,
+    progress: Any,
+    spec: Optional[WorkerLike],
+    initializer: Optional[Callable[..., object]],
+    initargs: tuple[Any, ...],
+    die_with_parent: bool,
+) -> None:
+    """Entry point of worker process ``slot`` (the target of its ``Process``)."""
+    # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(die_with_parent)
+    cell = memoryview(progress).cast("B").cast("d")
+    base = 2 * slot
+    cell[base] = _wire.IDLE
+    set_process_context(WorkerContext(slot, None))
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            LOGGER.critical("Exception in initializer:", exc_info=True)
+            _send(conn, _wire.InitFailed(_wire.wrap_exception(exc), in_spec=False))
+            return
+    if spec is not None:
+        try:
+            set_process_context(WorkerContext(slot, build_worker(spec)))
+        except BaseException as exc:
+            _send(conn, _wire.InitFailed(_wire.wrap_exception(exc), in_spec=True))
+            return
+    _send(conn, _wire.Ready(os.getpid()))
+    _serve(conn, cell, base)
+
+
+def _serve(conn: multiprocessing.connection.Connection, cell: memoryview, base: int) -> None:
+    while True:
+        cell[base] = _wire.IDLE
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        cell[base] = _wire.RECEIVING
+        try:
+            run = _wire.loads(data)
+        except BaseException as exc:
+            _send(conn, _wire.Unreadable(_wire.wrap_exception(exc)))
+            continue
+        del data
+        if isinstance(run, _wire.Stop):
+            return
+        if run.stream:
+            _run_streaming(conn, run, cell, base)
+        else:
+            _run_batch(conn, run, cell, base)
+        del run
+
+
+def _run_batch(
+    conn: multiprocessing.connection.Connection, run: _wire.Run, cell: memoryview, base: int
+) -> None:
+    fn, mode = run.fn, run.mode
+    values: list[Any] = []
+    errors: Optional[dict[int, BaseException]] = None
+    start = time.perf_counter()
+    for index, item in enumerate(run.items):
+        cell[base] = index
+        try:
+            values.append(_wire.call_item(fn, item, mode))
+        except BaseException as exc:
+            if errors is None:
+                errors = {}
+            errors[index] = _wire.wrap_exception(exc)
+            values.append(None)
+    elapsed = time.perf_counter() - start
+    cell[base] = _wire.SENDING
+    _send_results(conn, values, errors, elapsed, last=True)
+
+
+def _run_streaming(
+    conn: multiprocessing.connection.Connection, run: _wire.Run, cell: memoryview, base: int
+) -> None:
+    fn, mode, last_index = run.fn, run.mode, len(run.items) - 1
+    for index, item in enumerate(run.items):
+        # Start time first: a reader that sees the new index also sees its start time.
+        cell[base + 1] = time.monotonic()
+        cell[base] = index
+        start = time.perf_counter()
+        errors: Optional[dict[int, BaseException]] = None
+        try:
+            value = _wire.call_item(fn, item, mode)
+        except BaseException as exc:
+            value, errors = None, {0: _wire.wrap_exception(exc)}
+        elapsed = time.perf_counter() - start
+        _send_results(conn, [value], errors, elapsed, last=index == last_index)
+        del value, errors
+
+
+def _send_results(
+    conn: multiprocessing.connection.Connection,
+    values: list[Any],
+    errors: Optional[dict[int, BaseException]],
+    elapsed: float,
+    last: bool,
+) -> None:
+    try:
+        data = _wire.dumps(_wire.Results(values, errors, elapsed, last))
+    except BaseException:  # noqa: BLE001 - find the unpicklable values and report them instead
+        for index, value in enumerate(values):
+            try:
+                _wire.dumps(value)
+            except BaseException as exc:  # noqa: BLE001
+                if errors is None:
+                    errors = {}
+                errors[index] = _wire.wrap_exception(exc)
+                values[index] = None
+        data = _wire.dumps(_wire.Results(values, errors, elapsed, last))
+    conn.send_bytes(data)
+
+
+def _send(conn: multiprocessing.connection.Connection, message: object) -> None:
+    conn.send_bytes(_wire.dumps(message))
+
+
+def _exit_with_parent(die_with_parent: bool) -> None:
+    """Never outlive the parent: a kernel death signal on Linux, a watcher thread anywhere."""
+    parent = multiprocessing.parent_process()
+    if die_with_parent and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - exotic libc
+            pass
+    if parent is None:  # pragma: no cover - always set for a multiprocessing child
+        return
+    if not parent.is_alive():
+        os._exit(1)
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)
+
+    try:
+        threading.Thread(target=watch, name="mtasklite-parent-watch", daemon=True).start()
+    except RuntimeError:  # pragma: no cover - interpreter shutting down
+        pass

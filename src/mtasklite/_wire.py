@@ -1,0 +1,146 @@
+"""What crosses the pipe between the process pool and its worker processes.
+
+One small named type per message kind, plus the (un)pickling helpers both sides use.  A
+slot runs at most one :class:`Run` at a time, so messages carry no task ids: the parent
+always knows which piece of work a slot's next :class:`Results` belong to.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import traceback
+from concurrent.futures.process import _RemoteTraceback
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Callable, NamedTuple, Optional
+
+from .errors import RemoteError
+
+# How a Run's items become calls (see ``call_item``).
+SINGLE = 0  # fn(item)
+STAR = 1  # fn(*item)
+CALL = 2  # item is (args, kwargs): fn(*args, **kwargs)
+
+# Values a worker writes to its progress cell besides item indices >= 0.
+IDLE = -1.0  # waiting for work
+RECEIVING = -2.0  # reading and unpickling a Run
+SENDING = -3.0  # pickling and sending a batch of results
+
+
+# --- parent -> worker -----------------------------------------------------------------------
+
+
+class Run(NamedTuple):
+    """Run ``fn`` over ``items``.  ``stream`` sends each outcome at once and stamps each
+    item's start time (timed work needs both); otherwise one batch comes back at the end."""
+
+    fn: Callable[..., Any]
+    items: list[Any]
+    mode: int
+    stream: bool
+
+
+class Stop(NamedTuple):
+    """Exit after the current work (never sent to a busy worker)."""
+
+
+# --- worker -> parent -----------------------------------------------------------------------
+
+
+class Ready(NamedTuple):
+    """Initialisation succeeded; the worker takes work."""
+
+    pid: int
+
+
+class InitFailed(NamedTuple):
+    """The ``initializer`` (``spec is False``) or the worker spec failed; the worker exits."""
+
+    error: BaseException
+    in_spec: bool
+
+
+class Results(NamedTuple):
+    """Outcomes of the next ``len(values)`` items of the current Run, in order."""
+
+    values: list[Any]
+    errors: Optional[dict[int, BaseException]]  # index within this batch -> exception
+    elapsed: float  # seconds spent in the task function
+    last: bool  # the Run is finished
+
+
+class Unreadable(NamedTuple):
+    """The worker could not unpickle the Run it was sent; nothing of it ran."""
+
+    error: BaseException
+
+
+# --- serialisation --------------------------------------------------------------------------
+
+
+def dumps(obj: object) -> bytes:
+    """Pickle with multiprocessing's reducers (connections, shared memory handles, ...)."""
+    buf = io.BytesIO()
+    ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getbuffer().tobytes()
+
+
+def cloud_dumps(obj: object) -> Optional[bytes]:
+    """Pickle by value with cloudpickle when it is installed (lambdas, closures, __main__)."""
+    try:
+        import cloudpickle  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+
+
+def has_cloudpickle() -> bool:
+    try:
+        import cloudpickle  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+loads = pickle.loads
+
+
+def call_item(fn: Callable[..., Any], item: Any, mode: int) -> Any:
+    if mode == SINGLE:
+        return fn(item)
+    if mode == STAR:
+        return fn(*item)
+    args, kwargs = item
+    return fn(*args, **kwargs)
+
+
+class _ExceptionWithTraceback:
+    """Carries an exception and its formatted traceback; unpickles as the exception with the
+    remote traceback chained as ``__cause__`` (the stdlib's ``_RemoteTraceback`` type)."""
+
+    def __init__(self, exc: BaseException, tb: str):
+        self.exc = exc
+        self.tb = tb
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_exception, (self.exc, self.tb)
+
+
+def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
+    exc.__cause__ = _RemoteTraceback(tb)
+    return exc
+
+
+def wrap_exception(exc: BaseException) -> Any:
+    """Make ``exc`` safe to send: keep its type when it survives a pickle round trip, else
+    stand in with :class:`~mtasklite.RemoteError`; either way attach the traceback text."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = f'\n"""\n{tb}"""'
+    exc.__traceback__ = None
+    try:
+        loads(dumps(exc))
+    except BaseException as problem:  # noqa: BLE001 - e.g. a constructor that breaks unpickling
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        stand_in = RemoteError(name, f"{exc} (not sendable: {problem!r})")
+        return _ExceptionWithTraceback(stand_in, tb)
+    return _ExceptionWithTraceback(exc, tb)

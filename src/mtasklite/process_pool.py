@@ -1,0 +1,994 @@
+"""StatefulProcessPoolExecutor: a process pool built on owned worker slots.
+
+The following diagram describes the data flow through the system:
+
+  caller threads               dispatcher thread                      worker processes
+ ----------------      ---------------------------------------      --------------------
+  submit / imap         waits (connection.wait) on                   slot 0: own spec,
+    |                     - the wakeup pipe       <-- new work        own pipe, own
+    v                     - every slot's pipe     <== Results         progress cell
+  _Job(future, items)     - every process sentinel <-- deaths
+    |                     - the nearest task deadline                 slot 1: ...
+    v                   for each idle slot: pops a piece,
+  pending: deque        pickles one Run, sends it  ================>  runs the items,
+  of _Piece  ---------> records results, sets futures                writes which item
+  (+ wakeup byte)       on a death or an overrun: fails exactly       it is running into
+                        the item that was running, re-queues the      its progress cell
+                        rest, respawns the slot with the same spec
+
+Slot ``i`` always has spec ``i`` (worker ``i``'s arguments), its own pipe and its own cell
+in a shared array; it runs one piece of work at a time, so the dispatcher knows at every
+moment which items each slot is running and since when.  A piece is a contiguous range of
+one job's items: a ``submit`` call is a one-item job, an ``imap`` chunk a many-item one.
+
+Who touches what:
+- ``pending``, ``_processes``, the never-started slot counter and the flags live under
+  ``_shutdown_lock``; callers append, the dispatcher pops.  Callers start never-started
+  slots (so ``submit`` grows the pool synchronously, as the stdlib does); only the
+  dispatcher touches a slot once it has been started.
+- A slot's pipe is read and written only by the dispatcher, and only one Run is
+  outstanding per slot, so a Results message needs no task id.
+
+Races, and how they are settled:
+- A worker dies with a Run outstanding: its pipe is drained first (results sent before the
+  death count), then its progress cell names the item that was running; that item fails
+  with WorkerCrashedError and every other unreported item is re-queued.
+- A timed item overruns: its future fails at once; the worker gets SIGTERM, then SIGKILL
+  after a grace period; results of earlier items still arriving are kept, anything from
+  the late item on is dropped and re-queued.
+- A future is cancelled while queued: the dispatcher skips it when it pops it
+  (``set_running_or_notify_cancel``); once sent, it runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures._base import LOGGER
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union
+
+from . import _wire
+from ._process_worker import worker_main
+from .errors import (
+    DeserializationError,
+    TaskPicklingError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerInitError,
+)
+from .executor_api import StatefulExecutorMixin, check_timeout
+from .stateful import WorkerLike, describe_worker, resolve_workers, spec_for
+from .windowing import ChunkResult
+
+__all__ = ["StatefulProcessExecutor", "StatefulProcessPoolExecutor"]
+
+T = TypeVar("T")
+
+#: seconds between SIGTERM and SIGKILL when stopping an overrunning worker
+KILL_GRACE = 0.2
+
+_global_shutdown = False
+_live_dispatchers: weakref.WeakSet[_Dispatcher] = weakref.WeakSet()
+
+
+def _python_exit() -> None:
+    # Like the stdlib: let every pool finish its queued work, then stop its workers.
+    global _global_shutdown
+    _global_shutdown = True
+    for dispatcher in list(_live_dispatchers):
+        dispatcher.wakeup()
+    for dispatcher in list(_live_dispatchers):
+        if dispatcher.thread is not None:
+            dispatcher.thread.join()
+
+
+threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+
+
+class _Job:
+    """One future's worth of work: a ``submit`` call (one item) or an imap chunk."""
+
+    __slots__ = (
+        "elapsed",
+        "errors",
+        "fn",
+        "future",
+        "is_call",
+        "items",
+        "mode",
+        "nbytes",
+        "remaining",
+        "started",
+        "timeout",
+        "values",
+    )
+
+    def __init__(
+        self,
+        future: Future[Any],
+        fn: Callable[..., Any],
+        items: list[Any],
+        mode: int,
+        timeout: Optional[float],
+        is_call: bool,
+    ):
+        self.future = future
+        self.fn = fn
+        self.items = items
+        self.mode = mode
+        self.timeout = timeout
+        self.is_call = is_call  # the future's result is the value, not a ChunkResult
+        self.values: list[Any] = [None] * len(items)
+        self.errors: dict[int, BaseException] = {}
+        self.remaining = len(items)
+        self.elapsed = 0.0
+        self.nbytes = 0
+        self.started = False
+
+
+class _Piece:
+    """Items ``start:stop`` of a job, sent to one slot as one Run."""
+
+    __slots__ = ("job", "start", "stop")
+
+    def __init__(self, job: _Job, start: int, stop: int):
+        self.job = job
+        self.start = start
+        self.stop = stop
+
+
+# Slot states.
+EMPTY, STARTING, IDLE, BUSY, KILLING, STOPPING = range(6)
+
+
+class _Slot:
+    """Worker ``index``: its spec, and while started, its process and pipe."""
+
+    __slots__ = (
+        "accept",
+        "conn",
+        "done_items",
+        "index",
+        "kill_at",
+        "piece",
+        "process",
+        "received",
+        "since",
+        "spec",
+        "state",
+    )
+
+    def __init__(self, index: int, spec: Optional[WorkerLike]):
+        self.index = index
+        self.spec = spec
+        self.state = EMPTY
+        self.process: Any = None
+        self.conn: Optional[multiprocessing.connection.Connection] = None
+        self.piece: Optional[_Piece] = None
+        self.received = 0  # items of ``piece`` reported so far
+        self.accept = 0  # items of ``piece`` whose results still count
+        self.since = 0.0  # when ``piece`` was sent
+        self.kill_at = 0.0  # KILLING: when to escalate to SIGKILL
+        self.done_items = 0  # items run by the current process (max_tasks_per_child)
+
+
+def _set_result(future: Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+class _Dispatcher:
+    """Owns the slots and runs the dispatcher thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        executor: StatefulProcessPoolExecutor,
+        specs: Optional[list[WorkerLike]],
+        max_workers: int,
+    ):
+        self.lock = executor._shutdown_lock
+        self.ctx = executor._mp_context
+        self.initializer = executor._initializer
+        self.initargs = executor._initargs
+        self.max_tasks = executor._max_tasks_per_child
+        self.break_on_crash = executor._on_worker_crash == "break"
+        self.processes = executor._processes
+        self.idle_semaphore = executor._idle_worker_semaphore
+        self.name = f"{type(executor).__name__}-{id(executor):x}"
+        self.slots = [_Slot(i, spec_for(specs, i)) for i in range(max_workers)]
+        self.fresh = 0  # slots started at least once (callers start them in index order)
+        self.pending: Deque[_Piece] = deque()
+        self.idle: Deque[_Slot] = deque()
+        self.retiring: list[Any] = []  # stopped processes not yet reaped
+        self.progress = self.ctx.RawArray("d", 2 * max_workers)  # type: ignore[attr-defined]
+        self.cells = memoryview(self.progress).cast("B").cast("d")
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.wake_lock = threading.Lock()  # orders writes against closing the pipe
+        self.wake_pending = False
+        self.shutting_down = False
+        self.broken: Optional[BaseException] = None
+        self.cloud_fn: Any = None  # last function that needed cloudpickle
+        self.thread: Optional[threading.Thread] = None
+        self.executor_ref = weakref.ref(executor, lambda _: self.wakeup())
+        _live_dispatchers.add(self)
+
+    # -- called from caller threads (under the lock) ------------------------------------------
+
+    def wakeup(self) -> None:
+        """Make the dispatcher look at its queue and flags (any thread, lock held or not)."""
+        if self.wake_pending:
+            return
+        with self.wake_lock:
+            if not self.wake_pending:
+                self.wake_pending = True
+                try:
+                    os.write(self.wake_w, b"\0")
+                except BlockingIOError:
+                    pass  # full: a wakeup is pending anyway
+
+    def start_fresh_slot(self) -> None:
+        slot = self.slots[self.fresh]
+        self.fresh += 1
+        self.start_slot(slot, die_with_parent=threading.current_thread() is threading.main_thread())
+
+    def start_slot(self, slot: _Slot, die_with_parent: bool = True) -> None:
+        """Start (or restart) ``slot``'s process.  Callers hold the lock."""
+        parent_end, child_end = self.ctx.Pipe(duplex=True)  # type: ignore[attr-defined]
+        process = self.ctx.Process(  # type: ignore[attr-defined]
+            target=worker_main,
+            name=f"{self.name}-worker-{slot.index}",
+            args=(
+                slot.index,
+                child_end,
+                self.progress,
+                slot.spec,
+                self.initializer,
+                self.initargs,
+                die_with_parent,
+            ),
+        )
+        process.start()
+        child_end.close()
+        slot.process, slot.conn, slot.state = process, parent_end, STARTING
+        slot.piece, slot.done_items = None, 0
+        self.processes[process.pid] = process
+
+    # -- the dispatcher thread ----------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while True:
+                self._dispatch()
+                if self._finished():
+                    break
+                conns, sentinels = self._waitables()
+                ready = multiprocessing.connection.wait(
+                    [self.wake_r, *conns, *sentinels], self._wait_timeout()
+                )
+                if self.wake_r in ready:
+                    self._clear_wakeup()
+                # Results before deaths: what a worker sent before dying still counts.
+                for obj in ready:
+                    slot = conns.get(obj)
+                    if slot is not None:
+                        self._drain(slot)
+                for obj in ready:
+                    if obj in sentinels:
+                        self._reap(sentinels[obj], obj)
+                self._enforce_deadlines()
+        except BaseException as exc:  # pragma: no cover - a bug here must not hang callers
+            LOGGER.critical("mtasklite dispatcher failed", exc_info=True)
+            self._break(BrokenProcessPool(f"the process pool's dispatcher failed: {exc!r}"))
+            self._terminate_all()
+            self._reap_all_blocking()
+        finally:
+            self._close()
+
+    def _waitables(self) -> tuple[dict[Any, _Slot], dict[int, Optional[_Slot]]]:
+        """Pipes to read, by slot; process sentinels, by slot (``None``: a retired process)."""
+        conns: dict[Any, _Slot] = {}
+        sentinels: dict[int, Optional[_Slot]] = {}
+        for slot in self.slots:
+            if slot.state != EMPTY:
+                if slot.conn is not None:
+                    conns[slot.conn] = slot
+                sentinels[slot.process.sentinel] = slot
+        for process in self.retiring:
+            sentinels[process.sentinel] = None
+        return conns, sentinels
+
+    def _clear_wakeup(self) -> None:
+        self.wake_pending = False
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _wait_timeout(self) -> Optional[float]:
+        """Seconds until the nearest deadline (an item's limit or a SIGKILL escalation)."""
+        now = time.monotonic()
+        nearest = None
+        for slot in self.slots:
+            when = None
+            if slot.state == KILLING:
+                when = slot.kill_at
+            elif slot.state == BUSY and slot.piece is not None:
+                timeout = slot.piece.job.timeout
+                if timeout is not None:
+                    running = self._running_item(slot)
+                    # Between items the next start is unknown but cannot be earlier than now.
+                    start = now if running is None else self.cells[2 * slot.index + 1]
+                    when = start + timeout
+            if when is not None and (nearest is None or when < nearest):
+                nearest = when
+        return None if nearest is None else max(0.0, nearest - now)
+
+    def _running_item(self, slot: _Slot) -> Optional[int]:
+        """Index (within the piece) of the item ``slot`` is running now, if it is running one
+        it has not reported yet."""
+        running = self.cells[2 * slot.index]
+        if running < 0 or running < slot.received:
+            return None
+        return int(running)
+
+    def _finished(self) -> bool:
+        if not self._should_stop():
+            return False
+        with self.lock:
+            if self.pending:
+                return False
+        for slot in self.slots:
+            if slot.state in (BUSY, KILLING):
+                return False
+            if slot.state == IDLE:
+                self._send_stop(slot)
+            elif slot.state == STARTING:
+                slot.process.terminate()  # nothing left to do: don't wait for a slow init
+                slot.state = STOPPING
+        return all(slot.state == EMPTY for slot in self.slots) and not self.retiring
+
+    def _should_stop(self) -> bool:
+        if self.shutting_down or _global_shutdown or self.broken is not None:
+            return True
+        if self.executor_ref() is None:
+            self.shutting_down = True
+            return True
+        return False
+
+    # -- sending work -------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while self.idle:
+            with self.lock:
+                if not self.pending:
+                    return
+                piece = self.pending.popleft()
+            job = piece.job
+            if not job.started:
+                if not job.future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued
+                job.started = True
+            slot = self.idle.popleft()
+            if self.max_tasks is not None:
+                budget = self.max_tasks - slot.done_items
+                if piece.stop - piece.start > budget:
+                    self._requeue(job, piece.start + budget, piece.stop)
+                    piece.stop = piece.start + budget
+            data = self._encode(piece)
+            if data is None:
+                self.idle.appendleft(slot)
+                continue
+            assert slot.conn is not None
+            try:
+                slot.conn.send_bytes(data)
+            except OSError:  # the worker died; its sentinel will report it
+                self._requeue(job, piece.start, piece.stop)
+                slot.state = STOPPING
+                continue
+            job.nbytes += len(data)
+            slot.state, slot.piece, slot.received = BUSY, piece, 0
+            slot.accept = piece.stop - piece.start
+            slot.since = time.monotonic()
+
+    def _encode(self, piece: _Piece) -> Optional[bytes]:
+        """Pickle ``piece`` as a Run; on failure fail the unpicklable items, re-queue the rest."""
+        job = piece.job
+        items = job.items
+        if piece.start or piece.stop != len(items):
+            items = items[piece.start : piece.stop]
+        run = _wire.Run(job.fn, items, job.mode, job.timeout is not None)
+        if job.fn is not self.cloud_fn:
+            try:
+                return _wire.dumps(run)
+            except BaseException:  # noqa: BLE001 - diagnosed below
+                pass
+        try:
+            data = _wire.cloud_dumps(run)
+        except BaseException:  # noqa: BLE001
+            data = None
+        if data is not None:
+            self.cloud_fn = job.fn
+            return data
+        self._fail_unpicklable(piece, items)
+        return None
+
+    def _fail_unpicklable(self, piece: _Piece, items: list[Any]) -> None:
+        job = piece.job
+        problem = _pickling_problem(job.fn)
+        if problem is not None:
+            hint = ""
+            if not _wire.has_cloudpickle():
+                hint = (
+                    "; lambdas, closures and functions defined interactively need cloudpickle: "
+                    "pip install 'mtasklite[cloudpickle]'"
+                )
+            error = TaskPicklingError(f"cannot send {job.fn!r} to a worker process: {problem}{hint}")
+            error.__cause__ = problem
+            for index in range(piece.start, piece.stop):
+                self._resolve(job, index, None, error)
+            return
+        good_from = None
+        for offset, item in enumerate(items):
+            index = piece.start + offset
+            problem = _pickling_problem(item)
+            if problem is None:
+                if good_from is None:
+                    good_from = index
+                continue
+            if good_from is not None:
+                self._requeue(job, good_from, index)
+                good_from = None
+            error = TaskPicklingError(f"cannot send the arguments of this task: {problem}")
+            error.__cause__ = problem
+            self._resolve(job, index, None, error)
+        if good_from is not None:
+            self._requeue(job, good_from, piece.stop)
+
+    def _requeue(self, job: _Job, start: int, stop: int) -> None:
+        if start < stop:
+            with self.lock:
+                self.pending.appendleft(_Piece(job, start, stop))
+
+    def _send_stop(self, slot: _Slot) -> None:
+        try:
+            assert slot.conn is not None
+            slot.conn.send_bytes(_wire.dumps(_wire.Stop()))
+        except OSError:
+            pass  # already dead: the sentinel reports it
+        if slot in self.idle:
+            self.idle.remove(slot)
+        slot.state = STOPPING
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def _drain(self, slot: _Slot) -> None:
+        conn = slot.conn
+        while conn is not None and slot.conn is conn:
+            try:
+                if not conn.poll():
+                    return
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # the worker is gone; its sentinel reports it
+            self._on_message(slot, data)
+
+    def _on_message(self, slot: _Slot, data: bytes) -> None:
+        try:
+            message = _wire.loads(data)
+        except BaseException as exc:  # noqa: BLE001 - e.g. a result whose unpickling fails
+            self._unreadable_results(slot, exc)
+            return
+        del data
+        if isinstance(message, _wire.Results):
+            self._record(slot, message)
+        elif isinstance(message, _wire.Ready):
+            if slot.state == STARTING:
+                slot.state = IDLE
+                self.idle.append(slot)
+        elif isinstance(message, _wire.Unreadable):
+            self._finish_piece_with(slot, DeserializationError(
+                f"worker {slot.index} could not unpickle the task: {message.error!r}"
+            ), message.error)
+        elif isinstance(message, _wire.InitFailed):
+            self._init_failed(slot, message.error, message.in_spec)
+
+    def _record(self, slot: _Slot, results: _wire.Results) -> None:
+        piece = slot.piece
+        if piece is None:
+            return
+        job = piece.job
+        count = len(results.values)
+        first = slot.received
+        slot.received += count
+        job.elapsed += results.elapsed
+        keep = min(count, slot.accept - first)  # an overrun item and later ones are dropped
+        if keep > 0:
+            offset = piece.start + first
+            job.values[offset : offset + keep] = results.values[:keep]
+            errors = results.errors
+            if errors:
+                for index, error in errors.items():
+                    if index < keep:
+                        job.errors[offset + index] = error
+            job.remaining -= keep
+            if job.remaining == 0:
+                self._complete(job)
+        if results.last and slot.state == BUSY:
+            self._piece_done(slot)
+
+    def _piece_done(self, slot: _Slot) -> None:
+        piece = slot.piece
+        assert piece is not None
+        slot.piece = None
+        slot.done_items += piece.stop - piece.start
+        if self.max_tasks is not None and slot.done_items >= self.max_tasks:
+            self._retire(slot)
+        else:
+            slot.state = IDLE
+            self.idle.append(slot)
+        self.idle_semaphore.release()
+
+    def _unreadable_results(self, slot: _Slot, exc: BaseException) -> None:
+        piece = slot.piece
+        if piece is None:
+            self._init_failed(slot, exc, in_spec=slot.spec is not None)
+            return
+        streaming = piece.job.timeout is not None
+        error = DeserializationError(
+            f"a result from worker {slot.index} could not be unpickled: {exc!r}"
+        )
+        error.__cause__ = exc
+        if streaming:  # exactly one item's result was in this message
+            self._record(slot, _wire.Results([None], {0: error}, 0.0, slot.received + 1 >= (
+                piece.stop - piece.start)))
+        else:
+            self._finish_piece_with(slot, error, exc)
+
+    def _finish_piece_with(self, slot: _Slot, error: BaseException, cause: object) -> None:
+        """Fail every unreported item of ``slot``'s piece with ``error`` and free the slot."""
+        piece = slot.piece
+        if piece is None:
+            return
+        if isinstance(cause, BaseException):
+            error.__cause__ = cause
+        for index in range(piece.start + slot.received, piece.stop):
+            self._resolve(piece.job, index, None, error)
+        slot.received = piece.stop - piece.start
+        self._piece_done(slot)
+
+    def _resolve(
+        self, job: _Job, index: int, value: Any, error: Optional[BaseException]
+    ) -> None:
+        job.values[index] = value
+        if error is not None:
+            job.errors[index] = error
+        job.remaining -= 1
+        if job.remaining == 0:
+            self._complete(job)
+
+    def _complete(self, job: _Job) -> None:
+        if job.is_call:
+            error = job.errors.get(0)
+            if error is None:
+                _set_result(job.future, job.values[0])
+            else:
+                _set_exception(job.future, error)
+        else:
+            result = ChunkResult(job.values, job.errors or None, job.elapsed, job.nbytes)
+            _set_result(job.future, result)
+        job.items = job.values = []  # type: ignore[assignment]
+        job.fn = None  # type: ignore[assignment]
+
+    # -- deaths, overruns, recycling ----------------------------------------------------------
+
+    def _reap(self, slot: Optional[_Slot], sentinel: int) -> None:
+        if slot is None:  # a retired process exited
+            for process in list(self.retiring):
+                if process.sentinel == sentinel:
+                    process.join()
+                    self.retiring.remove(process)
+            return
+        if slot.process is None or slot.process.sentinel != sentinel:
+            return  # already reaped (and maybe restarted) in this round
+        self._drain(slot)
+        process = slot.process
+        process.join()
+        self.processes.pop(process.pid, None)
+        if slot.conn is not None:
+            slot.conn.close()
+        state, piece = slot.state, slot.piece
+        slot.process, slot.conn, slot.state, slot.piece = None, None, EMPTY, None
+        if slot in self.idle:
+            self.idle.remove(slot)
+        if state == STARTING and not self._should_stop():
+            self._init_failed(slot, None, slot.spec is not None, process.exitcode)
+            return
+        if piece is not None:
+            self._lost_piece(slot, piece, state, process)
+        if not self._should_stop() or self.pending:
+            if self.broken is None:
+                with self.lock:
+                    self.start_slot(slot)
+
+    def _lost_piece(self, slot: _Slot, piece: _Piece, state: int, process: Any) -> None:
+        """The worker died with ``piece`` outstanding: charge the item that killed it, re-queue
+        the others (items it ran but could not report run again)."""
+        job = piece.job
+        start = piece.start + slot.received
+        if state == KILLING:  # overrun: the late item already failed
+            late = piece.start + slot.accept
+            self._requeue(job, late + 1, piece.stop)
+            self._requeue(job, start, min(late, piece.stop))
+            return
+        if self.break_on_crash:
+            self._break(BrokenProcessPool(
+                "A process in the process pool was terminated abruptly while the future was "
+                "running or pending."
+            ))
+            return
+        phase = self.cells[2 * slot.index]
+        running = self._running_item(slot)
+        if running is not None:
+            culprit = piece.start + running
+            what = "while running this task"
+        elif phase in (_wire.RECEIVING, _wire.SENDING):
+            # Unpickling the Run or pickling its results killed it.  A lone item is the
+            # culprit; several go back one by one, so a repeat crash names the culprit.
+            if piece.stop - start > 1:
+                for index in reversed(range(start, piece.stop)):
+                    self._requeue(job, index, index + 1)
+                return
+            culprit = start
+            what = "while receiving this task or sending its result"
+        else:  # between items: nothing of ours was running, so nothing is charged
+            self._requeue(job, start, piece.stop)
+            return
+        self._resolve(job, culprit, None, WorkerCrashedError(
+            f"worker {slot.index} (pid {process.pid}) died {what} "
+            f"({_describe_exit(process.exitcode)})",
+            slot=slot.index,
+            pid=process.pid,
+            exitcode=process.exitcode,
+        ))
+        self._requeue(job, culprit + 1, piece.stop)
+        self._requeue(job, start, culprit)  # ran, but their results died with the worker
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.state == KILLING:
+                if now >= slot.kill_at and slot.process is not None:
+                    slot.process.kill()
+                    slot.kill_at = float("inf")
+            elif slot.state == BUSY and slot.piece is not None:
+                timeout = slot.piece.job.timeout
+                if timeout is None:
+                    continue
+                running = self._running_item(slot)
+                if running is not None and now >= self.cells[2 * slot.index + 1] + timeout:
+                    self._overrun(slot, running, timeout)
+
+    def _overrun(self, slot: _Slot, running: int, timeout: float) -> None:
+        piece = slot.piece
+        assert piece is not None
+        job = piece.job
+        slot.accept = running
+        slot.state = KILLING
+        slot.kill_at = time.monotonic() + KILL_GRACE
+        slot.process.terminate()
+        index = piece.start + running
+        fn_name = getattr(job.fn, "__qualname__", None) or repr(job.fn)
+        self._resolve(job, index, None, TaskTimeoutError(
+            f"task {fn_name}{_describe_item(job.items[index], job.mode)} exceeded its "
+            f"{timeout:g} s limit in worker {slot.index} (pid {slot.process.pid}); the worker "
+            "was stopped and replaced"
+        ))
+
+    def _retire(self, slot: _Slot) -> None:
+        """``max_tasks_per_child`` reached: stop this process, start a fresh one in its place."""
+        process = slot.process
+        self._send_stop(slot)
+        if slot.conn is not None:
+            slot.conn.close()
+        self.processes.pop(process.pid, None)
+        self.retiring.append(process)
+        slot.process, slot.conn, slot.state = None, None, EMPTY
+        if not self._should_stop() or self.pending:
+            with self.lock:
+                self.start_slot(slot)
+
+    # -- failure and exit ---------------------------------------------------------------------
+
+    def _init_failed(
+        self,
+        slot: _Slot,
+        error: Optional[BaseException],
+        in_spec: bool,
+        exitcode: Optional[int] = None,
+    ) -> None:
+        if in_spec:
+            what = f"building worker {slot.index} ({describe_worker(slot.spec)})"  # type: ignore[arg-type]
+        else:
+            what = f"the pool initializer in worker {slot.index}"
+        if error is None:
+            reason = f"the worker died during initialisation ({_describe_exit(exitcode)})"
+        else:
+            reason = f"{error!r}"
+        failure = WorkerInitError(f"{what} failed: {reason}; the process pool is not usable anymore")
+        failure.__cause__ = error
+        self._break(failure)
+
+    def _break(self, error: BaseException) -> None:
+        """Fail every queued and running future with ``error`` and stop all workers."""
+        if self.broken is not None:
+            return
+        executor = self.executor_ref()
+        with self.lock:
+            self.broken = error
+            if executor is not None:
+                executor._broken = str(error)
+            pending, self.pending = list(self.pending), deque()
+        del executor
+        jobs = [piece.job for piece in pending]
+        jobs += [slot.piece.job for slot in self.slots if slot.piece is not None]
+        for job in jobs:
+            if job.started or job.future.set_running_or_notify_cancel():
+                job.started = True
+                _set_exception(job.future, _copy_error(error))
+        for slot in self.slots:
+            slot.piece = None
+        self._terminate_all()
+
+    def _terminate_all(self) -> None:
+        for slot in self.slots:
+            if slot.process is not None and slot.state != EMPTY:
+                slot.process.terminate()
+                slot.state = STOPPING
+        self.idle.clear()
+
+    def _reap_all_blocking(self) -> None:
+        for slot in self.slots:
+            if slot.process is not None:
+                slot.process.join(KILL_GRACE)
+                if slot.process.is_alive():
+                    slot.process.kill()
+                    slot.process.join()
+                self.processes.pop(slot.process.pid, None)
+                slot.process, slot.state = None, EMPTY
+
+    def _close(self) -> None:
+        for process in self.retiring:
+            process.join()
+        self.retiring.clear()
+        for slot in self.slots:
+            if slot.conn is not None:
+                slot.conn.close()
+                slot.conn = None
+        with self.wake_lock:
+            self.wake_pending = True  # no more writes: the pipe is closed
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+        _live_dispatchers.discard(self)
+
+
+def _pickling_problem(obj: object) -> Optional[BaseException]:
+    """Why ``obj`` cannot be sent to a worker (``None`` if it can, cloudpickle included)."""
+    try:
+        _wire.dumps(obj)
+    except BaseException as exc:  # noqa: BLE001
+        try:
+            if _wire.cloud_dumps(obj) is not None:
+                return None
+        except BaseException:  # noqa: BLE001, S110
+            pass
+        return exc
+    return None
+
+
+def _copy_error(error: BaseException) -> BaseException:
+    """A fresh exception of the same type and message, with the same cause."""
+    copy = type(error)(*error.args)
+    copy.__cause__ = error.__cause__
+    return copy
+
+
+def _describe_exit(exitcode: Optional[int]) -> str:
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            import signal
+
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def _describe_item(item: Any, mode: int) -> str:
+    if mode == _wire.CALL:
+        args, kwargs = item
+        text = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+    elif mode == _wire.STAR:
+        text = ", ".join(repr(a) for a in item)
+    else:
+        text = repr(item)
+    return f"({text})" if len(text) <= 60 else f"({text[:56]}...)"
+
+
+class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
+    """``ProcessPoolExecutor`` on owned worker slots: stateful workers, crash isolation,
+    per-task timeouts and lazy, adaptively chunked ``imap``.
+
+    ``worker``: a ``@delayed_init`` spec or function (each worker process builds its own
+    instance), or a list of them, one per worker.  ``task_timeout``: default limit in seconds
+    for every task.  ``on_worker_crash``: ``"isolate"`` (default) fails only the task whose
+    worker died and respawns it; ``"break"`` breaks the whole pool as the stdlib does.
+    """
+
+    _default_chunksize = None
+    _chunks_take_timeouts = True
+
+    def __init__(
+        self,
+        max_workers: Optional[int] = None,
+        mp_context: Optional[multiprocessing.context.BaseContext] = None,
+        initializer: Optional[Callable[..., object]] = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: Optional[int] = None,
+        worker: Union[WorkerLike, Sequence[WorkerLike], None] = None,
+        task_timeout: Optional[float] = None,
+        on_worker_crash: str = "isolate",
+    ):
+        # The stdlib __init__ is deliberately not called: it builds queues we do not use.
+        specs, max_workers = resolve_workers(worker, max_workers)
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if mp_context is None:
+            if max_tasks_per_child is not None:
+                mp_context = multiprocessing.get_context("spawn")
+            else:
+                mp_context = multiprocessing.get_context()
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+            if mp_context.get_start_method(allow_none=False) == "fork":
+                raise ValueError(
+                    "max_tasks_per_child is incompatible with the 'fork' multiprocessing start "
+                    "method; supply a different mp_context."
+                )
+        if on_worker_crash not in ("isolate", "break"):
+            raise ValueError(
+                f"on_worker_crash must be 'isolate' or 'break', got {on_worker_crash!r}"
+            )
+        self._max_workers = max_workers
+        self._mp_context = mp_context
+        self._initializer = initializer
+        self._initargs = initargs
+        self._max_tasks_per_child = max_tasks_per_child
+        self._worker_specs = specs
+        self._task_timeout = check_timeout("task_timeout", task_timeout)
+        self._on_worker_crash = on_worker_crash
+        self._processes: dict[int, multiprocessing.process.BaseProcess] = {}
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_thread = False
+        self._broken: Union[bool, str] = False
+        self._idle_worker_semaphore = threading.Semaphore(0)
+        self._executor_manager_thread: Optional[threading.Thread] = None
+        self._dispatcher = _Dispatcher(self, specs, max_workers)
+
+    # -- submission ---------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return self._enqueue(fn, [(args, kwargs)], _wire.CALL, self._task_timeout, True)
+
+    submit.__doc__ = ProcessPoolExecutor.submit.__doc__
+
+    def _submit_timed(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: Optional[float],
+    ) -> Future[Any]:
+        return self._enqueue(fn, [(args, kwargs)], _wire.CALL, timeout, True)
+
+    def _submit_call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: Optional[float]
+    ) -> Future[Any]:
+        return self._enqueue(fn, [args], _wire.STAR, timeout, True)
+
+    def _submit_chunk(
+        self, fn: Callable[..., Any], items: list[Any], star: bool, timeout: Optional[float]
+    ) -> Future[ChunkResult]:
+        return self._enqueue(fn, items, _wire.STAR if star else _wire.SINGLE, timeout, False)
+
+    def _enqueue(
+        self,
+        fn: Callable[..., Any],
+        items: list[Any],
+        mode: int,
+        timeout: Optional[float],
+        is_call: bool,
+    ) -> Future[Any]:
+        dispatcher = self._dispatcher
+        with self._shutdown_lock:
+            if dispatcher.broken is not None:
+                raise _copy_error(dispatcher.broken)
+            if self._shutdown_thread:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _global_shutdown:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            future: Future[Any] = Future()
+            dispatcher.pending.append(_Piece(_Job(future, fn, items, mode, timeout, is_call),
+                                             0, len(items)))
+            if self._executor_manager_thread is None:
+                self._start_dispatcher()
+            elif not self._idle_worker_semaphore.acquire(blocking=False):
+                if dispatcher.fresh < self._max_workers:
+                    dispatcher.start_fresh_slot()
+            dispatcher.wakeup()
+        return future
+
+    def _start_dispatcher(self) -> None:
+        # Like the stdlib: with fork, start every worker now, before our thread exists (a
+        # fork from a multi-threaded process is fragile); otherwise start them on demand.
+        dispatcher = self._dispatcher
+        if self._mp_context.get_start_method(allow_none=False) == "fork":
+            while dispatcher.fresh < self._max_workers:
+                dispatcher.start_fresh_slot()
+        else:
+            dispatcher.start_fresh_slot()
+        thread = threading.Thread(target=dispatcher.run, name=f"{dispatcher.name}-dispatcher",
+                                  daemon=True)
+        dispatcher.thread = thread
+        thread.start()
+        self._executor_manager_thread = thread
+
+    # -- readiness and shutdown ---------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        dispatcher = self._dispatcher
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            dispatcher.shutting_down = True
+            if cancel_futures:
+                kept: Deque[_Piece] = deque()
+                for piece in dispatcher.pending:
+                    if piece.job.started:
+                        kept.append(piece)
+                    else:
+                        piece.job.future.cancel()
+                dispatcher.pending = kept
+            dispatcher.wakeup()
+        thread = self._executor_manager_thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    shutdown.__doc__ = ProcessPoolExecutor.shutdown.__doc__
+
+
+StatefulProcessExecutor = StatefulProcessPoolExecutor
