@@ -13,6 +13,7 @@ from .errors import (
     WorkerCrashedError,
     WorkerInitError,
 )
+from .process_pool import StatefulProcessExecutor, StatefulProcessPoolExecutor
 from .stateful import (
     DelayedInit,
     DelayedInitClass,
@@ -21,7 +22,6 @@ from .stateful import (
     delayed_init,
     worker_index,
 )
-from .process_pool import StatefulProcessExecutor, StatefulProcessPoolExecutor
 from .thread_pool import StatefulThreadExecutor, StatefulThreadPoolExecutor
 from .windowing import ResultIterator, SizedResultIterator, imap, imap_unordered
 

@@ -22,6 +22,9 @@ from .stateful import WorkerContext, WorkerLike, build_worker, set_process_conte
 
 _PR_SET_PDEATHSIG = 1
 
+# The progress cells: a memoryview of doubles (typeshed types memoryview items as int only).
+Cells = Any
+
 
 def worker_main(
     slot: int,
@@ -57,7 +60,7 @@ def worker_main(
     _serve(conn, cell, base)
 
 
-def _serve(conn: multiprocessing.connection.Connection, cell: memoryview, base: int) -> None:
+def _serve(conn: multiprocessing.connection.Connection, cell: Cells, base: int) -> None:
     while True:
         cell[base] = _wire.IDLE
         try:
@@ -81,7 +84,7 @@ def _serve(conn: multiprocessing.connection.Connection, cell: memoryview, base: 
 
 
 def _run_batch(
-    conn: multiprocessing.connection.Connection, run: _wire.Run, cell: memoryview, base: int
+    conn: multiprocessing.connection.Connection, run: _wire.Run, cell: Cells, base: int
 ) -> None:
     fn, mode = run.fn, run.mode
     values: list[Any] = []
@@ -102,7 +105,7 @@ def _run_batch(
 
 
 def _run_streaming(
-    conn: multiprocessing.connection.Connection, run: _wire.Run, cell: memoryview, base: int
+    conn: multiprocessing.connection.Connection, run: _wire.Run, cell: Cells, base: int
 ) -> None:
     fn, mode, last_index = run.fn, run.mode, len(run.items) - 1
     for index, item in enumerate(run.items):
@@ -129,11 +132,11 @@ def _send_results(
 ) -> None:
     try:
         data = _wire.dumps(_wire.Results(values, errors, elapsed, last))
-    except BaseException:  # noqa: BLE001 - find the unpicklable values and report them instead
+    except BaseException:
         for index, value in enumerate(values):
             try:
                 _wire.dumps(value)
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 if errors is None:
                     errors = {}
                 errors[index] = _wire.wrap_exception(exc)

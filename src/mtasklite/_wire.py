@@ -88,7 +88,7 @@ def dumps(obj: object) -> bytes:
 def cloud_dumps(obj: object) -> Optional[bytes]:
     """Pickle by value with cloudpickle when it is installed (lambdas, closures, __main__)."""
     try:
-        import cloudpickle  # type: ignore[import-not-found, unused-ignore]
+        import cloudpickle  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError:
         return None
     return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
@@ -127,7 +127,7 @@ class _ExceptionWithTraceback:
 
 
 def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = _RemoteTraceback(tb)
+    exc.__cause__ = _RemoteTraceback(tb)  # type: ignore[arg-type]  # stub says traceback
     return exc
 
 
@@ -139,7 +139,7 @@ def wrap_exception(exc: BaseException) -> Any:
     exc.__traceback__ = None
     try:
         loads(dumps(exc))
-    except BaseException as problem:  # noqa: BLE001 - e.g. a constructor that breaks unpickling
+    except BaseException as problem:
         name = f"{type(exc).__module__}.{type(exc).__qualname__}"
         stand_in = RemoteError(name, f"{exc} (not sendable: {problem!r})")
         return _ExceptionWithTraceback(stand_in, tb)

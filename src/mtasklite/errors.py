@@ -22,7 +22,7 @@ __all__ = [
 
 # On 3.9/3.10 ``concurrent.futures.TimeoutError`` is its own class; from 3.11 on it *is* the
 # built-in.  Inherit from both where they differ so either ``except`` catches a task timeout.
-if concurrent.futures.TimeoutError is TimeoutError:
+if issubclass(concurrent.futures.TimeoutError, TimeoutError):
     _TIMEOUT_BASES: tuple[type[BaseException], ...] = (TimeoutError,)
 else:  # pragma: no cover - exercised on 3.9/3.10 only
     _TIMEOUT_BASES = (concurrent.futures.TimeoutError, TimeoutError)

@@ -116,7 +116,7 @@ class StatefulExecutorMixin:
         """Like :meth:`imap`, but yields results as tasks complete."""
         return self._imap(fn, iterables, False, timeout, chunksize, buffersize, task_timeout)
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., T],
         *iterables: Iterable[Any],
@@ -132,8 +132,10 @@ class StatefulExecutorMixin:
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        if self._task_timeout is not None and not self._chunks_take_timeouts:
+            chunksize = 1  # a chunk cannot carry per-item limits here; keep the limit
         return make_result_iterator(
-            self,  # type: ignore[arg-type]
+            self,
             fn,
             iterables,
             timeout=timeout,
@@ -166,7 +168,7 @@ class StatefulExecutorMixin:
         if buffersize is None:
             buffersize = 4 * self._max_workers
         return make_result_iterator(
-            self,  # type: ignore[arg-type]
+            self,
             fn,
             iterables,
             ordered=ordered,

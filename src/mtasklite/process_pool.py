@@ -42,7 +42,6 @@ Races, and how they are settled:
 
 from __future__ import annotations
 
-import concurrent.futures
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -53,7 +52,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures._base import LOGGER
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cast
 
 from . import _wire
 from ._process_worker import worker_main
@@ -200,7 +199,8 @@ class _Dispatcher:
         max_workers: int,
     ):
         self.lock = executor._shutdown_lock
-        self.ctx = executor._mp_context
+        # A BaseContext (never None here); its stubs lack Process and RawArray.
+        self.ctx: Any = cast(Any, executor._mp_context)
         self.initializer = executor._initializer
         self.initargs = executor._initargs
         self.max_tasks = executor._max_tasks_per_child
@@ -213,7 +213,7 @@ class _Dispatcher:
         self.pending: Deque[_Piece] = deque()
         self.idle: Deque[_Slot] = deque()
         self.retiring: list[Any] = []  # stopped processes not yet reaped
-        self.progress = self.ctx.RawArray("d", 2 * max_workers)  # type: ignore[attr-defined]
+        self.progress = self.ctx.RawArray("d", 2 * max_workers)
         self.cells = memoryview(self.progress).cast("B").cast("d")
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -248,8 +248,8 @@ class _Dispatcher:
 
     def start_slot(self, slot: _Slot, die_with_parent: bool = True) -> None:
         """Start (or restart) ``slot``'s process.  Callers hold the lock."""
-        parent_end, child_end = self.ctx.Pipe(duplex=True)  # type: ignore[attr-defined]
-        process = self.ctx.Process(  # type: ignore[attr-defined]
+        parent_end, child_end = self.ctx.Pipe(duplex=True)
+        process = self.ctx.Process(
             target=worker_main,
             name=f"{self.name}-worker-{slot.index}",
             args=(
@@ -416,11 +416,11 @@ class _Dispatcher:
         if job.fn is not self.cloud_fn:
             try:
                 return _wire.dumps(run)
-            except BaseException:  # noqa: BLE001 - diagnosed below
+            except BaseException:
                 pass
         try:
             data = _wire.cloud_dumps(run)
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             data = None
         if data is not None:
             self.cloud_fn = job.fn
@@ -438,7 +438,9 @@ class _Dispatcher:
                     "; lambdas, closures and functions defined interactively need cloudpickle: "
                     "pip install 'mtasklite[cloudpickle]'"
                 )
-            error = TaskPicklingError(f"cannot send {job.fn!r} to a worker process: {problem}{hint}")
+            error = TaskPicklingError(
+                f"cannot send {job.fn!r} to a worker process: {problem}{hint}"
+            )
             error.__cause__ = problem
             for index in range(piece.start, piece.stop):
                 self._resolve(job, index, None, error)
@@ -491,7 +493,7 @@ class _Dispatcher:
     def _on_message(self, slot: _Slot, data: bytes) -> None:
         try:
             message = _wire.loads(data)
-        except BaseException as exc:  # noqa: BLE001 - e.g. a result whose unpickling fails
+        except BaseException as exc:
             self._unreadable_results(slot, exc)
             return
         del data
@@ -502,9 +504,13 @@ class _Dispatcher:
                 slot.state = IDLE
                 self.idle.append(slot)
         elif isinstance(message, _wire.Unreadable):
-            self._finish_piece_with(slot, DeserializationError(
-                f"worker {slot.index} could not unpickle the task: {message.error!r}"
-            ), message.error)
+            self._finish_piece_with(
+                slot,
+                DeserializationError(
+                    f"worker {slot.index} could not unpickle the task: {message.error!r}"
+                ),
+                message.error,
+            )
         elif isinstance(message, _wire.InitFailed):
             self._init_failed(slot, message.error, message.in_spec)
 
@@ -555,8 +561,12 @@ class _Dispatcher:
         )
         error.__cause__ = exc
         if streaming:  # exactly one item's result was in this message
-            self._record(slot, _wire.Results([None], {0: error}, 0.0, slot.received + 1 >= (
-                piece.stop - piece.start)))
+            self._record(
+                slot,
+                _wire.Results(
+                    [None], {0: error}, 0.0, slot.received + 1 >= (piece.stop - piece.start)
+                ),
+            )
         else:
             self._finish_piece_with(slot, error, exc)
 
@@ -572,9 +582,7 @@ class _Dispatcher:
         slot.received = piece.stop - piece.start
         self._piece_done(slot)
 
-    def _resolve(
-        self, job: _Job, index: int, value: Any, error: Optional[BaseException]
-    ) -> None:
+    def _resolve(self, job: _Job, index: int, value: Any, error: Optional[BaseException]) -> None:
         job.values[index] = value
         if error is not None:
             job.errors[index] = error
@@ -592,7 +600,7 @@ class _Dispatcher:
         else:
             result = ChunkResult(job.values, job.errors or None, job.elapsed, job.nbytes)
             _set_result(job.future, result)
-        job.items = job.values = []  # type: ignore[assignment]
+        job.items = job.values = []
         job.fn = None  # type: ignore[assignment]
 
     # -- deaths, overruns, recycling ----------------------------------------------------------
@@ -621,10 +629,9 @@ class _Dispatcher:
             return
         if piece is not None:
             self._lost_piece(slot, piece, state, process)
-        if not self._should_stop() or self.pending:
-            if self.broken is None:
-                with self.lock:
-                    self.start_slot(slot)
+        if (not self._should_stop() or self.pending) and self.broken is None:
+            with self.lock:
+                self.start_slot(slot)
 
     def _lost_piece(self, slot: _Slot, piece: _Piece, state: int, process: Any) -> None:
         """The worker died with ``piece`` outstanding: charge the item that killed it, re-queue
@@ -637,10 +644,12 @@ class _Dispatcher:
             self._requeue(job, start, min(late, piece.stop))
             return
         if self.break_on_crash:
-            self._break(BrokenProcessPool(
-                "A process in the process pool was terminated abruptly while the future was "
-                "running or pending."
-            ))
+            self._break(
+                BrokenProcessPool(
+                    "A process in the process pool was terminated abruptly while the future was "
+                    "running or pending."
+                )
+            )
             return
         phase = self.cells[2 * slot.index]
         running = self._running_item(slot)
@@ -659,13 +668,18 @@ class _Dispatcher:
         else:  # between items: nothing of ours was running, so nothing is charged
             self._requeue(job, start, piece.stop)
             return
-        self._resolve(job, culprit, None, WorkerCrashedError(
-            f"worker {slot.index} (pid {process.pid}) died {what} "
-            f"({_describe_exit(process.exitcode)})",
-            slot=slot.index,
-            pid=process.pid,
-            exitcode=process.exitcode,
-        ))
+        self._resolve(
+            job,
+            culprit,
+            None,
+            WorkerCrashedError(
+                f"worker {slot.index} (pid {process.pid}) died {what} "
+                f"({_describe_exit(process.exitcode)})",
+                slot=slot.index,
+                pid=process.pid,
+                exitcode=process.exitcode,
+            ),
+        )
         self._requeue(job, culprit + 1, piece.stop)
         self._requeue(job, start, culprit)  # ran, but their results died with the worker
 
@@ -694,11 +708,16 @@ class _Dispatcher:
         slot.process.terminate()
         index = piece.start + running
         fn_name = getattr(job.fn, "__qualname__", None) or repr(job.fn)
-        self._resolve(job, index, None, TaskTimeoutError(
-            f"task {fn_name}{_describe_item(job.items[index], job.mode)} exceeded its "
-            f"{timeout:g} s limit in worker {slot.index} (pid {slot.process.pid}); the worker "
-            "was stopped and replaced"
-        ))
+        self._resolve(
+            job,
+            index,
+            None,
+            TaskTimeoutError(
+                f"task {fn_name}{_describe_item(job.items[index], job.mode)} exceeded its "
+                f"{timeout:g} s limit in worker {slot.index} (pid {slot.process.pid}); the worker "
+                "was stopped and replaced"
+            ),
+        )
 
     def _retire(self, slot: _Slot) -> None:
         """``max_tasks_per_child`` reached: stop this process, start a fresh one in its place."""
@@ -730,7 +749,9 @@ class _Dispatcher:
             reason = f"the worker died during initialisation ({_describe_exit(exitcode)})"
         else:
             reason = f"{error!r}"
-        failure = WorkerInitError(f"{what} failed: {reason}; the process pool is not usable anymore")
+        failure = WorkerInitError(
+            f"{what} failed: {reason}; the process pool is not usable anymore"
+        )
         failure.__cause__ = error
         self._break(failure)
 
@@ -791,11 +812,11 @@ def _pickling_problem(obj: object) -> Optional[BaseException]:
     """Why ``obj`` cannot be sent to a worker (``None`` if it can, cloudpickle included)."""
     try:
         _wire.dumps(obj)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         try:
             if _wire.cloud_dumps(obj) is not None:
                 return None
-        except BaseException:  # noqa: BLE001, S110
+        except BaseException:
             pass
         return exc
     return None
@@ -886,18 +907,18 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             )
         self._max_workers = max_workers
         self._mp_context = mp_context
-        self._initializer = initializer
+        self._initializer = initializer  # type: ignore[assignment]
         self._initargs = initargs
         self._max_tasks_per_child = max_tasks_per_child
         self._worker_specs = specs
         self._task_timeout = check_timeout("task_timeout", task_timeout)
         self._on_worker_crash = on_worker_crash
-        self._processes: dict[int, multiprocessing.process.BaseProcess] = {}
+        self._processes: dict[int, Any] = {}  # pid -> process, as in the stdlib
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
-        self._broken: Union[bool, str] = False
+        self._broken: Union[bool, str] = False  # type: ignore[assignment]  # str, as stdlib
         self._idle_worker_semaphore = threading.Semaphore(0)
-        self._executor_manager_thread: Optional[threading.Thread] = None
+        self._executor_manager_thread: Optional[threading.Thread] = None  # type: ignore[assignment]
         self._dispatcher = _Dispatcher(self, specs, max_workers)
 
     # -- submission ---------------------------------------------------------------------------
@@ -943,13 +964,16 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             if _global_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future[Any] = Future()
-            dispatcher.pending.append(_Piece(_Job(future, fn, items, mode, timeout, is_call),
-                                             0, len(items)))
+            dispatcher.pending.append(
+                _Piece(_Job(future, fn, items, mode, timeout, is_call), 0, len(items))
+            )
             if self._executor_manager_thread is None:
                 self._start_dispatcher()
-            elif not self._idle_worker_semaphore.acquire(blocking=False):
-                if dispatcher.fresh < self._max_workers:
-                    dispatcher.start_fresh_slot()
+            elif (
+                not self._idle_worker_semaphore.acquire(blocking=False)
+                and dispatcher.fresh < self._max_workers
+            ):
+                dispatcher.start_fresh_slot()
             dispatcher.wakeup()
         return future
 
@@ -957,13 +981,14 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         # Like the stdlib: with fork, start every worker now, before our thread exists (a
         # fork from a multi-threaded process is fragile); otherwise start them on demand.
         dispatcher = self._dispatcher
-        if self._mp_context.get_start_method(allow_none=False) == "fork":
+        if self._dispatcher.ctx.get_start_method(allow_none=False) == "fork":
             while dispatcher.fresh < self._max_workers:
                 dispatcher.start_fresh_slot()
         else:
             dispatcher.start_fresh_slot()
-        thread = threading.Thread(target=dispatcher.run, name=f"{dispatcher.name}-dispatcher",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=dispatcher.run, name=f"{dispatcher.name}-dispatcher", daemon=True
+        )
         dispatcher.thread = thread
         thread.start()
         self._executor_manager_thread = thread

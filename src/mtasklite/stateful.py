@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 import threading
-from typing import Any, Callable, Generic, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar, Union, cast
 
 from typing_extensions import ParamSpec
 
@@ -77,12 +77,17 @@ class DelayedInit(Generic[T]):
 class DelayedInitClass(Generic[P, T]):
     """What ``@delayed_init`` turns a class into: calling it records a :class:`DelayedInit`."""
 
+    __wrapped__: Callable[P, T]
+    __qualname__: str
+
     def __init__(self, cls: Callable[P, T]):
-        functools.update_wrapper(self, cls)  # type: ignore[arg-type]
+        # Copy only the identity attributes: updating __dict__ (update_wrapper's default) would
+        # pull the class's own methods, e.g. a custom __reduce__, onto this decorator object.
+        functools.update_wrapper(self, cls, updated=())
         self.__wrapped__ = cls
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> DelayedInit[T]:
-        return DelayedInit(self, args, kwargs)
+        return DelayedInit(cast("Callable[..., T]", self), args, kwargs)
 
     def __instancecheck__(self, obj: object) -> bool:
         return isinstance(obj, self.__wrapped__)  # type: ignore[arg-type]
@@ -95,7 +100,7 @@ class DelayedInitClass(Generic[P, T]):
         for part in self.__qualname__.split("."):
             found = getattr(found, part, None)
         if found is self:
-            return self.__qualname__
+            return str(self.__qualname__)
         return (DelayedInitClass, (self.__wrapped__,))
 
     def __repr__(self) -> str:

@@ -99,7 +99,8 @@ class _Watchdog:
     """Fails timed-out tasks and replaces their threads (see the module docstring)."""
 
     def __init__(self, executor: StatefulThreadPoolExecutor):
-        self._executor_ref = weakref.ref(executor)
+        # A collected executor stops its watchdog (which then exits once its tasks end).
+        self._executor_ref = weakref.ref(executor, lambda _: self.stop())
         self._cond = threading.Condition()
         # worker index -> (thread, item, deadline) of each running timed task
         self._running: dict[int, tuple[threading.Thread, _WorkItem, float]] = {}
@@ -289,6 +290,11 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
     the default limit, in seconds, for every task.
     """
 
+    # The stdlib attributes, with the types this subclass puts in them.
+    _work_queue: queue.SimpleQueue[Optional[_WorkItem]]  # type: ignore[assignment]
+    _threads: set[threading.Thread]
+    _broken: Union[bool, str]  # type: ignore[assignment]
+
     def __init__(
         self,
         max_workers: Optional[int] = None,
@@ -400,9 +406,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
         for event in self._ready:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not event.wait(remaining) and not self._broken:
-                raise concurrent.futures.TimeoutError(
-                    f"workers not ready within {timeout} s"
-                )
+                raise concurrent.futures.TimeoutError(f"workers not ready within {timeout} s")
             if self._broken:
                 raise self._broken_error()
 
@@ -431,6 +435,8 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
                     break
                 if item is not None and item.future.set_running_or_notify_cancel():
                     item.future.set_exception(self._broken_error())
+            if self._shutdown:
+                self._work_queue.put(None)  # we may have drained shutdown's wake-up sentinel
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:

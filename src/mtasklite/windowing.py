@@ -70,7 +70,7 @@ def run_chunk(fn: Callable[..., Any], items: list[Any], star: bool) -> ChunkResu
     for i, item in enumerate(items):
         try:
             values.append(fn(*item) if star else fn(item))
-        except BaseException as exc:  # noqa: BLE001 - a task's SystemExit fails only that item
+        except BaseException as exc:
             if errors is None:
                 errors = {}
             errors[i] = exc
@@ -113,7 +113,9 @@ class ExecutorSubmitter:
 
 def _refuse_timeout(timeout: Optional[float]) -> None:
     if timeout is not None:
-        raise ValueError("task_timeout needs an mtasklite executor; this executor cannot stop tasks")
+        raise ValueError(
+            "task_timeout needs an mtasklite executor; this executor cannot stop tasks"
+        )
 
 
 # --- chunk sizing ---------------------------------------------------------------------------
@@ -187,8 +189,11 @@ class ResultIterator(Generic[T]):
     that has not started.  Tasks already running finish; their results are dropped.
     """
 
-    def __init__(self, generator: Iterator[T]):
+    def __init__(self, generator: Iterator[T], on_close: Optional[Callable[[], None]] = None):
         self._gen = generator
+        # An eager map() has tasks in flight before its generator first runs; closing a
+        # generator that never started skips its ``finally``, so cancel through this hook.
+        self._on_close = on_close
 
     def __iter__(self) -> Iterator[T]:
         return self._gen
@@ -201,6 +206,8 @@ class ResultIterator(Generic[T]):
         close = getattr(self._gen, "close", None)
         if close is not None:
             close()
+        if self._on_close is not None:
+            self._on_close()
 
     def __enter__(self) -> ResultIterator[T]:
         return self
@@ -212,8 +219,10 @@ class ResultIterator(Generic[T]):
 class SizedResultIterator(ResultIterator[T]):
     """A :class:`ResultIterator` over sized inputs: ``len()`` is the total number of results."""
 
-    def __init__(self, generator: Iterator[T], length: int):
-        super().__init__(generator)
+    def __init__(
+        self, generator: Iterator[T], length: int, on_close: Optional[Callable[[], None]] = None
+    ):
+        super().__init__(generator, on_close)
         self._length = length
 
     def __len__(self) -> int:
@@ -405,7 +414,7 @@ def _total_length(iterables: tuple[Iterable[Any], ...]) -> Optional[int]:
     for it in iterables:
         try:
             lengths.append(len(it))  # type: ignore[arg-type]
-        except TypeError:
+        except (TypeError, OverflowError):  # unsized, or too long for len() (range(10**20))
             return None
     return min(lengths) if lengths else None
 
@@ -454,9 +463,10 @@ def make_result_iterator(
         window.fill()
     run = _ordered if ordered else _unordered
     generator = run(window, deadline, return_exceptions)
+    on_close = window.cancel_all if eager else None
     if total is None:
-        return ResultIterator(generator)
-    return SizedResultIterator(generator, total)
+        return ResultIterator(generator, on_close)
+    return SizedResultIterator(generator, total, on_close)
 
 
 def imap(
