@@ -5,7 +5,9 @@ The two executors subclass the stdlib ones, so code written for ``ThreadPoolExec
 workers (:func:`delayed_init`), lazy bounded ``imap`` over any iterable, and per-task timeouts.
 """
 
+from .constants import ArgumentPassing, ExceptionBehaviour
 from .errors import (
+    DeferredExceptions,
     DeserializationError,
     RemoteError,
     TaskPicklingError,
@@ -13,6 +15,7 @@ from .errors import (
     WorkerCrashedError,
     WorkerInitError,
 )
+from .pool import Pool, PoolResults, SizedPoolResults, is_exception
 from .process_pool import StatefulProcessExecutor, StatefulProcessPoolExecutor
 from .stateful import (
     DelayedInit,
@@ -28,11 +31,17 @@ from .windowing import ResultIterator, SizedResultIterator, imap, imap_unordered
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentPassing",
+    "DeferredExceptions",
     "DelayedInit",
     "DelayedInitClass",
     "DeserializationError",
+    "ExceptionBehaviour",
+    "Pool",
+    "PoolResults",
     "RemoteError",
     "ResultIterator",
+    "SizedPoolResults",
     "SizedResultIterator",
     "StatefulProcessExecutor",
     "StatefulProcessPoolExecutor",
@@ -48,5 +57,6 @@ __all__ = [
     "delayed_init",
     "imap",
     "imap_unordered",
+    "is_exception",
     "worker_index",
 ]

@@ -12,6 +12,7 @@ from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
 __all__ = [
+    "DeferredExceptions",
     "DeserializationError",
     "RemoteError",
     "TaskPicklingError",
@@ -90,4 +91,11 @@ class TaskPicklingError(pickle.PicklingError):
 
     Only that task fails.  For lambdas, closures and functions defined interactively, install
     the ``cloudpickle`` extra (``pip install 'mtasklite[cloudpickle]'``).
+    """
+
+
+class DeferredExceptions(Exception):
+    """Raised at the end of a ``"deferred"`` run: ``args`` holds every item's exception.
+
+    They are in input order (also when results were yielded unordered).
     """

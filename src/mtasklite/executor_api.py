@@ -156,6 +156,7 @@ class StatefulExecutorMixin:
         buffersize: Optional[int],
         task_timeout: Optional[float],
         return_exceptions: bool = False,
+        indexed: bool = False,
     ) -> ResultIterator[Any]:
         if chunksize is _DEFAULT:
             chunksize = self._default_chunksize
@@ -178,4 +179,5 @@ class StatefulExecutorMixin:
             task_timeout=task_timeout,
             return_exceptions=return_exceptions,
             workers=self._max_workers,
+            indexed=indexed,
         )

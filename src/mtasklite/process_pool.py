@@ -42,6 +42,7 @@ Races, and how they are settled:
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -53,6 +54,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures._base import LOGGER
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cast
+
+from typing_extensions import Literal
 
 from . import _wire
 from ._process_worker import worker_main
@@ -155,6 +158,7 @@ class _Slot:
         "accept",
         "conn",
         "done_items",
+        "ever_ready",
         "index",
         "kill_at",
         "piece",
@@ -177,6 +181,7 @@ class _Slot:
         self.since = 0.0  # when ``piece`` was sent
         self.kill_at = 0.0  # KILLING: when to escalate to SIGKILL
         self.done_items = 0  # items run by the current process (max_tasks_per_child)
+        self.ever_ready = False  # some process of this slot has built its object
 
 
 def _set_result(future: Future[Any], value: Any) -> None:
@@ -221,6 +226,10 @@ class _Dispatcher:
         self.wake_lock = threading.Lock()  # orders writes against closing the pipe
         self.wake_pending = False
         self.shutting_down = False
+        self.terminate_requested = False  # terminate(): stop all work now (set under the lock)
+        self.terminated = False
+        self.ready_changed = threading.Condition(threading.Lock())  # wait_ready() sleeps here
+        self.closed = False  # the dispatcher has exited
         self.broken: Optional[BaseException] = None
         self.cloud_fn: Any = None  # last function that needed cloudpickle
         self.thread: Optional[threading.Thread] = None
@@ -273,6 +282,9 @@ class _Dispatcher:
     def run(self) -> None:
         try:
             while True:
+                if self.terminate_requested and not self.terminated:
+                    self.terminated = True
+                    self._abort_all(BrokenProcessPool("the process pool was terminated"))
                 self._dispatch()
                 if self._finished():
                     break
@@ -327,7 +339,8 @@ class _Dispatcher:
         for slot in self.slots:
             when = None
             if slot.state == KILLING:
-                when = slot.kill_at
+                if slot.kill_at != float("inf"):  # inf: SIGKILL sent, the sentinel will fire
+                    when = slot.kill_at
             elif slot.state == BUSY and slot.piece is not None:
                 timeout = slot.piece.job.timeout
                 if timeout is not None:
@@ -503,6 +516,9 @@ class _Dispatcher:
             if slot.state == STARTING:
                 slot.state = IDLE
                 self.idle.append(slot)
+            if not slot.ever_ready:
+                slot.ever_ready = True
+                self._notify_ready()
         elif isinstance(message, _wire.Unreadable):
             self._finish_piece_with(
                 slot,
@@ -755,6 +771,13 @@ class _Dispatcher:
         failure.__cause__ = error
         self._break(failure)
 
+    def all_ready(self) -> bool:
+        return all(slot.ever_ready for slot in self.slots)
+
+    def _notify_ready(self) -> None:
+        with self.ready_changed:
+            self.ready_changed.notify_all()
+
     def _break(self, error: BaseException) -> None:
         """Fail every queued and running future with ``error`` and stop all workers."""
         if self.broken is not None:
@@ -764,23 +787,35 @@ class _Dispatcher:
             self.broken = error
             if executor is not None:
                 executor._broken = str(error)
-            pending, self.pending = list(self.pending), deque()
         del executor
-        jobs = [piece.job for piece in pending]
-        jobs += [slot.piece.job for slot in self.slots if slot.piece is not None]
-        for job in jobs:
-            if job.started or job.future.set_running_or_notify_cancel():
+        self._notify_ready()
+        self._abort_all(error, cancel_queued=False)
+
+    def _abort_all(self, error: BaseException, cancel_queued: bool = True) -> None:
+        """Stop every worker; queued futures are cancelled (or failed with ``error``),
+        running ones fail with ``error``."""
+        with self.lock:
+            pending, self.pending = list(self.pending), deque()
+        for piece in pending:
+            job = piece.job
+            if not job.started and cancel_queued:
+                job.future.cancel()
+            elif job.started or job.future.set_running_or_notify_cancel():
                 job.started = True
                 _set_exception(job.future, _copy_error(error))
         for slot in self.slots:
-            slot.piece = None
+            if slot.piece is not None:
+                _set_exception(slot.piece.job.future, _copy_error(error))
+                slot.piece = None
         self._terminate_all()
 
     def _terminate_all(self) -> None:
+        # SIGTERM now, SIGKILL after the grace period (a task may ignore SIGTERM).
+        kill_at = time.monotonic() + KILL_GRACE
         for slot in self.slots:
             if slot.process is not None and slot.state != EMPTY:
                 slot.process.terminate()
-                slot.state = STOPPING
+                slot.state, slot.kill_at = KILLING, kill_at
         self.idle.clear()
 
     def _reap_all_blocking(self) -> None:
@@ -806,6 +841,8 @@ class _Dispatcher:
             os.close(self.wake_r)
             os.close(self.wake_w)
         _live_dispatchers.discard(self)
+        self.closed = True
+        self._notify_ready()
 
 
 def _pickling_problem(obj: object) -> Optional[BaseException]:
@@ -851,6 +888,19 @@ def _describe_item(item: Any, mode: int) -> str:
     else:
         text = repr(item)
     return f"({text})" if len(text) <= 60 else f"({text[:56]}...)"
+
+
+class _Channels:
+    """``_call_queue`` of the stdlib pool, kept for code that joins it: here the channels are
+    the per-slot pipes, closed when the dispatcher exits."""
+
+    def __init__(self, dispatcher: _Dispatcher):
+        self._dispatcher = weakref.ref(dispatcher)
+
+    def join_thread(self) -> None:
+        dispatcher = self._dispatcher()
+        if dispatcher is not None and dispatcher.thread is not None:
+            dispatcher.thread.join()
 
 
 class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
@@ -920,6 +970,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         self._idle_worker_semaphore = threading.Semaphore(0)
         self._executor_manager_thread: Optional[threading.Thread] = None  # type: ignore[assignment]
         self._dispatcher = _Dispatcher(self, specs, max_workers)
+        self._call_queue = _Channels(self._dispatcher)
 
     # -- submission ---------------------------------------------------------------------------
 
@@ -993,7 +1044,63 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         thread.start()
         self._executor_manager_thread = thread
 
+    def _on_interrupt(self) -> None:
+        # Ctrl-C during imap/map: one is enough, so stop the workers instead of letting them
+        # finish chunks nobody will read (windowing cancels the queued tasks first).
+        self.terminate(wait=False)
+
     # -- readiness and shutdown ---------------------------------------------------------------
+
+    def wait_ready(self, timeout: Optional[float] = None) -> None:
+        """Start every worker and wait until each has run its initializer and built its object.
+
+        Raises the pool's :class:`~mtasklite.WorkerInitError` if a worker failed to
+        initialise, ``TimeoutError`` if they are not all ready within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        dispatcher = self._dispatcher
+        with self._shutdown_lock:
+            if dispatcher.broken is not None:
+                raise _copy_error(dispatcher.broken)
+            if self._shutdown_thread:
+                raise RuntimeError("cannot wait for workers after shutdown")
+            if self._executor_manager_thread is None:
+                self._start_dispatcher()
+            while dispatcher.fresh < self._max_workers:
+                dispatcher.start_fresh_slot()
+        with dispatcher.ready_changed:
+            while not dispatcher.all_ready():
+                if dispatcher.broken is not None:
+                    raise _copy_error(dispatcher.broken)
+                if dispatcher.closed:
+                    raise RuntimeError("the pool shut down before all its workers were ready")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise concurrent.futures.TimeoutError(f"workers not ready within {timeout} s")
+                dispatcher.ready_changed.wait(remaining)
+
+    def terminate(self, wait: bool = True) -> None:
+        """Stop now: cancel queued tasks, fail running ones, stop every worker process.
+
+        Running tasks' futures fail with ``BrokenProcessPool``; workers get SIGTERM, then
+        SIGKILL after a short grace.  The executor is shut down afterwards.
+        """
+        dispatcher = self._dispatcher
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            dispatcher.shutting_down = True
+            dispatcher.terminate_requested = True
+            dispatcher.wakeup()
+        thread = self._executor_manager_thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.terminate()  # do not make the user wait for work nobody will collect
+        else:
+            self.shutdown(wait=True)
+        return False
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         dispatcher = self._dispatcher
@@ -1001,9 +1108,15 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             self._shutdown_thread = True
             dispatcher.shutting_down = True
             if cancel_futures:
+                # Like the stdlib, whose call queue already holds (and runs) a few items
+                # beyond the running ones: the next ``max_workers`` queued tasks still run.
                 kept: Deque[_Piece] = deque()
+                grace = self._max_workers
                 for piece in dispatcher.pending:
                     if piece.job.started:
+                        kept.append(piece)
+                    elif grace > 0:
+                        grace -= 1
                         kept.append(piece)
                     else:
                         piece.job.future.cancel()

@@ -31,6 +31,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
+from typing_extensions import Literal
+
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import (
@@ -459,6 +461,14 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
                 thread.join()
 
     shutdown.__doc__ = ThreadPoolExecutor.shutdown.__doc__
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Threads cannot be stopped; at least drop the queue and do not wait on them.
+            self.shutdown(wait=False, cancel_futures=True)
+        else:
+            self.shutdown(wait=True)
+        return False
 
 
 StatefulThreadExecutor = StatefulThreadPoolExecutor

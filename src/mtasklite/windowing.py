@@ -18,6 +18,7 @@ import itertools
 import math
 import queue
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future
 from typing import (
@@ -247,16 +248,19 @@ class _Window:
         ordered: bool,
     ):
         self.submitter = submitter
+        self.submitter_ref = weakref.ref(submitter)  # outlives ``submitter`` (Ctrl-C handling)
         self.fn = fn
         self.star = len(iterables) != 1
         self.source: Iterator[Any] = zip(*iterables) if self.star else iter(iterables[0])
         self.sizer = sizer  # None: one submit_call per item
         self.task_timeout = task_timeout
         self.limit = buffersize if buffersize is not None else math.inf
+        self.pulled = 0  # input items submitted so far (the next task's first index)
         self.exhausted = False
         self.input_error: Optional[BaseException] = None
         self.fifo: Deque[tuple[Future[Any], int]] = deque()  # ordered: oldest first
-        self.pending: dict[Future[Any], int] = {}  # unordered: future -> item count
+        # unordered: future -> (item count, input index of its first item)
+        self.pending: dict[Future[Any], tuple[int, int]] = {}
         self.done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
         self.ordered = ordered
 
@@ -293,13 +297,21 @@ class _Window:
             if self.ordered:
                 fifo.append((fut, count))
             else:
-                pending[fut] = count
+                pending[fut] = (count, self.pulled)
                 fut.add_done_callback(self.done.put)
+            self.pulled += count
+        if self.exhausted:
+            # Nothing left to submit: let go of the executor, so dropping it (with tasks
+            # still in flight) shuts it down as the stdlib's map allows.
+            self.submitter = None  # type: ignore[assignment]
 
     def _input_failed(self, exc: Exception) -> None:
         # Raised to the consumer after the items pulled before it are yielded.
         self.input_error = exc
         self.exhausted = True
+
+    def interrupt_target(self) -> Any:
+        return self.submitter_ref()
 
     def cancel_all(self) -> None:
         """Cancel every in-flight task that has not started and forget them all."""
@@ -359,8 +371,20 @@ def _chunk_outputs(
             raise error
 
 
-def _ordered(window: _Window, deadline: Optional[float], return_exceptions: bool) -> Iterator[Any]:
+def _interrupted(window: _Window) -> None:
+    # Ctrl-C while waiting: cancel what has not started and let the executor stop the rest
+    # (the process pool terminates its workers: one Ctrl-C must be enough).
+    window.cancel_all()
+    on_interrupt = getattr(window.interrupt_target(), "_on_interrupt", None)
+    if on_interrupt is not None:
+        on_interrupt()
+
+
+def _ordered(
+    window: _Window, deadline: Optional[float], return_exceptions: bool, indexed: bool
+) -> Iterator[Any]:
     inflight = window.fifo
+    position = 0
     try:
         while True:
             window.fill()
@@ -368,26 +392,38 @@ def _ordered(window: _Window, deadline: Optional[float], return_exceptions: bool
                 break
             fut, count = inflight[0]
             _wait_exception(fut, deadline)
-            inflight.popleft()
-            if window.sizer is None:  # fast path: one item per future
+            if window.sizer is None and not indexed:  # fast path: one item per future
                 exc = fut.exception()
+                del fut
                 if exc is None:
-                    yield fut.result()
-                elif return_exceptions:
-                    yield exc
-                else:
+                    # No local may keep the future (and so the result) alive while suspended.
+                    yield inflight.popleft()[0].result()
+                    continue
+                inflight.popleft()
+                if not return_exceptions:
                     raise exc
+                yield exc
+                del exc
+                continue
+            inflight.popleft()
+            if indexed:
+                for value in _chunk_outputs(window, fut, count, return_exceptions):
+                    yield position, value
+                    position += 1
             else:
                 yield from _chunk_outputs(window, fut, count, return_exceptions)
             del fut
         if window.input_error is not None:
             raise window.input_error
+    except KeyboardInterrupt:
+        _interrupted(window)
+        raise
     finally:
         window.cancel_all()
 
 
 def _unordered(
-    window: _Window, deadline: Optional[float], return_exceptions: bool
+    window: _Window, deadline: Optional[float], return_exceptions: bool, indexed: bool
 ) -> Iterator[Any]:
     inflight, done = window.pending, window.done
     try:
@@ -400,11 +436,20 @@ def _unordered(
                 fut = done.get(timeout=timeout)
             except queue.Empty:
                 raise concurrent.futures.TimeoutError() from None
-            count = inflight.pop(fut)
-            yield from _chunk_outputs(window, fut, count, return_exceptions)
+            count, first = inflight.pop(fut)
+            if indexed:
+                for offset, value in enumerate(
+                    _chunk_outputs(window, fut, count, return_exceptions)
+                ):
+                    yield first + offset, value
+            else:
+                yield from _chunk_outputs(window, fut, count, return_exceptions)
             del fut
         if window.input_error is not None:
             raise window.input_error
+    except KeyboardInterrupt:
+        _interrupted(window)
+        raise
     finally:
         window.cancel_all()
 
@@ -437,11 +482,14 @@ def make_result_iterator(
     return_exceptions: bool = False,
     workers: int = 1,
     eager: bool = False,
+    indexed: bool = False,
 ) -> ResultIterator[Any]:
     """Build the result iterator all ``imap`` flavours return.
 
     ``buffersize=None`` means unbounded (everything is submitted at once, like the stdlib
-    ``map``); ``eager`` submits the first window now rather than on the first ``next()``.
+    ``map``); ``eager`` submits the first window now rather than on the first ``next()``;
+    ``indexed`` yields ``(input position, output)`` pairs (for unordered consumers that need
+    to know which input an output belongs to).
     """
     if not iterables:
         raise TypeError("imap() needs at least one iterable")
@@ -462,7 +510,7 @@ def make_result_iterator(
     if eager:
         window.fill()
     run = _ordered if ordered else _unordered
-    generator = run(window, deadline, return_exceptions)
+    generator = run(window, deadline, return_exceptions, indexed)
     on_close = window.cancel_all if eager else None
     if total is None:
         return ResultIterator(generator, on_close)
