@@ -184,7 +184,7 @@ class Pool:
                 max_tasks_per_child=max_tasks_per_child,
                 worker=worker_or_worker_arr, task_timeout=task_timeout,
             )  # fmt: skip
-        self.num_workers: int = self._executor._max_workers  # type: ignore[union-attr]
+        self.num_workers: int = self._executor._max_workers
         self._closed = False
         self._close_lock = threading.Lock()
 

@@ -50,7 +50,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, _base
 from concurrent.futures._base import LOGGER
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cast
@@ -184,6 +184,27 @@ class _Slot:
         self.ever_ready = False  # some process of this slot has built its object
 
 
+class _StoppableFuture(Future[Any]):
+    """A future whose ``cancel()`` also works while it runs (``cancel_running=True``): it is
+    cancelled at once and the dispatcher stops the worker running it, as for a timeout."""
+
+    def __init__(self, on_cancel_running: Callable[[Future[Any]], None]):
+        super().__init__()
+        self._on_cancel_running = on_cancel_running
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state != _base.RUNNING:
+                return super().cancel()
+            self._state = _base.CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self._on_cancel_running(self)
+        return True
+
+
 def _set_result(future: Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
@@ -230,6 +251,7 @@ class _Dispatcher:
         self.terminated = False
         self.ready_changed = threading.Condition(threading.Lock())  # wait_ready() sleeps here
         self.closed = False  # the dispatcher has exited
+        self.stop_requests: list[Future[Any]] = []  # running futures cancelled by callers
         self.broken: Optional[BaseException] = None
         self.cloud_fn: Any = None  # last function that needed cloudpickle
         self.thread: Optional[threading.Thread] = None
@@ -285,6 +307,8 @@ class _Dispatcher:
                 if self.terminate_requested and not self.terminated:
                     self.terminated = True
                     self._abort_all(BrokenProcessPool("the process pool was terminated"))
+                if self.stop_requests:
+                    self._stop_cancelled()
                 self._dispatch()
                 if self._finished():
                     break
@@ -384,6 +408,26 @@ class _Dispatcher:
             return True
         return False
 
+    def request_stop(self, future: Future[Any]) -> None:
+        """A running future was cancelled (``cancel_running``): stop its worker."""
+        with self.lock:
+            self.stop_requests.append(future)
+        self.wakeup()
+
+    def _stop_cancelled(self) -> None:
+        with self.lock:
+            self.stop_requests = []
+            self.pending = deque(p for p in self.pending if not p.job.future.cancelled())
+        kill_at = time.monotonic() + KILL_GRACE
+        for slot in self.slots:
+            piece = slot.piece
+            if slot.state == BUSY and piece is not None and piece.job.future.cancelled():
+                # Stopped like an overrun, but nothing is charged or re-queued: the whole
+                # job is cancelled.  The slot respawns when its process is reaped.
+                slot.piece = None
+                slot.state, slot.kill_at = KILLING, kill_at
+                slot.process.terminate()
+
     # -- sending work -------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
@@ -397,6 +441,8 @@ class _Dispatcher:
                 if not job.future.set_running_or_notify_cancel():
                     continue  # cancelled while queued
                 job.started = True
+            elif job.future.done():
+                continue  # a re-queued rest of a job that failed or was cancelled meanwhile
             slot = self.idle.popleft()
             if self.max_tasks is not None:
                 budget = self.max_tasks - slot.done_items
@@ -911,6 +957,9 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
     instance), or a list of them, one per worker.  ``task_timeout``: default limit in seconds
     for every task.  ``on_worker_crash``: ``"isolate"`` (default) fails only the task whose
     worker died and respawns it; ``"break"`` breaks the whole pool as the stdlib does.
+    ``cancel_running=True``: ``Future.cancel()`` (and cancelling an asyncio task awaiting
+    ``run_in_executor``) also stops a running task, as a timeout does; the stdlib never stops
+    running work.
     """
 
     _default_chunksize = None
@@ -927,6 +976,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         worker: Union[WorkerLike, Sequence[WorkerLike], None] = None,
         task_timeout: Optional[float] = None,
         on_worker_crash: str = "isolate",
+        cancel_running: bool = False,
     ):
         # The stdlib __init__ is deliberately not called: it builds queues we do not use.
         specs, max_workers = resolve_workers(worker, max_workers)
@@ -963,6 +1013,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         self._worker_specs = specs
         self._task_timeout = check_timeout("task_timeout", task_timeout)
         self._on_worker_crash = on_worker_crash
+        self._cancel_running = bool(cancel_running)
         self._processes: dict[int, Any] = {}  # pid -> process, as in the stdlib
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
@@ -1014,7 +1065,9 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _global_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            future: Future[Any] = Future()
+            future: Future[Any] = (
+                _StoppableFuture(dispatcher.request_stop) if self._cancel_running else Future()
+            )
             dispatcher.pending.append(
                 _Piece(_Job(future, fn, items, mode, timeout, is_call), 0, len(items))
             )

@@ -1,0 +1,716 @@
+"""StatefulDaskExecutor: mtasklite's executor API on a Dask cluster (``mtasklite[dask]``).
+
+``StatefulDaskExecutor(client, worker=..., task_timeout=...)`` is a
+``concurrent.futures.Executor`` whose tasks run on the workers of a
+``distributed.Client``.  It shares ``imap``/``imap_unordered``/``map`` with the other mtasklite
+executors (:class:`~mtasklite.executor_api.StatefulExecutorMixin` over the windowing engine), so
+input is pulled lazily with a bounded window; ``Client.map`` instead needs a sized input and
+submits every task up front.
+
+Where the state lives.  Every task is a call to :func:`_run_task` (or :func:`_run_chunk_task`)
+on a Dask worker, carrying a small :class:`_Job`: the executor's random token, the spec and,
+when pinned, the spec's index.  The worker process keeps the objects built from specs in the
+module-level ``_instances`` dict, keyed by ``(token, spec index, worker address)``, so each
+Dask worker builds its object on the first task that needs it and reuses it afterwards.  A
+replacement worker (a new process) starts with an empty dict and builds again from the same
+spec.  Calls to a ``@delayed_init`` object are serialised by a lock, so it is never used by two
+tasks at once even on a multi-threaded Dask worker.  Shutdown clears the dict on every worker.
+
+Routing.  One spec (or none) is *replicated*: tasks go wherever Dask schedules them, and Dask
+itself reruns the tasks of a worker that dies.  A *list* of specs pins spec ``i`` to one Dask
+worker (the workers sorted by name, so LocalCluster worker ``i`` gets spec ``i``); its tasks
+carry ``workers=[address], allow_other_workers=False`` and each call goes to the spec with the
+fewest calls in flight.  Dask never retargets such restrictions: a task pinned to a dead
+worker waits forever.  So a service thread checks the pinned addresses about once a second
+while calls are in flight; when one is gone it moves the spec to a worker with the same name
+(the nanny's restart of the dead one), else to a worker hosting no spec, else, after
+``REPLACEMENT_GRACE`` seconds, to the one hosting the fewest, and resubmits that spec's
+unfinished calls there.
+
+Futures.  Every call returns a plain ``concurrent.futures.Future``.  A done-callback on the
+Dask future (run in Dask's callback thread) fetches the outcome and settles it.  Races, all
+decided under the executor's lock by the ``_Call`` record:
+
+- a rerouted call gets a new Dask future; the callback of the old one finds it is no longer the
+  call's current future and does nothing;
+- a user ``cancel()`` settles the call first, so a result arriving later is dropped, and the
+  Dask future is cancelled; a result settled first makes the ``cancel()`` a no-op on Dask's
+  side and its late ``set_result`` is ignored.  Until the result arrives the future stays
+  *pending* (the client cannot see when a Dask task starts), so ``cancel()`` succeeds even
+  while the task runs; Dask then lets the task finish and drops its result;
+- Dask cancellations are batched by the service thread (one scheduler round trip per batch),
+  because closing an ``imap`` cancels its whole window future by future.
+
+Task timeouts.  A Dask task cannot be stopped from outside short of restarting its worker.
+With ``task_timeout`` the call runs in a helper thread on the worker while the Dask task waits
+for it; at the limit (counted from when the call starts on the worker, not from submission)
+the task fails with :class:`~mtasklite.TaskTimeoutError`, frees its Dask slot, and the
+helper thread is sent an asynchronous exception, which stops pure-Python code but not code
+blocked in C.  The spec's object is then rebuilt for the next call, as a thread pool replaces
+the thread (the abandoned call may still be using the old one).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import ctypes
+import functools
+import re
+import threading
+import time
+import uuid
+import weakref
+from concurrent.futures import Future
+from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar, Union
+
+try:
+    import distributed
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "mtasklite.dask needs the 'distributed' package: pip install 'mtasklite[dask]'"
+    ) from exc
+
+from .errors import TaskTimeoutError, WorkerInitError
+from .executor_api import StatefulExecutorMixin, check_timeout
+from .stateful import (
+    DelayedInit,
+    WorkerContext,
+    WorkerHandle,
+    WorkerLike,
+    build_worker,
+    describe_worker,
+    resolve_workers,
+    set_thread_context,
+)
+from .windowing import ChunkResult, run_chunk
+
+__all__ = ["StatefulDaskExecutor"]
+
+T = TypeVar("T")
+
+#: Seconds between checks that the workers hosting pinned specs are alive.
+HEALTH_INTERVAL = 1.0
+#: Seconds a pinned spec waits for a free or same-named worker before sharing a busy one.
+REPLACEMENT_GRACE = 10.0
+
+
+# === worker side: runs inside Dask worker processes =========================================
+
+
+class _Job(NamedTuple):
+    """What every task carries besides the user's call."""
+
+    token: str
+    slot: Optional[int]  # the spec's index when pinned, else None
+    spec: Optional[WorkerLike]
+    timeout: Optional[float]
+
+
+class _Instance:
+    """An object built from a spec on one Dask worker; ``lock`` serialises calls to it."""
+
+    __slots__ = ("built", "error", "lock", "value")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.built = False
+        self.value: Any = None
+        self.error: Optional[str] = None  # why building failed (every later call fails too)
+
+
+_InstanceKey = tuple[str, Optional[int], str]
+_instances: dict[_InstanceKey, _Instance] = {}
+_instances_lock = threading.Lock()
+
+
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.]")
+
+
+class _Abandoned(BaseException):
+    """Raised asynchronously in a helper thread whose call ran past its time limit."""
+
+
+def _locate(job: _Job) -> tuple[Optional[int], str]:
+    """``(worker_index(), worker address)`` for a task of ``job`` on this Dask worker."""
+    try:
+        worker = distributed.get_worker()
+    except ValueError:  # not on a Dask worker (e.g. called directly in a test)
+        return job.slot, ""
+    if job.slot is not None:
+        return job.slot, str(worker.address)
+    # Replicated: Dask has no worker numbering; LocalCluster and other SpecCluster
+    # deployments name workers 0..n-1 and a restarted worker keeps its name.
+    name = worker.name
+    index = name if isinstance(name, int) and not isinstance(name, bool) else None
+    return index, str(worker.address)
+
+
+def _acquire(key: _InstanceKey, spec: DelayedInit[Any], index: Optional[int]) -> _Instance:
+    """The built instance for ``key``, its lock held by the caller; builds it on first use."""
+    while True:
+        with _instances_lock:
+            entry = _instances.get(key)
+            if entry is None:
+                entry = _instances[key] = _Instance()
+        entry.lock.acquire()
+        with _instances_lock:
+            current = _instances.get(key) is entry
+        if current:
+            break
+        entry.lock.release()  # retired by a timeout (or forgotten) while we waited: retry
+    if not entry.built:
+        try:
+            entry.value = build_worker(spec)
+        except BaseException as exc:
+            entry.error = (
+                f"building worker {index} ({describe_worker(spec)}) on Dask worker "
+                f"{key[2] or '?'} failed: {exc!r}; the executor is not usable anymore"
+            )
+        entry.built = True
+    if entry.error is not None:
+        entry.lock.release()
+        raise WorkerInitError(entry.error)
+    return entry
+
+
+def _retire(key: _InstanceKey, entry: _Instance) -> None:
+    """Make the next call on ``key`` build a fresh instance (the old one is abandoned)."""
+    with _instances_lock:
+        if _instances.get(key) is entry:
+            del _instances[key]
+
+
+def _forget(token: str) -> int:
+    """Drop every instance an executor built in this process (run on each worker)."""
+    with _instances_lock:
+        keys = [key for key in _instances if key[0] == token]
+        for key in keys:
+            del _instances[key]
+    return len(keys)
+
+
+def _set_async_exc(ident: Optional[int], exc_type: Optional[type[BaseException]]) -> None:
+    """Best effort: make ``exc_type`` pending in thread ``ident`` (``None`` clears it)."""
+    set_async = getattr(ctypes.pythonapi, "PyThreadState_SetAsyncExc", None)
+    if set_async is None or ident is None:  # pragma: no cover - non-CPython
+        return
+    set_async(ctypes.c_ulong(ident), ctypes.py_object(exc_type) if exc_type else None)
+
+
+class _TimedCall:
+    """One call run in a helper thread so the Dask task can give up on it at a deadline."""
+
+    def __init__(self, ctx: WorkerContext, call: Callable[[], Any]):
+        self._ctx = ctx
+        self._call = call
+        self._lock = threading.Lock()
+        self.finished = threading.Event()
+        self._abandoned = False
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            set_thread_context(self._ctx)
+            try:
+                value, error = self._call(), None
+            except _Abandoned:
+                raise
+            except BaseException as exc:
+                value, error = None, exc
+            with self._lock:
+                self.value, self.error = value, error
+                self.finished.set()
+                abandoned = self._abandoned
+            if abandoned:  # lost the race: clear the exception abandon() left pending
+                _set_async_exc(threading.get_ident(), None)
+        except _Abandoned:
+            pass
+
+    def abandon(self, thread: threading.Thread) -> bool:
+        """Give up on the call; ``False`` if it finished first (its outcome then stands)."""
+        with self._lock:
+            if self.finished.is_set():
+                return False
+            self._abandoned = True
+            _set_async_exc(thread.ident, _Abandoned)
+            return True
+
+
+def _call_label(fn: Callable[..., Any]) -> str:
+    """A short name for ``fn``: messages and Dask task keys (the dashboard groups by it)."""
+    if isinstance(fn, WorkerHandle):
+        return "worker"
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return _UNSAFE_KEY_CHARS.sub("_", str(name))
+
+
+def _execute(job: _Job, call: Callable[[], Any], what: str) -> Any:
+    """Run ``call`` with the worker context of ``job`` set, honouring its time limit."""
+    index, address = _locate(job)
+    key: _InstanceKey = (job.token, job.slot, address)
+    entry: Optional[_Instance] = None
+    instance: Any = None
+    if isinstance(job.spec, DelayedInit):
+        entry = _acquire(key, job.spec, index)
+        instance = entry.value
+    elif job.spec is not None:
+        instance = job.spec  # a plain callable is its own (stateless) worker object
+    # Replicated workers without an integer name have no index; the context types it as int.
+    ctx = WorkerContext(index, instance)  # type: ignore[arg-type]
+    try:
+        if job.timeout is None:
+            set_thread_context(ctx)
+            try:
+                return call()
+            finally:
+                set_thread_context(None)
+        timed = _TimedCall(ctx, call)
+        # Copy the context so distributed.get_worker() also works inside the helper thread.
+        runner = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(timed.run,),
+            name="mtasklite-dask-timed",
+            daemon=True,
+        )
+        runner.start()
+        if not timed.finished.wait(job.timeout) and timed.abandon(runner):
+            if entry is not None:
+                _retire(key, entry)
+            where = f" in worker {index}" if index is not None else ""
+            rebuilt = "; the worker object will be rebuilt" if entry is not None else ""
+            raise TaskTimeoutError(
+                f"task {what} exceeded its {job.timeout:g} s limit{where} (Dask worker "
+                f"{address or '?'}) and was abandoned{rebuilt}"
+            )
+        if timed.error is not None:
+            raise timed.error
+        return timed.value
+    finally:
+        if entry is not None:
+            entry.lock.release()
+
+
+def _run_task(
+    job: _Job, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """The Dask task behind ``submit``: ``fn(*args, **kwargs)`` in the worker context."""
+    return _execute(job, functools.partial(fn, *args, **kwargs), _call_label(fn))
+
+
+def _run_chunk_task(job: _Job, fn: Callable[..., Any], items: list[Any], star: bool) -> ChunkResult:
+    """The Dask task behind one ``imap`` chunk."""
+    call = functools.partial(run_chunk, fn, items, star)
+    result: ChunkResult = _execute(job, call, f"chunk of {_call_label(fn)}")
+    return result
+
+
+# === client side ===========================================================================
+
+
+class _Call:
+    """One submitted call: its public future and the Dask future currently running it."""
+
+    __slots__ = ("address", "dask_future", "future", "key_prefix", "payload", "settled", "slot")
+
+    def __init__(
+        self,
+        payload: tuple[Any, ...],
+        key_prefix: str,
+        slot: Optional[int],
+    ):
+        self.future: Future[Any] = Future()
+        self.payload = payload  # (task function, *arguments) for client.submit
+        self.key_prefix = key_prefix
+        self.slot = slot
+        self.dask_future: Any = None  # None while (re)submitting
+        self.address: Optional[str] = None  # where the current Dask future is pinned
+        self.settled = False  # outcome decided (result, error or cancelled)
+
+
+def _worker_order(item: tuple[str, Any]) -> tuple[int, Any, str]:
+    name = item[1].get("name")
+    if isinstance(name, int) and not isinstance(name, bool):
+        return (0, name, item[0])
+    return (1, str(name), item[0])
+
+
+class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` running tasks on a Dask cluster, with stateful workers.
+
+    ``client`` is a (synchronous) ``distributed.Client``; the executor never closes it.
+    ``worker`` is a ``@delayed_init`` spec or a function, built once on every Dask worker
+    that runs a task (tasks go wherever Dask schedules them), or a list of them, each pinned
+    to its own Dask worker (the cluster needs at least that many).  When a Dask worker dies,
+    its replacement builds its object again from the same spec.  Tasks see their worker
+    through :func:`~mtasklite.current_worker`, :func:`~mtasklite.worker_index` (the spec's
+    index when pinned, the Dask worker's integer name otherwise, ``None`` if it has none) and
+    the picklable :attr:`worker` handle.  ``task_timeout`` is the default limit in seconds for
+    every task, counted from when it starts on its worker.
+
+    ``imap`` reads its input lazily, at most ``buffersize`` tasks ahead (four per worker by
+    default), and sizes chunks adaptively unless ``chunksize`` is given.  Task arguments are
+    sent as they are (Dask futures inside them are resolved, as with ``Client.submit``).
+    """
+
+    _default_chunksize: Optional[int] = None  # a Dask task costs ~1 ms: batch small items
+    _chunks_take_timeouts = False
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        worker: Union[WorkerLike, Sequence[WorkerLike], None] = None,
+        task_timeout: Optional[float] = None,
+    ):
+        if not callable(getattr(client, "submit", None)):
+            raise TypeError(f"client must be a distributed.Client, got {client!r}")
+        if getattr(client, "asynchronous", False):
+            raise ValueError("StatefulDaskExecutor needs a synchronous distributed.Client")
+        pinned = isinstance(worker, (list, tuple))
+        specs, _ = resolve_workers(worker, None)
+        self._client = client
+        self._worker_specs = specs
+        self._task_timeout = check_timeout("task_timeout", task_timeout)
+        self._token = uuid.uuid4().hex
+        self._lock = threading.Lock()
+        self._calls: set[_Call] = set()
+        self._shutdown = False
+        self._broken: Optional[str] = None
+        self._slot_address: list[str] = []
+        self._slot_name: list[Any] = []
+        self._slot_lost: list[Optional[float]] = []
+        self._slot_load: list[int] = []
+        self._next_slot = 0
+        workers = sorted(client.scheduler_info()["workers"].items(), key=_worker_order)
+        if pinned:
+            assert specs is not None
+            if len(workers) < len(specs):
+                raise ValueError(
+                    f"worker= lists {len(specs)} specs but the cluster has {len(workers)} "
+                    f"workers; start more (or call client.wait_for_workers({len(specs)}))"
+                )
+            for address, info in workers[: len(specs)]:
+                self._slot_address.append(address)
+                self._slot_name.append(info.get("name"))
+                self._slot_lost.append(None)
+                self._slot_load.append(0)
+            self._max_workers = len(specs)
+        elif specs is not None and isinstance(specs[0], DelayedInit):
+            self._max_workers = max(1, len(workers))  # calls to one object are serialised
+        else:
+            self._max_workers = max(1, sum(int(info.get("nthreads", 1)) for _, info in workers))
+        self._service = _Service(self)
+
+    @property
+    def client(self) -> Any:
+        """The ``distributed.Client`` this executor submits to."""
+        return self._client
+
+    # -- submission -------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` on the cluster; returns a stdlib ``Future``."""
+        return self._submit_timed(fn, args, kwargs, self._task_timeout)
+
+    def _submit_timed(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: Optional[float],
+    ) -> Future[Any]:
+        return self._start(_run_task, (fn, args, kwargs), _call_label(fn), timeout)
+
+    def _submit_chunk(
+        self, fn: Callable[..., Any], items: list[Any], star: bool, timeout: Optional[float]
+    ) -> Future[ChunkResult]:
+        # Timed imap sends single items (_chunks_take_timeouts is False), never a timed chunk.
+        return self._start(_run_chunk_task, (fn, items, star), _call_label(fn), None)
+
+    def _start(
+        self,
+        task: Callable[..., Any],
+        args: tuple[Any, ...],
+        label: str,
+        timeout: Optional[float],
+    ) -> Future[Any]:
+        with self._lock:
+            if self._broken is not None:
+                raise WorkerInitError(self._broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            slot = self._pick_slot() if self._slot_address else None
+            job = _Job(self._token, slot, self._spec_for(slot), timeout)
+            call = _Call((task, job, *args), f"mtasklite-{label}", slot)
+            self._calls.add(call)
+        self._service.ensure_started()
+        call.future.add_done_callback(functools.partial(self._on_future_done, call))
+        self._dispatch(call)
+        return call.future
+
+    def _spec_for(self, slot: Optional[int]) -> Optional[WorkerLike]:
+        specs = self._worker_specs
+        if specs is None:
+            return None
+        return specs[slot] if slot is not None else specs[0]
+
+    def _pick_slot(self) -> int:
+        """The pinned spec with the fewest calls in flight (round robin among equals)."""
+        loads, n = self._slot_load, len(self._slot_load)
+        best = self._next_slot
+        for step in range(1, n):
+            i = (self._next_slot + step) % n
+            if loads[i] < loads[best]:
+                best = i
+        self._next_slot = (best + 1) % n
+        loads[best] += 1
+        return best
+
+    def _dispatch(self, call: _Call) -> None:
+        """Submit ``call`` to Dask (again, after a reroute) and relay its outcome."""
+        while True:
+            with self._lock:
+                if call.settled:
+                    return
+                address = None if call.slot is None else self._slot_address[call.slot]
+            task, *args = call.payload
+            try:
+                dask_future = self._client.submit(
+                    task,
+                    *args,
+                    key=f"{call.key_prefix}-{uuid.uuid4().hex}",
+                    pure=False,
+                    workers=None if address is None else [address],
+                    allow_other_workers=False,
+                )
+            except BaseException as exc:  # e.g. the client is closed
+                self._fail(call, exc)
+                return
+            with self._lock:
+                # A reroute or a cancel may have happened while we were submitting.
+                moved = call.slot is not None and self._slot_address[call.slot] != address
+                keep = not call.settled and not moved
+                if keep:
+                    call.dask_future, call.address = dask_future, address
+            if keep:
+                dask_future.add_done_callback(functools.partial(self._relay, call, dask_future))
+                return
+            self._service.cancel(dask_future)
+
+    # -- outcomes (Dask's callback thread) ----------------------------------------------------
+
+    def _relay(self, call: _Call, dask_future: Any, _: Any = None) -> None:
+        if call.dask_future is not dask_future:
+            return  # superseded by a reroute, or already settled
+        value: Any = None
+        error: Optional[BaseException] = None
+        cancelled = dask_future.status == "cancelled"
+        if not cancelled:
+            try:
+                value = dask_future.result()
+            except BaseException as exc:
+                error = exc
+        with self._lock:
+            if call.dask_future is not dask_future or call.settled:
+                return
+            self._settle(call)
+            if isinstance(error, WorkerInitError) and self._broken is None:
+                self._broken = str(error)
+        future = call.future
+        try:
+            if cancelled:  # cancelled on Dask's side (client closed, someone else's cancel)
+                if future.cancel():
+                    future.set_running_or_notify_cancel()
+            elif error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+        except concurrent.futures.InvalidStateError:
+            pass  # the user cancelled it meanwhile; the outcome is dropped
+        del future, value, error
+
+    def _fail(self, call: _Call, error: BaseException) -> None:
+        with self._lock:
+            if call.settled:
+                return
+            self._settle(call)
+        try:
+            call.future.set_exception(error)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+    def _on_future_done(self, call: _Call, future: Future[Any]) -> None:
+        if not future.cancelled():
+            return
+        with self._lock:
+            if call.settled:
+                return
+            dask_future = call.dask_future
+            self._settle(call)
+        # Wake concurrent.futures.wait()/as_completed(), as a stdlib worker would.
+        future.set_running_or_notify_cancel()
+        if dask_future is not None:
+            self._service.cancel(dask_future)
+
+    def _settle(self, call: _Call) -> None:
+        """Mark ``call`` decided and drop it from the books (caller holds the lock)."""
+        call.settled = True
+        call.dask_future = None  # releases the Dask key, so workers can free its result
+        self._calls.discard(call)
+        if call.slot is not None:
+            self._slot_load[call.slot] -= 1
+        if self._shutdown and not self._calls:
+            self._service.wake()
+
+    # -- pinned specs: follow their workers ---------------------------------------------------
+
+    def _has_calls(self) -> bool:
+        with self._lock:
+            return bool(self._calls)
+
+    def _check_slots(self) -> None:
+        """Move pinned specs off dead workers and resubmit their unfinished calls."""
+        with self._lock:
+            addresses = list(self._slot_address)
+        alive = self._client.nthreads(addresses)
+        if len(alive) == len(set(addresses)):
+            return
+        workers = self._client.scheduler_info()["workers"]
+        names = {address: info.get("name") for address, info in workers.items()}
+        moved: list[_Call] = []
+        old_futures: list[Any] = []
+        with self._lock:
+            changed = self._reassign(names)
+            for call in self._calls:
+                if call.slot in changed and call.dask_future is not None:
+                    old_futures.append(call.dask_future)
+                    call.dask_future = None
+                    moved.append(call)
+        for dask_future in old_futures:
+            self._service.cancel(dask_future)
+        for call in moved:
+            self._dispatch(call)
+
+    def _reassign(self, names: dict[str, Any]) -> set[int]:
+        """Give each spec on a vanished worker a new one (caller holds the lock)."""
+        now = time.monotonic()
+        changed: set[int] = set()
+        for i, address in enumerate(self._slot_address):
+            if address in names:
+                self._slot_lost[i] = None
+                continue
+            lost = self._slot_lost[i]
+            if lost is None:
+                lost = self._slot_lost[i] = now
+            hosting = {a: self._slot_address.count(a) for a in names}
+            choice = next((a for a in sorted(names) if names[a] == self._slot_name[i]), None)
+            if choice is None:
+                choice = next((a for a in sorted(names) if hosting[a] == 0), None)
+            if choice is None and names and now - lost >= REPLACEMENT_GRACE:
+                choice = min(sorted(names), key=hosting.__getitem__)
+            if choice is not None:
+                self._slot_address[i] = choice
+                self._slot_name[i] = names[choice]
+                self._slot_lost[i] = None
+                changed.add(i)
+        return changed
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; optionally cancel pending ones and wait for the rest.
+
+        Tasks already running on a worker always finish there (a cancelled one's result is
+        dropped).  Once no call is in flight, every Dask worker drops the objects it built
+        for this executor.  The client stays open.
+        """
+        with self._lock:
+            self._shutdown = True
+            calls = list(self._calls)
+        if cancel_futures:
+            for call in calls:
+                call.future.cancel()
+        if wait:
+            concurrent.futures.wait([call.future for call in calls])
+        self._service.stop(wait)
+
+    def __repr__(self) -> str:
+        mode = "pinned" if self._slot_address else "replicated"
+        state = "shutdown" if self._shutdown else "running"
+        return f"<{type(self).__name__} {mode} workers={self._max_workers} {state}>"
+
+
+class _Service:
+    """The executor's daemon thread: batches Dask cancellations, follows pinned workers, and
+    clears the workers' state once the executor is shut down and idle."""
+
+    def __init__(self, executor: StatefulDaskExecutor):
+        self._executor_ref = weakref.ref(executor, lambda _: self.wake())
+        self._client = executor._client
+        self._token = executor._token
+        self._pinned = bool(executor._slot_address)
+        self._cond = threading.Condition()
+        self._cancels: list[Any] = []
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+
+    def ensure_started(self) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="mtasklite-dask-service", daemon=True
+                )
+                self._thread.start()
+
+    def cancel(self, dask_future: Any) -> None:
+        with self._cond:
+            self._cancels.append(dask_future)
+            self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def stop(self, wait: bool) -> None:
+        with self._cond:
+            self._stopping = True
+            thread = self._thread
+            self._cond.notify()
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        next_check = time.monotonic() + HEALTH_INTERVAL
+        while True:
+            with self._cond:
+                if not self._cancels:
+                    timeout = max(0.0, next_check - time.monotonic()) if self._pinned else None
+                    self._cond.wait(timeout)
+                batch, self._cancels = self._cancels, []
+                stopping = self._stopping
+            if batch:
+                try:
+                    self._client.cancel(batch)
+                except Exception:
+                    pass  # client closed: its futures are gone anyway
+                del batch
+            executor = self._executor_ref()
+            busy = executor is not None and executor._has_calls()
+            if executor is not None and busy and self._pinned and time.monotonic() >= next_check:
+                try:
+                    executor._check_slots()
+                except Exception:
+                    pass  # scheduler unreachable right now: try again next round
+                next_check = time.monotonic() + HEALTH_INTERVAL
+            del executor
+            if not busy and (stopping or self._executor_ref() is None):
+                with self._cond:
+                    if self._cancels:
+                        continue
+                break
+        try:
+            self._client.run(_forget, self._token)
+        except Exception:
+            pass  # client or cluster already closed: nothing left to clear
