@@ -95,6 +95,16 @@ def _python_exit() -> None:
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
 
 
+def _after_fork_in_child() -> None:
+    # A forked worker must not run the parent's pools' exit hook: their dispatcher threads
+    # and locks did not survive the fork.
+    _live_dispatchers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Job:
     """One future's worth of work: a ``submit`` call (one item) or an imap chunk."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import os
 import queue
 import threading
 import time
@@ -73,6 +74,18 @@ def _python_exit() -> None:
 # Pool threads are daemons (a stuck, abandoned one must not block exit); this hook, run before
 # the interpreter joins non-daemon threads, waits for the live ones as the stdlib does.
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (e.g. a process-pool worker) inherits neither our threads nor the state
+    # of this lock, which another thread may have held at the fork: its exit hook must not
+    # wait for either.
+    _global_shutdown_lock._at_fork_reinit()  # type: ignore[attr-defined]
+    _live_threads.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Abandoned(BaseException):
