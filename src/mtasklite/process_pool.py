@@ -170,6 +170,7 @@ class _Slot:
         "done_items",
         "ever_ready",
         "index",
+        "init_failure",
         "kill_at",
         "piece",
         "process",
@@ -192,6 +193,7 @@ class _Slot:
         self.kill_at = 0.0  # KILLING: when to escalate to SIGKILL
         self.done_items = 0  # items run by the current process (max_tasks_per_child)
         self.ever_ready = False  # some process of this slot has built its object
+        self.init_failure: Optional[_wire.InitFailed] = None  # reported, process not yet gone
 
 
 class _StoppableFuture(Future[Any]):
@@ -584,7 +586,9 @@ class _Dispatcher:
                 message.error,
             )
         elif isinstance(message, _wire.InitFailed):
-            self._init_failed(slot, message.error, message.in_spec)
+            # Acted on when the process has exited, so whatever it did while failing (its
+            # log records, say) is complete before callers see the pool break.
+            slot.init_failure = message
 
     def _record(self, slot: _Slot, results: _wire.Results) -> None:
         piece = slot.piece
@@ -696,6 +700,10 @@ class _Dispatcher:
         slot.process, slot.conn, slot.state, slot.piece = None, None, EMPTY, None
         if slot in self.idle:
             self.idle.remove(slot)
+        failure, slot.init_failure = slot.init_failure, None
+        if failure is not None:
+            self._init_failed(slot, failure.error, failure.in_spec)
+            return
         if state == STARTING and not self._should_stop():
             self._init_failed(slot, None, slot.spec is not None, process.exitcode)
             return
