@@ -86,19 +86,37 @@ def _serve(conn: multiprocessing.connection.Connection, cell: Cells, base: int) 
 def _run_batch(
     conn: multiprocessing.connection.Connection, run: _wire.Run, cell: Cells, base: int
 ) -> None:
-    fn, mode = run.fn, run.mode
+    fn, mode, items = run.fn, run.mode, run.items
     values: list[Any] = []
+    append = values.append
     errors: Optional[dict[int, BaseException]] = None
+    count = len(items)
+    index = 0
     start = time.perf_counter()
-    for index, item in enumerate(run.items):
-        cell[base] = index
+    # The hot loops: one per mode, with the ``try`` outside, resumed after a failing item.
+    while index < count:
+        current = index
         try:
-            values.append(_wire.call_item(fn, item, mode))
+            if mode == _wire.SINGLE:
+                for current in range(index, count):
+                    cell[base] = current
+                    append(fn(items[current]))
+            elif mode == _wire.STAR:
+                for current in range(index, count):
+                    cell[base] = current
+                    append(fn(*items[current]))
+            else:
+                for current in range(index, count):
+                    cell[base] = current
+                    args, kwargs = items[current]
+                    append(fn(*args, **kwargs))
+            break
         except BaseException as exc:
             if errors is None:
                 errors = {}
-            errors[index] = _wire.wrap_exception(exc)
-            values.append(None)
+            errors[current] = _wire.wrap_exception(exc)
+            append(None)
+            index = current + 1
     elapsed = time.perf_counter() - start
     cell[base] = _wire.SENDING
     _send_results(conn, values, errors, elapsed, last=True)
