@@ -350,8 +350,14 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
     every task, counted from when it starts on its worker.
 
     ``imap`` reads its input lazily, at most ``buffersize`` tasks ahead (four per worker by
-    default), and sizes chunks adaptively unless ``chunksize`` is given.  Task arguments are
-    sent as they are (Dask futures inside them are resolved, as with ``Client.submit``).
+    default, counted from the cluster's size when the executor is created), and sizes chunks
+    adaptively unless ``chunksize`` is given.  Dask futures inside task arguments are resolved
+    on the worker, as with ``Client.submit``.
+
+    Requirements and limits: mtasklite must be importable on the workers.  The spec travels
+    with every task, so give constructors small arguments (a path, not the data).  A future
+    stays pending until its result arrives, so ``cancel()`` succeeds even on a running task,
+    whose result is then dropped; ``shutdown`` never closes the client.
     """
 
     _default_chunksize: Optional[int] = None  # a Dask task costs ~1 ms: batch small items
@@ -655,6 +661,7 @@ class _Service:
         self._cancels: list[Any] = []
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
+        self._kicked = False  # a wake-up arrived since the thread last looked: never lose one
 
     def ensure_started(self) -> None:
         with self._cond:
@@ -667,27 +674,32 @@ class _Service:
     def cancel(self, dask_future: Any) -> None:
         with self._cond:
             self._cancels.append(dask_future)
-            self._cond.notify()
+            self._kick()
 
     def wake(self) -> None:
         with self._cond:
-            self._cond.notify()
+            self._kick()
 
     def stop(self, wait: bool) -> None:
         with self._cond:
             self._stopping = True
             thread = self._thread
-            self._cond.notify()
+            self._kick()
         if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
+
+    def _kick(self) -> None:
+        self._kicked = True
+        self._cond.notify()
 
     def _run(self) -> None:
         next_check = time.monotonic() + HEALTH_INTERVAL
         while True:
             with self._cond:
-                if not self._cancels:
+                if not self._kicked:
                     timeout = max(0.0, next_check - time.monotonic()) if self._pinned else None
                     self._cond.wait(timeout)
+                self._kicked = False
                 batch, self._cancels = self._cancels, []
                 stopping = self._stopping
             if batch:
@@ -698,12 +710,14 @@ class _Service:
                 del batch
             executor = self._executor_ref()
             busy = executor is not None and executor._has_calls()
-            if executor is not None and busy and self._pinned and time.monotonic() >= next_check:
-                try:
-                    executor._check_slots()
-                except Exception:
-                    pass  # scheduler unreachable right now: try again next round
-                next_check = time.monotonic() + HEALTH_INTERVAL
+            now = time.monotonic()
+            if self._pinned and now >= next_check:
+                next_check = now + HEALTH_INTERVAL
+                if executor is not None and busy:
+                    try:
+                        executor._check_slots()
+                    except Exception:
+                        pass  # scheduler unreachable right now: try again next round
             del executor
             if not busy and (stopping or self._executor_ref() is None):
                 with self._cond:

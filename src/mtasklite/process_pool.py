@@ -602,7 +602,10 @@ class _Dispatcher:
         keep = min(count, slot.accept - first)  # an overrun item and later ones are dropped
         if keep > 0:
             offset = piece.start + first
-            job.values[offset : offset + keep] = results.values[:keep]
+            if keep == job.remaining == len(job.values):
+                job.values = results.values  # the common case: one message carries the job
+            else:
+                job.values[offset : offset + keep] = results.values[:keep]
             errors = results.errors
             if errors:
                 for index, error in errors.items():

@@ -184,23 +184,31 @@ ChunkSizer = Union[FixedChunkSize, AdaptiveChunkSize]
 class ResultIterator(Generic[T]):
     """The lazy iterator ``imap`` returns: a context manager with :meth:`close`.
 
-    ``for`` loops run directly on the inner generator (``__iter__`` returns it), which keeps
-    per-item overhead at generator speed.  Closing it, leaving ``with``, breaking out of a loop
-    over it and garbage collection all stop reading the input and cancel every submitted task
-    that has not started.  Tasks already running finish; their results are dropped.
+    ``for`` loops run directly on the inner iterator (``__iter__`` returns it), which keeps
+    per-item overhead at generator speed, or C speed when chunking.  Closing it, leaving
+    ``with``, breaking out of a loop over it and garbage collection all stop reading the input
+    and cancel every submitted task that has not started.  Tasks already running finish; their
+    results are dropped.
     """
 
-    def __init__(self, generator: Iterator[T], on_close: Optional[Callable[[], None]] = None):
+    def __init__(
+        self,
+        generator: Iterator[Any],
+        on_close: Optional[Callable[[], None]] = None,
+        flatten: bool = False,
+    ):
         self._gen = generator
+        # ``generator`` yields one list per chunk when ``flatten``.
+        self._iter: Iterator[T] = itertools.chain.from_iterable(generator) if flatten else generator
         # An eager map() has tasks in flight before its generator first runs; closing a
         # generator that never started skips its ``finally``, so cancel through this hook.
         self._on_close = on_close
 
     def __iter__(self) -> Iterator[T]:
-        return self._gen
+        return self._iter
 
     def __next__(self) -> T:
-        return next(self._gen)
+        return next(self._iter)
 
     def close(self) -> None:
         """Stop: read no more input, cancel tasks not yet started."""
@@ -221,9 +229,13 @@ class SizedResultIterator(ResultIterator[T]):
     """A :class:`ResultIterator` over sized inputs: ``len()`` is the total number of results."""
 
     def __init__(
-        self, generator: Iterator[T], length: int, on_close: Optional[Callable[[], None]] = None
+        self,
+        generator: Iterator[Any],
+        length: int,
+        on_close: Optional[Callable[[], None]] = None,
+        flatten: bool = False,
     ):
-        super().__init__(generator, on_close)
+        super().__init__(generator, on_close, flatten)
         self._length = length
 
     def __len__(self) -> int:
@@ -330,45 +342,35 @@ def _wait_exception(fut: Future[Any], deadline: Optional[float]) -> Optional[Bas
     return fut.exception(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def _chunk_outputs(
-    window: _Window, fut: Future[Any], count: int, return_exceptions: bool
-) -> Iterator[Any]:
-    """Yield one finished task's per-item outputs, in input order (errors raised or yielded)."""
+def _single_output(fut: Future[Any], return_exceptions: bool) -> Any:
+    """A finished one-item task's output (its error raised, or returned)."""
     exc = fut.exception()
-    if window.sizer is None:
-        if exc is None:
-            yield fut.result()
-        elif return_exceptions:
-            yield exc
-        else:
-            raise exc
-        return
+    if exc is None:
+        return fut.result()
+    if return_exceptions:
+        return exc
+    raise exc
+
+
+def _chunk_batch(
+    window: _Window, fut: Future[Any], count: int, return_exceptions: bool
+) -> tuple[list[Any], Optional[BaseException]]:
+    """A finished chunk's outputs in input order, and the error to raise after them."""
+    exc = fut.exception()
     if exc is not None:  # the whole chunk failed (cancelled, pool broken, ...)
-        if not return_exceptions:
-            raise exc
-        for _ in range(count):
-            yield exc
-        return
+        return ([exc] * count, None) if return_exceptions else ([], exc)
     result: ChunkResult = fut.result()
     del fut
+    assert window.sizer is not None
     window.sizer.observe(result, count)
     values, errors = result.values, result.errors
-    del result
-    if errors is None:
-        # Popping from the reversed list drops our reference to each value as it is yielded.
-        values.reverse()
-        while values:
-            yield values.pop()
-        return
-    for i in range(len(values)):
-        error = errors.get(i)
-        if error is None:
-            value, values[i] = values[i], None
-            yield value
-        elif return_exceptions:
-            yield error
-        else:
-            raise error
+    if errors:
+        if not return_exceptions:
+            first = min(errors)
+            return values[:first], errors[first]
+        for index, error in errors.items():
+            values[index] = error
+    return values, None
 
 
 def _interrupted(window: _Window) -> None:
@@ -378,6 +380,11 @@ def _interrupted(window: _Window) -> None:
     on_interrupt = getattr(window.interrupt_target(), "_on_interrupt", None)
     if on_interrupt is not None:
         on_interrupt()
+
+
+# The two generators below yield single outputs when every task is one item, and whole
+# lists (one per chunk) when chunking: make_result_iterator flattens those with
+# itertools.chain, so per-item iteration runs at C speed.
 
 
 def _ordered(
@@ -392,27 +399,25 @@ def _ordered(
                 break
             fut, count = inflight[0]
             _wait_exception(fut, deadline)
-            if window.sizer is None and not indexed:  # fast path: one item per future
-                exc = fut.exception()
+            if window.sizer is None:
                 del fut
-                if exc is None:
-                    # No local may keep the future (and so the result) alive while suspended.
-                    yield inflight.popleft()[0].result()
-                    continue
-                inflight.popleft()
-                if not return_exceptions:
-                    raise exc
-                yield exc
-                del exc
+                # No local may keep the future (and so the result) alive while suspended.
+                if indexed:
+                    yield position, _single_output(inflight.popleft()[0], return_exceptions)
+                    position += 1
+                else:
+                    yield _single_output(inflight.popleft()[0], return_exceptions)
                 continue
             inflight.popleft()
-            if indexed:
-                for value in _chunk_outputs(window, fut, count, return_exceptions):
-                    yield position, value
-                    position += 1
-            else:
-                yield from _chunk_outputs(window, fut, count, return_exceptions)
+            values, error = _chunk_batch(window, fut, count, return_exceptions)
             del fut
+            if indexed:
+                values = list(zip(range(position, position + len(values)), values))
+            position += len(values)
+            yield values
+            del values
+            if error is not None:
+                raise error
         if window.input_error is not None:
             raise window.input_error
     except KeyboardInterrupt:
@@ -437,14 +442,20 @@ def _unordered(
             except queue.Empty:
                 raise concurrent.futures.TimeoutError() from None
             count, first = inflight.pop(fut)
-            if indexed:
-                for offset, value in enumerate(
-                    _chunk_outputs(window, fut, count, return_exceptions)
-                ):
-                    yield first + offset, value
-            else:
-                yield from _chunk_outputs(window, fut, count, return_exceptions)
+            if window.sizer is None:
+                output = _single_output(fut, return_exceptions)
+                del fut
+                yield (first, output) if indexed else output
+                del output
+                continue
+            values, error = _chunk_batch(window, fut, count, return_exceptions)
             del fut
+            if indexed:
+                values = list(zip(range(first, first + len(values)), values))
+            yield values
+            del values
+            if error is not None:
+                raise error
         if window.input_error is not None:
             raise window.input_error
     except KeyboardInterrupt:
@@ -513,8 +524,8 @@ def make_result_iterator(
     generator = run(window, deadline, return_exceptions, indexed)
     on_close = window.cancel_all if eager else None
     if total is None:
-        return ResultIterator(generator, on_close)
-    return SizedResultIterator(generator, total, on_close)
+        return ResultIterator(generator, on_close, flatten=sizer is not None)
+    return SizedResultIterator(generator, total, on_close, flatten=sizer is not None)
 
 
 def imap(
