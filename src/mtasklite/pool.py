@@ -201,7 +201,9 @@ class Pool:
             fn = _KeywordArgs(fn)
         length = _length(input_iterable)
         # Unbounded is only possible when the input is sized: everything is submitted now.
-        buffersize = None if not self.bounded and length is not None else self._buffersize()
+        buffersize = max(1, length) if not self.bounded and length is not None else None
+        if buffersize is None:
+            buffersize = self._buffersize()
         behaviour = self.exception_behavior
         ordered = not self.is_unordered
         results = executor._imap(

@@ -172,6 +172,7 @@ class _Slot:
         "index",
         "init_failure",
         "kill_at",
+        "next_piece",
         "piece",
         "process",
         "received",
@@ -187,6 +188,7 @@ class _Slot:
         self.process: Any = None
         self.conn: Optional[multiprocessing.connection.Connection] = None
         self.piece: Optional[_Piece] = None
+        self.next_piece: Optional[_Piece] = None  # sent ahead, runs after ``piece``
         self.received = 0  # items of ``piece`` reported so far
         self.accept = 0  # items of ``piece`` whose results still count
         self.since = 0.0  # when ``piece`` was sent
@@ -243,6 +245,10 @@ class _Dispatcher:
         self.initargs = executor._initargs
         self.max_tasks = executor._max_tasks_per_child
         self.break_on_crash = executor._on_worker_crash == "break"
+        # Send an untimed worker its next piece before it finishes the current one, so it
+        # never idles while we unpickle its results (off where a slot's work is counted or
+        # stopped piece by piece).
+        self.prefetch = self.max_tasks is None and not executor._cancel_running
         self.processes = executor._processes
         self.idle_semaphore = executor._idle_worker_semaphore
         self.name = f"{type(executor).__name__}-{id(executor):x}"
@@ -253,11 +259,9 @@ class _Dispatcher:
         self.retiring: list[Any] = []  # stopped processes not yet reaped
         self.progress = self.ctx.RawArray("d", 2 * max_workers)
         self.cells = memoryview(self.progress).cast("B").cast("d")
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
+        self.wake_r = self.wake_w = -1  # the wakeup pipe, opened with the dispatcher thread
         self.wake_lock = threading.Lock()  # orders writes against closing the pipe
-        self.wake_pending = False
+        self.wake_pending = True  # until the pipe exists nobody needs waking: no writes
         self.shutting_down = False
         self.terminate_requested = False  # terminate(): stop all work now (set under the lock)
         self.terminated = False
@@ -284,10 +288,17 @@ class _Dispatcher:
                 except BlockingIOError:
                     pass  # full: a wakeup is pending anyway
 
+    def open_wakeup(self) -> None:
+        """Open the wakeup pipe (just before the dispatcher thread starts; it closes it)."""
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.wake_pending = False
+
     def start_fresh_slot(self) -> None:
         slot = self.slots[self.fresh]
-        self.fresh += 1
         self.start_slot(slot, die_with_parent=threading.current_thread() is threading.main_thread())
+        self.fresh += 1  # only once it started: a failed start is retried by the next caller
 
     def start_slot(self, slot: _Slot, die_with_parent: bool = True) -> None:
         """Start (or restart) ``slot``'s process.  Callers hold the lock."""
@@ -305,7 +316,12 @@ class _Dispatcher:
                 die_with_parent,
             ),
         )
-        process.start()
+        try:
+            process.start()
+        except BaseException:
+            parent_end.close()
+            child_end.close()
+            raise
         child_end.close()
         slot.process, slot.conn, slot.state = process, parent_end, STARTING
         slot.piece, slot.done_items = None, 0
@@ -322,6 +338,8 @@ class _Dispatcher:
                 if self.stop_requests:
                     self._stop_cancelled()
                 self._dispatch()
+                if self.prefetch:
+                    self._prefetch()
                 if self._finished():
                     break
                 conns, sentinels = self._waitables()
@@ -361,12 +379,17 @@ class _Dispatcher:
         return conns, sentinels
 
     def _clear_wakeup(self) -> None:
-        self.wake_pending = False
-        try:
-            while os.read(self.wake_r, 4096):
+        # Drain, then re-arm, both under the writers' lock: re-arming first would let a
+        # writer's byte be drained while its flag stays set, and every later wakeup would be
+        # skipped (a lost wakeup).  Callers change state before waking us, and we read state
+        # only after this, so a wakeup skipped while the flag was set is never needed.
+        with self.wake_lock:
+            try:
+                while os.read(self.wake_r, 4096):
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
+            self.wake_pending = False
 
     def _wait_timeout(self) -> Optional[float]:
         """Seconds until the nearest deadline (an item's limit or a SIGKILL escalation)."""
@@ -477,6 +500,46 @@ class _Dispatcher:
             slot.accept = piece.stop - piece.start
             slot.since = time.monotonic()
 
+    def _prefetch(self) -> None:
+        # Only imap chunks, and only once every worker is up: a single task must never wait
+        # behind another one while some worker could take it.
+        if self.idle or any(slot.state in (EMPTY, STARTING) for slot in self.slots):
+            return
+        for slot in self.slots:
+            current = slot.piece
+            if (
+                slot.state != BUSY
+                or slot.next_piece is not None
+                or current is None
+                or current.job.timeout is not None  # streaming: progress cells per piece
+            ):
+                continue
+            with self.lock:
+                if not self.pending:
+                    return
+                head = self.pending[0].job
+                if head.is_call or head.timeout is not None:
+                    return
+                piece = self.pending.popleft()
+            job = piece.job
+            if not job.started:
+                if not job.future.set_running_or_notify_cancel():
+                    continue
+                job.started = True
+            elif job.future.done():
+                continue
+            data = self._encode(piece)
+            if data is None:
+                continue
+            assert slot.conn is not None
+            try:
+                slot.conn.send_bytes(data)
+            except OSError:  # the worker died; its sentinel will report it
+                self._requeue(job, piece.start, piece.stop)
+                continue
+            job.nbytes += len(data)
+            slot.next_piece = piece
+
     def _encode(self, piece: _Piece) -> Optional[bytes]:
         """Pickle ``piece`` as a Run; on failure fail the unpicklable items, re-queue the rest."""
         job = piece.job
@@ -578,6 +641,8 @@ class _Dispatcher:
                 slot.ever_ready = True
                 self._notify_ready()
         elif isinstance(message, _wire.Unreadable):
+            if self._split_piece(slot):
+                return  # nothing ran; the items come back one by one to find the culprit
             self._finish_piece_with(
                 slot,
                 DeserializationError(
@@ -622,6 +687,12 @@ class _Dispatcher:
         assert piece is not None
         slot.piece = None
         slot.done_items += piece.stop - piece.start
+        if slot.next_piece is not None:  # already sent: the worker is on it now
+            piece, slot.next_piece = slot.next_piece, None
+            slot.piece, slot.received = piece, 0
+            slot.accept = piece.stop - piece.start
+            slot.since = time.monotonic()
+            return
         if self.max_tasks is not None and slot.done_items >= self.max_tasks:
             self._retire(slot)
         else:
@@ -639,6 +710,8 @@ class _Dispatcher:
             f"a result from worker {slot.index} could not be unpickled: {exc!r}"
         )
         error.__cause__ = exc
+        if not streaming and self._split_piece(slot):
+            return  # re-run one by one, so only the item with the bad result fails
         if streaming:  # exactly one item's result was in this message
             self._record(
                 slot,
@@ -648,6 +721,21 @@ class _Dispatcher:
             )
         else:
             self._finish_piece_with(slot, error, exc)
+
+    def _split_piece(self, slot: _Slot) -> bool:
+        """Re-queue the unreported items of ``slot``'s piece one by one, if there are several,
+        and free the slot; ``False`` (nothing done) for a lone item."""
+        piece = slot.piece
+        if piece is None:
+            return False
+        start = piece.start + slot.received
+        if piece.stop - start <= 1:
+            return False
+        for index in reversed(range(start, piece.stop)):
+            self._requeue(piece.job, index, index + 1)
+        slot.received = piece.stop - piece.start
+        self._piece_done(slot)
+        return True
 
     def _finish_piece_with(self, slot: _Slot, error: BaseException, cause: object) -> None:
         """Fail every unreported item of ``slot``'s piece with ``error`` and free the slot."""
@@ -700,6 +788,9 @@ class _Dispatcher:
         if slot.conn is not None:
             slot.conn.close()
         state, piece = slot.state, slot.piece
+        if slot.next_piece is not None:  # never started: back to the queue, uncharged
+            ahead, slot.next_piece = slot.next_piece, None
+            self._requeue(ahead.job, ahead.start, ahead.stop)
         slot.process, slot.conn, slot.state, slot.piece = None, None, EMPTY, None
         if slot in self.idle:
             self.idle.remove(slot)
@@ -727,12 +818,12 @@ class _Dispatcher:
             self._requeue(job, start, min(late, piece.stop))
             return
         if self.break_on_crash:
-            self._break(
-                BrokenProcessPool(
-                    "A process in the process pool was terminated abruptly while the future was "
-                    "running or pending."
-                )
+            error = BrokenProcessPool(
+                "A process in the process pool was terminated abruptly while the future was "
+                "running or pending."
             )
+            _set_exception(job.future, _copy_error(error))  # no longer held by the slot
+            self._break(error)
             return
         phase = self.cells[2 * slot.index]
         running = self._running_item(slot)
@@ -871,9 +962,10 @@ class _Dispatcher:
                 job.started = True
                 _set_exception(job.future, _copy_error(error))
         for slot in self.slots:
-            if slot.piece is not None:
-                _set_exception(slot.piece.job.future, _copy_error(error))
-                slot.piece = None
+            for held in (slot.piece, slot.next_piece):
+                if held is not None:
+                    _set_exception(held.job.future, _copy_error(error))
+            slot.piece = slot.next_piece = None
         self._terminate_all()
 
     def _terminate_all(self) -> None:
@@ -910,6 +1002,20 @@ class _Dispatcher:
         _live_dispatchers.discard(self)
         self.closed = True
         self._notify_ready()
+
+
+def _check_specs_picklable(specs: Sequence[WorkerLike], method: str) -> None:
+    """Fail fast, naming the worker, when a spec cannot reach a spawned worker process."""
+    for index, spec in enumerate(specs):
+        try:
+            _wire.dumps(spec)
+        except RuntimeError:
+            pass  # multiprocessing objects that pickle only while spawning (an Event): fine
+        except Exception as exc:
+            raise TypeError(
+                f"worker {index} ({describe_worker(spec)}) cannot be pickled to start a "
+                f"{method!r} worker process: {exc}"
+            ) from exc
 
 
 def _pickling_problem(obj: object) -> Optional[BaseException]:
@@ -1026,6 +1132,8 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             raise ValueError(
                 f"on_worker_crash must be 'isolate' or 'break', got {on_worker_crash!r}"
             )
+        if specs is not None and mp_context.get_start_method(allow_none=False) != "fork":
+            _check_specs_picklable(specs, mp_context.get_start_method(allow_none=False))
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._initializer = initializer  # type: ignore[assignment]
@@ -1092,13 +1200,19 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             dispatcher.pending.append(
                 _Piece(_Job(future, fn, items, mode, timeout, is_call), 0, len(items))
             )
-            if self._executor_manager_thread is None:
-                self._start_dispatcher()
-            elif (
-                not self._idle_worker_semaphore.acquire(blocking=False)
-                and dispatcher.fresh < self._max_workers
-            ):
-                dispatcher.start_fresh_slot()
+            try:
+                if self._executor_manager_thread is None:
+                    self._start_dispatcher()
+                elif (
+                    not self._idle_worker_semaphore.acquire(blocking=False)
+                    and dispatcher.fresh < self._max_workers
+                ):
+                    dispatcher.start_fresh_slot()
+            except BaseException:
+                # No worker could start (the initializer or its arguments cannot be sent to a
+                # spawned process, say): the caller gets the error, so the task must not run.
+                dispatcher.pending.pop()
+                raise
             dispatcher.wakeup()
         return future
 
@@ -1111,6 +1225,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
                 dispatcher.start_fresh_slot()
         else:
             dispatcher.start_fresh_slot()
+        dispatcher.open_wakeup()
         thread = threading.Thread(
             target=dispatcher.run, name=f"{dispatcher.name}-dispatcher", daemon=True
         )

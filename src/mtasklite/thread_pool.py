@@ -135,12 +135,19 @@ class _Watchdog:
 
     def end(self, index: int, item: _WorkItem) -> bool:
         """Unregister; ``False`` when the watchdog already took the task away."""
-        with self._cond:
-            entry = self._running.get(index)
-            if entry is None or entry[1] is not item:
-                return False
-            del self._running[index]
-            return True
+        try:
+            with self._cond:
+                entry = self._running.get(index)
+                if entry is None or entry[1] is not item:
+                    return False
+                del self._running[index]
+                return True
+        except _Abandoned:
+            # The watchdog expired us while we waited for its lock: the exception can land
+            # right after the acquire, before ``with`` could arrange the release.
+            if self._cond._is_owned():  # type: ignore[attr-defined]
+                self._cond.release()
+            raise
 
     def stop(self) -> None:
         """Exit once no timed task is running (a later timed task restarts the thread)."""

@@ -1,0 +1,968 @@
+"""StatefulProcessPoolExecutor: the stdlib contract, stateful workers, crash isolation, imap,
+the cloudpickle path, and no leftover processes.
+
+Everything sent to a worker lives in :mod:`process_helpers` (spawned workers import it by
+name).  Most cases run under ``fork`` (cheap); a representative subset runs under ``spawn``,
+and one smoke test under ``forkserver``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import gc
+import itertools
+import multiprocessing
+import os
+import pickle
+import sys
+import threading
+from collections import Counter as Tally
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+
+import mtasklite as mt
+import process_helpers as ph
+from mtasklite.stateful import WORKER_HANDLE
+
+BLOCK_LIMIT = 10.0
+
+PPE = mt.StatefulProcessPoolExecutor
+FORK = multiprocessing.get_context("fork")
+SPAWN = multiprocessing.get_context("spawn")
+FORKSERVER = multiprocessing.get_context("forkserver")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """Every worker process a test starts is gone (exited and reaped) soon after it ends."""
+    before = set(ph.pool_processes())
+    threads_before = ph.dispatcher_threads()
+    yield
+    ph.assert_no_leftovers(before, threads_before)
+
+
+@pytest.fixture(params=["fork", "spawn"])
+def ctx(request: pytest.FixtureRequest) -> Any:
+    return multiprocessing.get_context(request.param)
+
+
+def outcomes(
+    ex: mt.StatefulProcessPoolExecutor,
+    fn: Callable[..., Any],
+    *iterables: Any,
+    chunksize: Optional[int] = 1,
+    task_timeout: Optional[float] = None,
+) -> list[Any]:
+    """Ordered imap results with each failed item's exception in its place."""
+    it = ex._imap(fn, iterables, True, None, chunksize, None, task_timeout, return_exceptions=True)
+    return list(it)
+
+
+def on_every_worker(ex: mt.StatefulProcessPoolExecutor, n: int, fn: Any = ph.rendezvous) -> Any:
+    """Run ``fn`` once on each of ``n`` distinct workers (the pool was built with a barrier of
+    ``n`` installed as ``SHARED["barrier"]``); results sorted by worker index."""
+    futures = [ex.submit(fn, i) for i in range(n)]
+    return sorted((f.result(BLOCK_LIMIT) for f in futures), key=lambda r: r[0] if r else -1)
+
+
+def with_barrier(context: Any, n: int, **extra: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``(initializer, initargs)`` that install a barrier for ``n`` (and ``extra``)."""
+    return ph.install, ({"barrier": context.Barrier(n), **extra},)
+
+
+# --- construction ----------------------------------------------------------------------------
+
+
+def test_alias_and_stdlib_subclass() -> None:
+    assert mt.StatefulProcessExecutor is mt.StatefulProcessPoolExecutor
+    assert issubclass(PPE, concurrent.futures.ProcessPoolExecutor)
+
+
+def test_constructor_argument_checks() -> None:
+    with pytest.raises(ValueError):
+        PPE(0)
+    with pytest.raises(ValueError):
+        PPE(-1, FORK)
+    with pytest.raises(TypeError):
+        PPE(1, FORK, initializer=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_worker_crash"):
+        PPE(1, FORK, on_worker_crash="ignore")
+    with pytest.raises(ValueError, match="fork"):
+        PPE(1, FORK, max_tasks_per_child=2)
+    with pytest.raises(ValueError):
+        PPE(1, SPAWN, max_tasks_per_child=0)
+    with pytest.raises(TypeError):
+        PPE(1, SPAWN, max_tasks_per_child=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        PPE(1, FORK, task_timeout=0)
+    with pytest.raises(TypeError):
+        PPE(1, FORK, None, (), ph.Counter("m"))  # type: ignore[misc]  # worker= is keyword-only
+    with pytest.raises(ValueError, match=r"max_workers=3\b.*\b2 workers"):
+        PPE(3, FORK, worker=[ph.Counter("a"), ph.Counter("b")])
+
+
+def test_worker_list_sets_max_workers() -> None:
+    ex = PPE(mp_context=FORK, worker=[ph.Counter("a"), ph.Counter("b"), ph.Counter("c")])
+    assert ex._max_workers == 3
+    ex.shutdown()
+
+
+# --- the stdlib contract ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_submit_map_and_context_manager(ctx: Any) -> None:
+    with PPE(2, ctx) as ex:
+        assert ex.submit(ph.square, 7).result(BLOCK_LIMIT) == 49
+        assert ex.submit(ph.add, 2, b=3).result(BLOCK_LIMIT) == 5
+        assert list(ex.map(ph.square, range(10))) == [x * x for x in range(10)]
+        assert list(ex.map(ph.add, range(5), range(5), chunksize=2)) == [0, 2, 4, 6, 8]
+        assert list(ex.map(ph.square, [])) == []
+        with pytest.raises(ValueError, match="bad input 1"):
+            ex.submit(ph.fail_with_value_error, 1).result(BLOCK_LIMIT)
+        it = ex.map(int, ["1", "x", "3"])
+        assert next(it) == 1
+        with pytest.raises(ValueError):
+            next(it)
+        pids = {f.result(BLOCK_LIMIT) for f in [ex.submit(ph.pid_of) for _ in range(6)]}
+        assert os.getpid() not in pids
+        assert 1 <= len(pids) <= 2
+    with pytest.raises(RuntimeError):
+        ex.submit(ph.square, 1)
+    with pytest.raises(RuntimeError):
+        ex.map(ph.square, [1])
+
+
+@pytest.mark.timeout(30)
+def test_forkserver_smoke(tmp_path: Path) -> None:
+    init, initargs = with_barrier(FORKSERVER, 2)
+    with PPE(
+        mp_context=FORKSERVER,
+        initializer=init,
+        initargs=initargs,
+        worker=[ph.Counter("a"), ph.Counter("b")],
+    ) as ex:
+        seen = on_every_worker(ex, 2, ph.rendezvous_call)
+        assert [(s.index, s.name) for s in seen] == [(0, "a"), (1, "b")]
+        assert len({s.pid for s in seen} | {os.getpid()}) == 3
+        futures = [ex.submit(ph.crash_on, i, 2, "sigkill", str(tmp_path)) for i in range(5)]
+        with pytest.raises(mt.WorkerCrashedError):
+            futures[2].result(BLOCK_LIMIT)
+        assert [f.result(BLOCK_LIMIT) for i, f in enumerate(futures) if i != 2] == [0, 10, 30, 40]
+        assert list(ex.imap(lambda x: x + 1, range(5))) == [1, 2, 3, 4, 5]
+        assert [s.index for s in on_every_worker(ex, 2, ph.rendezvous_call)] == [0, 1]
+
+
+def test_remote_traceback_is_chained_as_cause() -> None:
+    with PPE(1, FORK) as ex:
+        fut = ex.submit(ph.fail_with_value_error, "x")
+        with pytest.raises(ValueError) as info:
+            fut.result(BLOCK_LIMIT)
+    cause = info.value.__cause__
+    assert isinstance(cause, _RemoteTraceback)
+    text = str(cause)
+    assert "process_helpers.py" in text
+    assert "in fail_with_value_error" in text
+    assert "ValueError: bad input 'x'" in text
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_cancel_futures_cancels_queued_work() -> None:
+    started, release = FORK.Event(), FORK.Event()
+    ex = PPE(1, FORK, ph.install, ({"started": started, "release": release},))
+    try:
+        running = ex.submit(ph.block_until_released, "r")
+        assert started.wait(BLOCK_LIMIT)
+        queued = [ex.submit(ph.square, i) for i in range(8)]
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert not running.done() and not running.cancelled()
+        # Like the stdlib (whose call queue holds a few items beyond the running ones), up to
+        # max_workers + 1 of the oldest queued tasks may still run; the rest are cancelled
+        # at once, newest first.
+        cancelled = [f.cancelled() for f in queued]
+        assert sum(cancelled) >= len(queued) - 2, cancelled
+        assert cancelled == sorted(cancelled), "only a suffix of the queue is cancelled"
+        release.set()
+        ex.shutdown(wait=True)
+        assert running.result(0) == "r"
+        for i, fut in enumerate(queued):
+            assert fut.cancelled() or fut.result(0) == i * i
+    finally:
+        release.set()
+        ex.shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_wait_runs_queued_work_to_completion() -> None:
+    started, release = FORK.Event(), FORK.Event()
+    ex = PPE(1, FORK, ph.install, ({"started": started, "release": release},))
+    try:
+        running = ex.submit(ph.block_until_released, "r")
+        assert started.wait(BLOCK_LIMIT)
+        queued = [ex.submit(ph.square, i) for i in range(5)]
+        ex.shutdown(wait=False)  # returns at once although a task is blocked
+        assert not running.done()
+        with pytest.raises(RuntimeError):
+            ex.submit(ph.square, 1)
+        release.set()
+        ex.shutdown(wait=True)
+        assert running.done() and all(f.done() for f in queued)
+        assert running.result(0) == "r"
+        assert [f.result(0) for f in queued] == [0, 1, 4, 9, 16]
+    finally:
+        release.set()
+        ex.shutdown()
+
+
+def test_initializer_runs_once_per_worker_with_initargs(ctx: Any, tmp_path: Path) -> None:
+    log = str(tmp_path / "init.log")
+    shared = {"barrier": ctx.Barrier(2)}
+    with PPE(2, ctx, ph.record_init, ("tag", log, shared)) as ex:
+        on_every_worker(ex, 2)
+        seen = {f.result(BLOCK_LIMIT) for f in [ex.submit(ph.init_seen) for _ in range(10)]}
+        seen.update(ex.map(ph.init_seen, range(10)))
+        on_every_worker(ex, 2)
+    lines = ph.read_lines(log)
+    assert len(lines) == 2, lines
+    pids = {int(line.split()[0]) for line in lines}
+    assert len(pids) == 2
+    assert {line.split()[1] for line in lines} == {"tag"}
+    assert seen <= {("tag", pid) for pid in pids}
+    assert os.getpid() not in pids
+
+
+def test_failing_initializer_breaks_pool_with_worker_init_error(ctx: Any) -> None:
+    with PPE(1, ctx, ph.failing_initializer) as ex:
+        fut = ex.submit(ph.square, 2)
+        with pytest.raises(mt.WorkerInitError) as info:
+            fut.result(BLOCK_LIMIT)
+        err = info.value
+        assert isinstance(err, BrokenProcessPool)
+        assert "initializer" in str(err)
+        assert isinstance(err.__cause__, OSError)
+        assert str(err.__cause__) == "no device"
+        assert "failing_initializer" in str(err.__cause__.__cause__)  # the remote traceback
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(ph.square, 2)
+
+
+def test_failing_spec_build_breaks_pool_and_names_the_worker() -> None:
+    bad = ph.FailingBuild("bad")
+    with PPE(mp_context=FORK, worker=[ph.Counter("ok"), bad]) as ex:
+        # only worker 0 can take it (worker 1 never gets ready), so it fails with the pool
+        fut = ex.submit(ph.hang_forever)
+        with pytest.raises(mt.WorkerInitError) as info:
+            fut.result(BLOCK_LIMIT)
+        err = info.value
+        assert "worker 1" in str(err)
+        assert repr(bad) in str(err)
+        assert isinstance(err.__cause__, ValueError)
+        assert str(err.__cause__) == "cannot load bad"
+        with pytest.raises(mt.WorkerInitError):
+            ex.submit(ph.square, 2)
+
+
+def test_worker_dying_during_initialisation_breaks_pool() -> None:
+    with PPE(1, FORK, worker=ph.ExitingBuild()) as ex:
+        fut = ex.submit(ph.square, 2)
+        with pytest.raises(mt.WorkerInitError) as info:
+            fut.result(BLOCK_LIMIT)
+        assert "exit code 5" in str(info.value)
+        assert "worker 0" in str(info.value)
+
+
+def test_system_exit_in_a_task_is_reported_on_its_future() -> None:
+    with PPE(1, FORK) as ex:
+        pid = ex.submit(ph.pid_of).result(BLOCK_LIMIT)
+        with pytest.raises(SystemExit) as info:
+            ex.submit(sys.exit, 3).result(BLOCK_LIMIT)
+        # args, not .code: importing distributed (test_dask) registers a copyreg reducer for
+        # exceptions that rebuilds SystemExit without its .code
+        assert info.value.args == (3,)
+        assert ex.submit(ph.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
+
+
+@pytest.mark.timeout(30)
+def test_large_arguments_and_results() -> None:
+    big = b"x" * (8 << 20)  # far beyond any pipe buffer
+    with PPE(2, FORK) as ex:
+        assert ex.submit(ph.identity, big).result(BLOCK_LIMIT) == big
+        assert [len(b) for b in ex.imap(ph.identity, [big] * 4, chunksize=2)] == [len(big)] * 4
+
+
+def test_done_callbacks_may_submit_more_work() -> None:
+    done = threading.Event()
+    out: list[int] = []
+    with PPE(2, FORK) as ex:
+
+        def chain(fut: concurrent.futures.Future[int]) -> None:
+            follow_up = ex.submit(ph.square, fut.result())
+            follow_up.add_done_callback(lambda f: (out.append(f.result()), done.set()))
+
+        ex.submit(ph.square, 3).add_done_callback(chain)
+        assert done.wait(BLOCK_LIMIT)
+    assert out == [81]
+
+
+
+
+def test_concurrent_submitters() -> None:
+    results: dict[int, list[concurrent.futures.Future[int]]] = {}
+    ex = PPE(2, FORK)
+    try:
+
+        def submit_many(k: int) -> None:
+            results[k] = [ex.submit(ph.add, k, i) for i in range(50)]
+
+        threads = [threading.Thread(target=submit_many, args=(k,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(BLOCK_LIMIT)
+        for k, futures in sorted(results.items()):
+            assert [f.result(BLOCK_LIMIT) for f in futures] == [k + i for i in range(50)]
+        assert sorted(results) == [0, 1, 2, 3]
+    finally:
+        ex.shutdown(wait=False)
+        dispatcher = ex._executor_manager_thread
+        assert dispatcher is not None
+        dispatcher.join(BLOCK_LIMIT)
+        assert not dispatcher.is_alive(), "a lost wakeup left the dispatcher asleep"
+
+
+def test_a_wakeup_during_the_dispatchers_drain_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mtasklite import process_pool
+
+    ex = PPE(1, FORK)
+    try:
+        assert ex.submit(ph.square, 2).result(BLOCK_LIMIT) == 4  # the dispatcher is idle now
+        dispatcher = ex._dispatcher
+        real_os = process_pool.os
+        injected = threading.Event()
+
+        class RacingOs:
+            """``os`` for the dispatcher: another thread's wakeup() lands right before the
+            dispatcher's first read of its wake-up pipe (the window the race needs)."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real_os, name)
+
+            def read(self, fd: int, n: int) -> bytes:
+                if fd == dispatcher.wake_r and not injected.is_set():
+                    injected.set()
+                    dispatcher.wakeup()
+                return real_os.read(fd, n)
+
+        waiting_again = threading.Event()
+        wait_timeout = dispatcher._wait_timeout
+
+        def spy_wait_timeout() -> Optional[float]:
+            # called right before the dispatcher blocks; after the injection it means the
+            # dispatcher has looked at its queue for the last time before sleeping
+            if injected.is_set():
+                waiting_again.set()
+            return wait_timeout()
+
+        monkeypatch.setattr(dispatcher, "_wait_timeout", spy_wait_timeout)
+        monkeypatch.setattr(process_pool, "os", RacingOs())
+        dispatcher.wakeup()
+        assert injected.wait(BLOCK_LIMIT)
+        assert waiting_again.wait(BLOCK_LIMIT)
+        monkeypatch.setattr(process_pool, "os", real_os)
+        fut = ex.submit(ph.square, 3)
+        done, _ = concurrent.futures.wait([fut], timeout=2.0)
+        assert done, "the submit's wakeup was lost: the task is never dispatched"
+        assert fut.result(0) == 9
+    finally:
+        os.write(ex._dispatcher.wake_w, b"\0")  # unstick a dispatcher that lost its wakeup
+        ex.shutdown()
+
+
+def test_unpicklable_worker_spec_under_spawn_fails_at_construction_naming_the_worker() -> None:
+    with pytest.raises(TypeError, match=r"worker 1 .*cannot be pickled .*'spawn'"):
+        PPE(mp_context=SPAWN, worker=[ph.Counter("ok"), ph.Counter(threading.Lock())])  # type: ignore[arg-type]
+
+
+def test_unpicklable_initargs_under_spawn_keep_failing_submit_and_run_nothing() -> None:
+    ex = PPE(2, SPAWN, ph.install, ({"lock": threading.Lock()},))
+    try:
+        for _ in range(4):
+            with pytest.raises((TypeError, pickle.PicklingError), match="pickle"):
+                ex.submit(ph.square, 2)
+        assert not ex._dispatcher.pending
+    finally:
+        ex.shutdown()
+
+
+# --- max_tasks_per_child ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_max_tasks_per_child_respawns_slot_with_same_spec(tmp_path: Path) -> None:
+    init_log, build_log = str(tmp_path / "init.log"), str(tmp_path / "build.log")
+    with PPE(
+        1,
+        SPAWN,
+        ph.record_init,
+        ("t", init_log),
+        max_tasks_per_child=2,
+        worker=ph.Counter("m", build_log),
+    ) as ex:
+        seen = [ex.submit(ph.call_worker, i).result(BLOCK_LIMIT) for i in range(5)]
+    assert [s.x for s in seen] == list(range(5))
+    assert {(s.name, s.index) for s in seen} == {("m", 0)}
+    assert [s.calls for s in seen] == [1, 2, 1, 2, 1], "each new process builds a fresh object"
+    pids = [s.pid for s in seen]
+    assert pids[0] == pids[1] and pids[2] == pids[3]
+    assert len({pids[0], pids[2], pids[4]}) == 3
+    builds_seen = [s.build_id for s in seen]
+    assert builds_seen[0] == builds_seen[1] and builds_seen[2] == builds_seen[3]
+    assert len({builds_seen[0], builds_seen[2], builds_seen[4]}) == 3
+    inits = [int(line.split()[0]) for line in ph.read_lines(init_log)]
+    assert inits == [pids[0], pids[2], pids[4]], "the initializer runs again in each new process"
+    builds = [line.split() for line in ph.read_lines(build_log)]
+    assert [(int(b[0]), b[1], b[2]) for b in builds] == [(p, "0", "m") for p in inits]
+    assert [b[3] for b in builds] == [seen[0].build_id, seen[2].build_id, seen[4].build_id]
+
+
+@pytest.mark.timeout(30)
+def test_max_tasks_per_child_splits_chunks(tmp_path: Path) -> None:
+    log = str(tmp_path / "runs.log")
+    with PPE(1, SPAWN, max_tasks_per_child=3) as ex:
+        fn = functools.partial(ph.record_run, log=log)
+        assert list(ex.imap(fn, range(10), chunksize=5)) == [x * 10 for x in range(10)]
+    runs = [line.split() for line in ph.read_lines(log)]
+    assert sorted(int(x) for x, _ in runs) == list(range(10)), "every item runs exactly once"
+    per_pid = Tally(pid for _, pid in runs)
+    assert max(per_pid.values()) <= 3, per_pid
+    assert len(per_pid) == 4, per_pid
+
+
+def test_max_tasks_per_child_defaults_to_spawn() -> None:
+    with PPE(1, max_tasks_per_child=1) as ex:
+        assert ex._mp_context.get_start_method() == "spawn"
+        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+
+
+# --- what cannot be pickled ------------------------------------------------------------------
+
+
+def test_unpicklable_argument_fails_only_that_future() -> None:
+    with PPE(1, FORK) as ex:
+        bad = ex.submit(ph.identity, threading.Lock())
+        good = ex.submit(ph.square, 4)
+        with pytest.raises(mt.TaskPicklingError) as info:
+            bad.result(BLOCK_LIMIT)
+        assert isinstance(info.value, pickle.PicklingError)
+        assert "arguments" in str(info.value)
+        assert info.value.__cause__ is not None
+        assert good.result(BLOCK_LIMIT) == 16
+        got = outcomes(ex, ph.identity, [1, threading.Lock(), 3, 4], chunksize=4)
+        assert got[0] == 1 and got[2:] == [3, 4]
+        assert isinstance(got[1], mt.TaskPicklingError)
+
+
+def test_unpicklable_function_fails_with_task_pickling_error() -> None:
+    lock = threading.Lock()
+
+    def holds_a_lock(x: int) -> Any:
+        return lock, x
+
+    with PPE(1, FORK) as ex:
+        fut = ex.submit(holds_a_lock, 1)
+        with pytest.raises(mt.TaskPicklingError) as info:
+            fut.result(BLOCK_LIMIT)
+        assert "holds_a_lock" in str(info.value)
+        assert "mtasklite[cloudpickle]" not in str(info.value), "cloudpickle is installed"
+        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+
+
+def test_unpicklable_result_fails_only_that_future() -> None:
+    with PPE(1, FORK) as ex:
+        pid = ex.submit(ph.pid_of).result(BLOCK_LIMIT)
+        bad = ex.submit(ph.unpicklable_result)
+        with pytest.raises(TypeError, match="pickle"):
+            bad.result(BLOCK_LIMIT)
+        assert ex.submit(ph.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
+        got = outcomes(ex, ph.unpicklable_result_on, range(6), [3] * 6, chunksize=6)
+        assert [g for i, g in enumerate(got) if i != 3] == [0, 10, 20, 40, 50]
+        assert isinstance(got[3], TypeError)
+
+
+def test_unpicklable_exception_becomes_remote_error() -> None:
+    with PPE(1, FORK) as ex:
+        with pytest.raises(mt.RemoteError) as info:
+            ex.submit(ph.raise_unpicklable, 1).result(BLOCK_LIMIT)
+        err = info.value
+        assert err.type_name == "process_helpers.UnpicklableError"
+        assert "unsendable 1" in str(err)
+        assert isinstance(err.__cause__, _RemoteTraceback)
+        assert "raise_unpicklable" in str(err.__cause__)
+        with pytest.raises(mt.RemoteError) as info2:
+            ex.submit(ph.raise_two_arg, 2).result(BLOCK_LIMIT)
+        assert info2.value.type_name == "process_helpers.TwoArgError"
+        assert "two-arg 2" in str(info2.value)
+        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+
+
+def test_argument_that_cannot_be_unpickled_in_the_worker() -> None:
+    with PPE(1, FORK) as ex:
+        pid = ex.submit(ph.pid_of).result(BLOCK_LIMIT)
+        with pytest.raises(mt.DeserializationError) as info:
+            ex.submit(ph.identity, ph.RaiseOnUnpickleInWorker(5)).result(BLOCK_LIMIT)
+        assert isinstance(info.value, BrokenProcessPool)
+        assert isinstance(info.value.__cause__, ImportError)
+        assert ex.submit(ph.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
+
+
+def test_argument_unpickling_failure_in_a_chunk_fails_only_that_item() -> None:
+    with PPE(1, FORK) as ex:
+        got = outcomes(ex, ph.identity, [0, ph.RaiseOnUnpickleInWorker(1), 2, 3], chunksize=4)
+    assert isinstance(got[1], mt.DeserializationError)
+    assert [got[0], *got[2:]] == [0, 2, 3]
+
+
+def test_result_that_cannot_be_unpickled_in_the_parent() -> None:
+    with PPE(1, FORK) as ex:
+        pid = ex.submit(ph.pid_of).result(BLOCK_LIMIT)
+        with pytest.raises(mt.DeserializationError) as info:
+            ex.submit(ph.unreadable_result_on, 1, 1).result(BLOCK_LIMIT)
+        assert isinstance(info.value.__cause__, ImportError)
+        assert ex.submit(ph.unreadable_result_on, 2, 1).result(BLOCK_LIMIT) == 20
+        assert ex.submit(ph.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
+
+
+def test_result_unpickling_failure_in_a_chunk_fails_only_that_item() -> None:
+    with PPE(1, FORK) as ex:
+        got = outcomes(ex, ph.unreadable_result_on, range(4), [1] * 4, chunksize=4)
+    assert isinstance(got[1], mt.DeserializationError)
+    assert [got[0], *got[2:]] == [0, 20, 30]
+
+
+def test_crash_while_unpickling_a_chunk_charges_only_the_culprit() -> None:
+    with PPE(1, FORK) as ex:
+        got = outcomes(ex, ph.identity, [0, 1, ph.ExitOnUnpickleInWorker(2), 3], chunksize=4)
+        assert [got[0], got[1], got[3]] == [0, 1, 3]
+        assert isinstance(got[2], mt.WorkerCrashedError)
+        assert got[2].exitcode == 9
+        assert ex.submit(ph.square, 5).result(BLOCK_LIMIT) == 25
+
+
+def test_crash_while_pickling_a_result_charges_only_the_culprit() -> None:
+    with PPE(1, FORK) as ex:
+        got = outcomes(ex, ph.exit_when_result_is_pickled, range(5), [2] * 5, chunksize=5)
+        assert [g for i, g in enumerate(got) if i != 2] == [0, 10, 30, 40]
+        assert isinstance(got[2], mt.WorkerCrashedError)
+        assert got[2].exitcode == 7
+
+
+# --- stateful workers ------------------------------------------------------------------------
+
+
+def test_per_worker_specs_run_on_distinct_processes(ctx: Any, tmp_path: Path) -> None:
+    log = str(tmp_path / "builds.log")
+    init, initargs = with_barrier(ctx, 2)
+    with PPE(
+        mp_context=ctx,
+        initializer=init,
+        initargs=initargs,
+        worker=[ph.Counter("a", log), ph.Counter("b", log)],
+    ) as ex:
+        seen = on_every_worker(ex, 2, ph.rendezvous_call)
+        again = on_every_worker(ex, 2, ph.rendezvous_call)
+    assert [(s.index, s.name, s.calls) for s in seen] == [(0, "a", 1), (1, "b", 1)]
+    assert [(s.index, s.name, s.calls) for s in again] == [(0, "a", 2), (1, "b", 2)]
+    assert [s.pid for s in seen] == [s.pid for s in again]
+    assert len({seen[0].pid, seen[1].pid, os.getpid()}) == 3
+    builds = sorted(line.split() for line in ph.read_lines(log))
+    assert builds == sorted([str(s.pid), str(s.index), s.name, s.build_id] for s in seen)
+
+
+def test_instance_is_built_once_and_survives_submit_map_and_imap(ctx: Any, tmp_path: Path) -> None:
+    log = str(tmp_path / "builds.log")
+    init, initargs = with_barrier(ctx, 2)
+    seen: list[ph.Seen] = []
+    with PPE(2, ctx, init, initargs, worker=ph.Counter("m", log)) as ex:
+        seen += on_every_worker(ex, 2, ph.rendezvous_call)
+        seen += [f.result(BLOCK_LIMIT) for f in [ex.submit(ph.call_worker, i) for i in range(8)]]
+        seen += ex.map(ph.call_worker, range(8))
+        seen += ex.map(ph.call_worker, range(8), chunksize=3)
+        seen += ex.imap(ph.call_worker, range(8))
+        seen += ex.imap(ph.call_worker, range(8), chunksize=1)
+        seen += ex.imap_unordered(ph.call_worker, range(8), chunksize=2)
+        seen += ex.map(ex.worker, range(8))
+        seen += on_every_worker(ex, 2, ph.rendezvous_call)
+    builds = [line.split() for line in ph.read_lines(log)]
+    assert sorted(b[1] for b in builds) == ["0", "1"], "one build per worker"
+    by_build: dict[str, list[ph.Seen]] = {}
+    for s in seen:
+        by_build.setdefault(s.build_id, []).append(s)
+    assert set(by_build) == {b[3] for b in builds}
+    for calls in by_build.values():
+        assert len({(s.pid, s.index) for s in calls}) == 1
+        # the same object served every call: its counter saw each call exactly once
+        assert sorted(s.calls for s in calls) == list(range(1, len(calls) + 1))
+    assert {s.name for s in seen} == {"m"}
+
+
+def test_worker_handle_with_submit_map_and_imap() -> None:
+    with PPE(1, FORK, worker=ph.Counter("h")) as ex:
+        handle = ex.worker
+        assert handle is WORKER_HANDLE
+        assert pickle.loads(pickle.dumps(handle)) is handle
+        first = ex.submit(ex.worker, "s").result(BLOCK_LIMIT)
+        mapped = list(ex.map(ex.worker, ["m1", "m2"]))
+        imapped = list(ex.imap(ex.worker, ["i1", "i2"]))
+        unordered = list(ex.imap_unordered(ex.worker, ["u1"]))
+    everything = [first, *mapped, *imapped, *unordered]
+    assert [s.x for s in everything] == ["s", "m1", "m2", "i1", "i2", "u1"]
+    assert [s.calls for s in everything] == [1, 2, 3, 4, 5, 6]
+    assert {(s.name, s.index, s.build_id) for s in everything} == {("h", 0, first.build_id)}
+
+
+def test_plain_function_as_worker_spec() -> None:
+    with PPE(2, FORK, worker=ph.square) as ex:
+        assert list(ex.map(ex.worker, range(4))) == [0, 1, 4, 9]
+        assert ex.submit(ex.worker, 5).result(BLOCK_LIMIT) == 25
+
+
+def test_worker_handle_needs_worker_spec() -> None:
+    with PPE(1, FORK) as ex:
+        with pytest.raises(AttributeError):
+            ex.worker  # noqa: B018
+        with pytest.raises(RuntimeError, match="outside a pool worker"):
+            ex.submit(WORKER_HANDLE, 1).result(BLOCK_LIMIT)
+        assert ex.submit(ph.whoami).result(BLOCK_LIMIT)[0] == 0
+
+
+# --- crash isolation -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("context", "how", "exitcode", "text"),
+    [
+        (FORK, "sigkill", -9, "killed by SIGKILL"),
+        (FORK, "exit", 3, "exit code 3"),
+        (SPAWN, "sigkill", -9, "killed by SIGKILL"),
+    ],
+    ids=["fork-sigkill", "fork-exit", "spawn-sigkill"],
+)
+def test_crash_fails_only_that_task_and_respawns_the_slot(
+    context: Any, how: str, exitcode: int, text: str, tmp_path: Path
+) -> None:
+    init, initargs = with_barrier(context, 2)
+    with PPE(2, context, init, initargs, worker=ph.Counter("m")) as ex:
+        before = on_every_worker(ex, 2)
+        futures = [ex.submit(ph.crash_on, i, 3, how, str(tmp_path)) for i in range(8)]
+        with pytest.raises(mt.WorkerCrashedError) as info:
+            futures[3].result(BLOCK_LIMIT)
+        assert [f.result(BLOCK_LIMIT) for i, f in enumerate(futures) if i != 3] == [
+            i * 10 for i in range(8) if i != 3
+        ]
+        after = on_every_worker(ex, 2)
+    err = info.value
+    assert isinstance(err, BrokenProcessPool)
+    dead_pid, _ = ph.read_stamp(tmp_path, "crash-3")
+    assert err.pid == dead_pid
+    assert err.exitcode == exitcode
+    slot = err.slot
+    assert (slot, dead_pid) in [(i, pid) for i, pid, _ in before]
+    assert f"worker {slot}" in str(err) and str(dead_pid) in str(err) and text in str(err)
+    assert [i for i, _, _ in after] == [0, 1]
+    assert after[slot][1] != dead_pid, "the slot runs a new process"
+    assert after[slot][2] != before[slot][2], "built freshly from the same spec"
+    assert after[1 - slot] == before[1 - slot], "the other worker is untouched"
+
+
+def test_crash_in_a_chunk_charges_only_the_running_item() -> None:
+    with PPE(2, FORK) as ex:
+        got = outcomes(ex, ph.crash_on, range(20), [7] * 20, ["exit"] * 20, chunksize=5)
+    assert isinstance(got[7], mt.WorkerCrashedError)
+    assert [g for i, g in enumerate(got) if i != 7] == [i * 10 for i in range(20) if i != 7]
+
+
+@pytest.mark.timeout(30)
+def test_repeated_crashes_each_fail_one_item() -> None:
+    with PPE(2, FORK) as ex:
+        got = outcomes(ex, ph.crash_every, range(30), [5] * 30, chunksize=None)
+        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+    crashed = [i for i, g in enumerate(got) if isinstance(g, mt.WorkerCrashedError)]
+    assert crashed == [4, 9, 14, 19, 24, 29]
+    assert [g for i, g in enumerate(got) if i not in crashed] == [
+        i * 10 for i in range(30) if i not in crashed
+    ]
+
+
+def test_break_mode_breaks_the_whole_pool_like_the_stdlib() -> None:
+    started, release = FORK.Event(), FORK.Event()
+    shared = {"started": started, "release": release}
+    ex = PPE(2, FORK, ph.install, (shared,), on_worker_crash="break")
+    try:
+        hung = ex.submit(ph.hang_after_started)
+        assert started.wait(BLOCK_LIMIT)
+        ex.submit(ph.crash_when_released)  # the other worker takes it
+        queued = [ex.submit(ph.square, i) for i in range(3)]  # both workers are busy
+        release.set()
+        for fut in [hung, *queued]:
+            with pytest.raises(BrokenProcessPool) as info:
+                fut.result(BLOCK_LIMIT)
+            assert not isinstance(info.value, mt.WorkerCrashedError)
+            assert "terminated abruptly" in str(info.value)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(ph.square, 1)
+    finally:
+        release.set()
+        ex.shutdown()
+
+
+def test_break_mode_fails_the_crashing_task_too() -> None:
+    release = FORK.Event()
+    with PPE(1, FORK, ph.install, ({"release": release},), on_worker_crash="break") as ex:
+        crashing = ex.submit(ph.crash_when_released)
+        queued = ex.submit(ph.square, 2)
+        release.set()
+        with pytest.raises(BrokenProcessPool):
+            queued.result(BLOCK_LIMIT)
+        # the pool broke while running it: it fails in the same step (never hangs)
+        err = crashing.exception(timeout=1.0)
+        assert isinstance(err, BrokenProcessPool)
+        assert "terminated abruptly" in str(err)
+
+
+# --- imap ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, None])
+def test_imap_and_imap_unordered_results(chunksize: Optional[int]) -> None:
+    with PPE(2, FORK) as ex:
+        assert list(ex.imap(ph.square, range(50), chunksize=chunksize)) == [
+            x * x for x in range(50)
+        ]
+        assert sorted(ex.imap_unordered(ph.square, range(50), chunksize=chunksize)) == [
+            x * x for x in range(50)
+        ]
+        assert list(ex.imap(ph.add, range(5), range(10), chunksize=chunksize)) == [0, 2, 4, 6, 8]
+        assert list(ex.imap(ph.square, [], chunksize=chunksize)) == []
+
+
+def test_imap_unordered_yields_as_tasks_complete() -> None:
+    started, release = FORK.Event(), FORK.Event()
+    try:
+        with PPE(2, FORK, ph.install, ({"started": started, "release": release},)) as ex:
+            it = ex.imap_unordered(ph.block_on, range(6), [0] * 6, chunksize=1)
+            first = [next(it) for _ in range(5)]  # item 0 is still blocked meanwhile
+            assert sorted(first) == [10, 20, 30, 40, 50]
+            assert started.is_set()
+            release.set()
+            assert list(it) == [0]
+    finally:
+        release.set()
+
+
+def test_imap_ordered_waits_for_the_head_item() -> None:
+    started, release = FORK.Event(), FORK.Event()
+    try:
+        with PPE(2, FORK, ph.install, ({"started": started, "release": release},)) as ex:
+            it = ex.imap(ph.block_on, range(6), [2] * 6, chunksize=1)
+            assert [next(it), next(it)] == [0, 10]
+            assert started.wait(BLOCK_LIMIT)
+            release.set()
+            assert list(it) == [20, 30, 40, 50]
+    finally:
+        release.set()
+
+
+def test_imap_len_on_sized_input_only() -> None:
+    with PPE(2, FORK) as ex:
+        it = ex.imap(ph.square, range(10))
+        assert isinstance(it, mt.SizedResultIterator)
+        assert len(it) == 10
+        assert list(it) == [x * x for x in range(10)]
+        assert len(ex.imap_unordered(ph.add, range(10), [1, 2, 3])) == 3
+        gen = ex.imap(ph.square, (x for x in range(10)))
+        with pytest.raises(TypeError):
+            len(gen)  # type: ignore[arg-type]
+        assert list(gen) == [x * x for x in range(10)]
+        unordered = ex.imap_unordered(ph.square, iter(range(7)), chunksize=2)
+        assert sorted(unordered) == [x * x for x in range(7)]
+
+
+def test_imap_default_chunksize_is_adaptive(monkeypatch: pytest.MonkeyPatch) -> None:
+    with PPE(2, FORK) as ex:
+        chunks: list[int] = []
+        calls: list[Any] = []
+        submit_chunk, submit_call = ex._submit_chunk, ex._submit_call
+
+        def spy_chunk(fn: Any, items: list[Any], star: bool, timeout: Any) -> Any:
+            chunks.append(len(items))
+            return submit_chunk(fn, items, star, timeout)
+
+        def spy_call(fn: Any, args: Any, timeout: Any) -> Any:
+            calls.append(args)
+            return submit_call(fn, args, timeout)
+
+        monkeypatch.setattr(ex, "_submit_chunk", spy_chunk)
+        monkeypatch.setattr(ex, "_submit_call", spy_call)
+        assert list(ex.imap(ph.square, range(400))) == [x * x for x in range(400)]
+        assert calls == []
+        assert sum(chunks) == 400
+        assert chunks[0] == 1, "adaptive sizing starts at one item"
+        assert max(chunks) > 1, f"chunks never grew: {chunks}"
+        assert max(chunks) <= 50, "a sized input is split at least 4 ways per worker"
+        chunks.clear()
+        assert list(ex.imap(ph.square, range(50), chunksize=7)) == [x * x for x in range(50)]
+        assert chunks == [7] * 7 + [1]
+        chunks.clear()
+        assert list(ex.imap(ph.square, range(5), chunksize=1)) == [x * x for x in range(5)]
+        assert chunks == [] and len(calls) == 5
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_imap_buffersize_bounds_how_much_input_is_pulled(
+    chunksize: int, counting: Callable[[Any], Any]
+) -> None:
+    source = counting(range(60))
+    with PPE(2, FORK) as ex:
+        it = ex.imap(ph.square, source, chunksize=chunksize, buffersize=4)
+        assert source.pulled == 0, "nothing is read before the first next()"
+        consumed = 0
+        for value in it:
+            assert value == consumed * consumed
+            consumed += 1
+            assert source.pulled - consumed <= 4 * chunksize, (source.pulled, consumed)
+        assert consumed == 60
+
+
+@pytest.mark.timeout(30)
+def test_imap_close_cancels_queued_tasks_and_stops_pulling(
+    tmp_path: Path, counting: Callable[[Any], Any]
+) -> None:
+    log = str(tmp_path / "runs.log")
+    started, release = FORK.Event(), FORK.Event()
+    source = counting(itertools.count())
+    try:
+        with PPE(1, FORK, ph.install, ({"started": started, "release": release},)) as ex:
+            fn = functools.partial(ph.record_and_block_on, target=1, log=log)
+            it = ex.imap(fn, source, chunksize=1, buffersize=4)
+            assert next(it) == 0
+            assert started.wait(BLOCK_LIMIT)  # item 1 runs; items 2 and 3 are queued
+            assert source.pulled == 4
+            it.close()
+            release.set()
+        assert source.pulled == 4
+        assert ph.read_lines(log) == ["0", "1"], "queued items were cancelled, not run"
+    finally:
+        release.set()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["break", "with"])
+def test_imap_leaving_early_stops_pulling(
+    tmp_path: Path, how: str, counting: Callable[[Any], Any]
+) -> None:
+    log = str(tmp_path / "runs.log")
+    started, release = FORK.Event(), FORK.Event()
+    source = counting(itertools.count())
+    try:
+        with PPE(1, FORK, ph.install, ({"started": started, "release": release},)) as ex:
+            fn = functools.partial(ph.record_and_block_on, target=1, log=log)
+            if how == "break":
+                for value in ex.imap(fn, source, chunksize=1, buffersize=4):
+                    assert value == 0
+                    break
+            else:
+                with ex.imap(fn, source, chunksize=1, buffersize=4) as it:
+                    assert next(it) == 0
+            release.set()
+            assert ex.submit(ph.square, 2).result(BLOCK_LIMIT) == 4
+        assert source.pulled == 4
+        ran = ph.read_lines(log)
+        assert ran in (["0"], ["0", "1"]), ran
+    finally:
+        release.set()
+
+
+def test_imap_overall_timeout() -> None:
+    started, release = FORK.Event(), FORK.Event()
+    try:
+        with PPE(1, FORK, ph.install, ({"started": started, "release": release},)) as ex:
+            it = ex.imap(ph.block_on, range(3), [1] * 3, chunksize=1, timeout=0.3)
+            assert next(it) == 0
+            with pytest.raises(TimeoutError):
+                next(it)
+            release.set()
+    finally:
+        release.set()
+
+
+@pytest.mark.timeout(30)
+def test_imap_under_spawn() -> None:
+    with PPE(2, SPAWN) as ex:
+        assert list(ex.imap(ph.square, range(100))) == [x * x for x in range(100)]
+        gen = (x for x in range(30))
+        assert sorted(ex.imap_unordered(ph.square, gen, chunksize=4)) == [x * x for x in range(30)]
+        got = outcomes(ex, ph.crash_on, range(10), [4] * 10, ["sigkill"] * 10, chunksize=None)
+        assert isinstance(got[4], mt.WorkerCrashedError)
+        assert [g for i, g in enumerate(got) if i != 4] == [i * 10 for i in range(10) if i != 4]
+
+
+# --- the cloudpickle path --------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_lambdas_and_closures_work_under_spawn() -> None:
+    offset = 5
+
+    def shifted(x: int) -> int:
+        return x + offset
+
+    with PPE(2, SPAWN) as ex:
+        assert ex.submit(lambda x: x + 1, 1).result(BLOCK_LIMIT) == 2
+        assert list(ex.imap(shifted, range(4))) == [5, 6, 7, 8]
+        assert list(ex.map(lambda a, b: a * b, range(4), range(4))) == [0, 1, 4, 9]
+        assert sorted(ex.imap_unordered(lambda x: -x, range(3), chunksize=2)) == [-2, -1, 0]
+        # a plain function after a cloudpickled one still goes the ordinary way
+        assert ex.submit(ph.square, 6).result(BLOCK_LIMIT) == 36
+
+
+def test_without_cloudpickle_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtasklite import _wire
+
+    monkeypatch.setattr(_wire, "cloud_dumps", lambda obj: None)
+    monkeypatch.setattr(_wire, "has_cloudpickle", lambda: False)
+    with PPE(1, FORK) as ex:
+        fut = ex.submit(lambda x: x + 1, 1)
+        with pytest.raises(mt.TaskPicklingError) as info:
+            fut.result(BLOCK_LIMIT)
+        assert isinstance(info.value, pickle.PicklingError)
+        assert "mtasklite[cloudpickle]" in str(info.value)
+        assert info.value.__cause__ is not None
+        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9, "the pool is not broken"
+        with pytest.raises(mt.TaskPicklingError, match=r"mtasklite\[cloudpickle\]"):
+            list(ex.imap(lambda x: x, range(3)))
+
+
+# --- lifetime --------------------------------------------------------------------------------
+
+
+def test_workers_exit_when_executor_is_garbage_collected() -> None:
+    threads_before = ph.dispatcher_threads()
+    ex = PPE(2, FORK)
+    assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+    pids = set(ex._processes)
+    assert len(pids) == 2
+    threads = ph.dispatcher_threads() - threads_before
+    assert len(threads) == 1
+    del ex
+    gc.collect()
+    for thread in threads:
+        thread.join(BLOCK_LIMIT)
+        assert not thread.is_alive()
+    assert not pids & set(ph.pool_processes())
