@@ -31,6 +31,9 @@ BLOCK_LIMIT = 10.0
 
 _prefix_counter = itertools.count()
 
+#: tests/conformance holds the stdlib-suite runner, not pytest tests
+collect_ignore = ["conformance"]
+
 
 def _is_pool_thread(thread: threading.Thread) -> bool:
     return thread.name.startswith(POOL_THREAD_PREFIXES)
