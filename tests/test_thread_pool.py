@@ -306,7 +306,7 @@ def test_wait_ready_times_out_while_a_worker_is_still_building(
     prefix: str, release: threading.Event
 ) -> None:
     with STPE(1, prefix, worker=Model("slow", gate=release)) as ex:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(concurrent.futures.TimeoutError):  # 3.9/3.10: not the builtin
             ex.wait_ready(0.05)
         release.set()
         ex.wait_ready(BLOCK_LIMIT)

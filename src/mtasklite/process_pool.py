@@ -58,6 +58,7 @@ from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cas
 from typing_extensions import Literal
 
 from . import _wire
+from ._futures import cancel_dropped
 from ._process_worker import worker_main
 from .errors import (
     DeserializationError,
@@ -452,7 +453,13 @@ class _Dispatcher:
     def _stop_cancelled(self) -> None:
         with self.lock:
             self.stop_requests = []
-            self.pending = deque(p for p in self.pending if not p.job.future.cancelled())
+            kept: Deque[_Piece] = deque()
+            for queued in self.pending:
+                if queued.job.future.cancelled():
+                    cancel_dropped(queued.job.future)
+                else:
+                    kept.append(queued)
+            self.pending = kept
         kill_at = time.monotonic() + KILL_GRACE
         for slot in self.slots:
             piece = slot.piece
@@ -957,7 +964,7 @@ class _Dispatcher:
         for piece in pending:
             job = piece.job
             if not job.started and cancel_queued:
-                job.future.cancel()
+                cancel_dropped(job.future)
             elif job.started or job.future.set_running_or_notify_cancel():
                 job.started = True
                 _set_exception(job.future, _copy_error(error))
@@ -1308,7 +1315,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
                         grace -= 1
                         kept.append(piece)
                     else:
-                        piece.job.future.cancel()
+                        cancel_dropped(piece.job.future)
                 dispatcher.pending = kept
             dispatcher.wakeup()
         thread = self._executor_manager_thread

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from typing_extensions import Literal
 
+from ._futures import cancel_dropped
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import (
@@ -58,6 +59,8 @@ _live_threads: weakref.WeakKeyDictionary[threading.Thread, queue.SimpleQueue[Any
 )
 _global_shutdown = False
 _global_shutdown_lock = threading.Lock()
+#: seconds between re-checks while shutdown(wait=True) waits on a pool with timed tasks
+_JOIN_RECHECK = 0.05
 
 
 def _python_exit() -> None:
@@ -409,7 +412,9 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
     def _replace_abandoned(self, index: int, stuck: threading.Thread) -> None:
         with self._shutdown_lock:
             self._threads.discard(stuck)
-            if self._index_threads[index] is stuck and not self._shutdown and not self._broken:
+            # Also after shutdown(): work may still be queued behind the stuck task, and the
+            # replacement exits on the shutdown sentinel once the queue is drained.
+            if self._index_threads[index] is stuck and not self._broken:
                 self._start_thread(index)
 
     def wait_ready(self, timeout: Optional[float] = None) -> None:
@@ -470,15 +475,22 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
                     except queue.Empty:
                         break
                     if item is not None:
-                        item.future.cancel()
+                        cancel_dropped(item.future)
             self._work_queue.put(None)
-            threads = list(self._threads)
             watchdog = self._watchdog
         if watchdog is not None:
             watchdog.stop()
         if wait:
-            for thread in threads:
-                thread.join()
+            # Re-read the set each round: a timed-out thread leaves it (we must not wait for
+            # it) and its replacement joins it.  Never join ourselves (shutdown() called from
+            # a task or a done-callback).
+            current = threading.current_thread()
+            while True:
+                with self._shutdown_lock:
+                    alive = [t for t in self._threads if t is not current and t.is_alive()]
+                if not alive:
+                    break
+                alive[0].join(_JOIN_RECHECK if watchdog is not None else None)
 
     shutdown.__doc__ = ThreadPoolExecutor.shutdown.__doc__
 
