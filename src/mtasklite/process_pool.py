@@ -788,6 +788,10 @@ class _Dispatcher:
             return
         if slot.process is None or slot.process.sentinel != sentinel:
             return  # already reaped (and maybe restarted) in this round
+        if self.terminate_requested and not self.terminated:
+            # terminate() signalled the workers itself: this death is not a crash.
+            self.terminated = True
+            self._abort_all(BrokenProcessPool("the process pool was terminated"))
         self._drain(slot)
         process = slot.process
         process.join()
@@ -1287,6 +1291,13 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             dispatcher.shutting_down = True
             dispatcher.terminate_requested = True
             dispatcher.wakeup()
+            # SIGTERM now, from this thread: no worker may start another item while the
+            # dispatcher wakes up (it escalates to SIGKILL and reaps them).
+            for process in list(self._processes.values()):
+                try:
+                    process.terminate()
+                except OSError:  # pragma: no cover - already reaped
+                    pass
         thread = self._executor_manager_thread
         if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
