@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 import sys
 import threading
@@ -60,12 +61,25 @@ def worker_main(
     _serve(conn, cell, base)
 
 
+def _read_runs(conn: multiprocessing.connection.Connection, inbox: queue.SimpleQueue[Any]) -> None:
+    """Keep our end of the pipe drained: the parent may send the next Run while we send
+    results, and two full pipe buffers would otherwise block both sides for good."""
+    try:
+        while True:
+            inbox.put(conn.recv_bytes())
+    except (EOFError, OSError):
+        inbox.put(None)  # the parent is gone
+
+
 def _serve(conn: multiprocessing.connection.Connection, cell: Cells, base: int) -> None:
+    inbox: queue.SimpleQueue[Optional[bytes]] = queue.SimpleQueue()
+    threading.Thread(
+        target=_read_runs, args=(conn, inbox), name="mtasklite-inbox", daemon=True
+    ).start()
     while True:
         cell[base] = _wire.IDLE
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
+        data = inbox.get()
+        if data is None:
             return  # the parent is gone
         cell[base] = _wire.RECEIVING
         try:

@@ -146,7 +146,7 @@ class AdaptiveChunkSize:
     GROWTH = 4
     SMOOTHING = 0.3
     MAX_BYTES = 4 << 20
-    MAX_ITEMS = 1 << 16
+    MAX_ITEMS = 1 << 14  # also bounds memory: a window holds 4 x workers chunks
     MAX_ITEMS_UNKNOWN_BYTES = 1 << 12
 
     def __init__(self, workers: int, total: Optional[int] = None):
