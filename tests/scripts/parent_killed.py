@@ -1,0 +1,60 @@
+"""A parent that gets SIGKILLed with busy workers (run by tests/test_interrupts.py).
+
+Usage: ``parent_killed.py START_METHOD {main,thread,respawned} LOG``
+
+- ``main``: the pool is created and used from the main thread (workers get
+  ``PR_SET_PDEATHSIG``);
+- ``thread``: from another thread, which starts the workers, so only the parent-sentinel
+  watcher inside each worker can notice the parent's death;
+- ``respawned``: a worker is crashed first, so one worker is a replacement started by the
+  pool's dispatcher thread.
+
+Every worker ends up running a task that hangs.  Once each has logged its start to LOG the
+script prints ``PIDS <pid> ...`` and waits to be killed.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import fault_helpers as fh
+import mtasklite as mt
+
+WORKERS = 2
+
+
+def run(method: str, variant: str, log: str, futures: list[object]) -> None:
+    ex = mt.StatefulProcessPoolExecutor(WORKERS, multiprocessing.get_context(method))
+    if variant == "respawned":
+        crashed = ex.submit(fh.crash_on, 0, 0, "sigkill")
+        assert isinstance(crashed.exception(fh.BLOCK_LIMIT), mt.WorkerCrashedError)
+    hang = functools.partial(fh.log_then_hang, log=log)
+    futures.extend(ex.submit(hang, i) for i in range(WORKERS))
+    futures.append(ex)  # keep the executor alive
+
+
+def main() -> int:
+    method, variant, log = sys.argv[1:4]
+    keep: list[object] = []
+    if variant == "thread":
+        thread = threading.Thread(target=run, args=(method, variant, log, keep))
+        thread.start()
+        thread.join()
+    else:
+        run(method, variant, log, keep)
+    lines = fh.wait_for_lines(log, WORKERS)
+    pids = sorted({int(line.split()[1]) for line in lines})
+    assert set(pids) == set(fh.child_processes()), (pids, fh.child_processes())
+    print("PIDS", *pids, flush=True)
+    threading.Event().wait()  # until killed
+    return 1  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Ctrl-C and a killed parent, with standalone scripts under ``tests/scripts/`` run as
+subprocesses (a signal to the test process itself would hit pytest).
+
+- Ctrl-C (SIGINT) during a busy ``imap`` (or pqdm): the script gets ``KeyboardInterrupt``
+  within 2 s, no item starts after that, and every worker process is gone within 2 s.
+- The parent is SIGKILLed with busy workers: every worker exits by itself within 2 s
+  (``PR_SET_PDEATHSIG``, or the parent-sentinel watcher when the pool was started from
+  another thread).
+
+Workers log each item start (pid, worker index, ``time.monotonic()``, a system-wide clock) to
+a file, which is how the test knows what ran when.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+import fault_helpers as fh
+
+pytestmark = pytest.mark.timeout(40)
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+#: how long the parent may take to see Ctrl-C, and its workers to be gone
+INTERRUPT_LIMIT = 2.0
+#: how long a script may take to start its pool and report (spawn is slow on a busy machine)
+STARTUP_LIMIT = 30.0
+
+
+class Script:
+    """A script under tests/scripts/ in its own session, with deadline-bounded line reads."""
+
+    def __init__(self, name: str, *args: str, stderr_path: Path):
+        self._stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.stderr_path = stderr_path
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / name), *args],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            start_new_session=True,  # its own process group, as a terminal job would be
+        )
+        assert self.proc.stdout is not None
+        self._fd = self.proc.stdout.fileno()
+        self._buffer = b""
+        self.lines: list[str] = []
+        self.pids: set[int] = set()  # processes to clean up
+
+    def read_line(self, prefix: str, deadline: float) -> Optional[str]:
+        """The next line starting with ``prefix`` before ``deadline``, else ``None``."""
+        while True:
+            while b"\n" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\n", 1)
+                line = raw.decode()
+                self.lines.append(line)
+                if line.startswith(prefix):
+                    return line
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([self._fd], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(self._fd, 4096)
+            if not chunk:  # EOF: the script exited
+                return None
+            self._buffer += chunk
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.proc.wait()
+        fh.kill_quietly(self.pids)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self._stderr.close()
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Iterator[list[Script]]:
+    started: list[Script] = []
+    yield started
+    for s in started:
+        s.stop()
+
+
+def start(scripts: list[Script], tmp_path: Path, name: str, *args: str) -> Script:
+    s = Script(name, *args, stderr_path=tmp_path / "stderr")
+    scripts.append(s)
+    return s
+
+
+def read_starts(log: Path) -> list[tuple[str, int, int, float]]:
+    """(item, pid, worker index, monotonic start time) per started item."""
+    rows = []
+    for line in fh.read_lines(log):
+        item, pid, index, when = line.split()
+        rows.append((item, int(pid), int(index), float(when)))
+    return rows
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("mode", ["imap", "pqdm"])
+@pytest.mark.parametrize("target", ["parent", "group"])
+def test_ctrl_c_during_busy_imap(
+    script: list[Script], tmp_path: Path, method: str, mode: str, target: str
+) -> None:
+    """``target="parent"``: SIGINT to the parent only; ``"group"``: to its whole process
+    group, as a terminal's Ctrl-C does (workers ignore it; the parent decides)."""
+    log = tmp_path / "log"
+    s = start(script, tmp_path, "sigint_imap.py", method, mode, str(log))
+    line = s.read_line("PIDS", time.monotonic() + STARTUP_LIMIT)
+    assert line is not None, s.stderr()
+    pids = {int(p) for p in line.split()[1:]}
+    s.pids |= pids
+    assert len(pids) == 2 and all(fh.alive(p) for p in pids)
+    # both workers busy, the pipeline in its steady state
+    assert len(fh.wait_for_lines(log, 4)) >= 4
+    sent = time.monotonic()
+    if target == "parent":
+        os.kill(s.proc.pid, signal.SIGINT)
+    else:
+        os.killpg(s.proc.pid, signal.SIGINT)
+    marker = s.read_line("INTERRUPTED", sent + INTERRUPT_LIMIT)
+    assert marker is not None, f"no KeyboardInterrupt within {INTERRUPT_LIMIT} s: {s.stderr()}"
+    interrupted = float(marker.split()[1])
+    left = fh.wait_gone(pids, max(0.0, sent + INTERRUPT_LIMIT - time.monotonic()))
+    assert not left, f"workers alive {INTERRUPT_LIMIT} s after Ctrl-C: {left}"
+    assert s.read_line("EXITED", sent + INTERRUPT_LIMIT * 2) is not None, s.stderr()
+    assert s.proc.wait(INTERRUPT_LIMIT * 2) == 0, s.stderr()
+    starts = read_starts(log)
+    assert {pid for _, pid, _, _ in starts} <= pids
+    late = [row for row in starts if row[3] > interrupted]
+    assert not late, f"items started after the KeyboardInterrupt: {late}"
+    assert "Traceback" not in s.stderr(), s.stderr()
+
+
+def test_ctrl_c_during_busy_imap_on_threads(script: list[Script], tmp_path: Path) -> None:
+    """Threads cannot be stopped, but queued items are dropped and the running ones end."""
+    log = tmp_path / "log"
+    s = start(script, tmp_path, "sigint_imap.py", "fork", "threads", str(log))
+    assert s.read_line("PIDS", time.monotonic() + STARTUP_LIMIT) is not None, s.stderr()
+    assert len(fh.wait_for_lines(log, 4)) >= 4
+    sent = time.monotonic()
+    os.kill(s.proc.pid, signal.SIGINT)
+    marker = s.read_line("INTERRUPTED", sent + INTERRUPT_LIMIT)
+    assert marker is not None, f"no KeyboardInterrupt within {INTERRUPT_LIMIT} s: {s.stderr()}"
+    interrupted = float(marker.split()[1])
+    assert s.read_line("EXITED", sent + INTERRUPT_LIMIT) is not None, s.stderr()
+    # the interpreter exits once the running items (0.25 s) are done
+    assert s.proc.wait(INTERRUPT_LIMIT) == 0, s.stderr()
+    late = [row for row in read_starts(log) if row[3] > interrupted]
+    assert not late, f"items started after the KeyboardInterrupt: {late}"
+
+
+# --- the parent is killed --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("variant", ["main", "thread", "respawned"])
+def test_workers_exit_when_the_parent_is_killed(
+    script: list[Script], tmp_path: Path, method: str, variant: str
+) -> None:
+    log = tmp_path / "log"
+    s = start(script, tmp_path, "parent_killed.py", method, variant, str(log))
+    line = s.read_line("PIDS", time.monotonic() + STARTUP_LIMIT)
+    assert line is not None, s.stderr()
+    pids = {int(p) for p in line.split()[1:]}
+    s.pids |= pids
+    assert len(pids) == 2 and all(fh.alive(p) for p in pids)
+    s.proc.kill()  # SIGKILL: no cleanup code runs in the parent
+    s.proc.wait()
+    left = fh.wait_gone(pids, INTERRUPT_LIMIT)
+    assert not left, f"workers outlived their parent by {INTERRUPT_LIMIT} s: {left}"
