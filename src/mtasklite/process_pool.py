@@ -478,34 +478,23 @@ class _Dispatcher:
                 if not self.pending:
                     return
                 piece = self.pending.popleft()
-            job = piece.job
-            if not job.started:
-                if not job.future.set_running_or_notify_cancel():
-                    continue  # cancelled while queued
-                job.started = True
-            elif job.future.done():
-                continue  # a re-queued rest of a job that failed or was cancelled meanwhile
+            if not self._claim(piece):
+                continue
             slot = self.idle.popleft()
             if self.max_tasks is not None:
                 budget = self.max_tasks - slot.done_items
                 if piece.stop - piece.start > budget:
-                    self._requeue(job, piece.start + budget, piece.stop)
+                    self._requeue(piece.job, piece.start + budget, piece.stop)
                     piece.stop = piece.start + budget
-            data = self._encode(piece)
-            if data is None:
+            sent = self._send_piece(slot, piece)
+            if sent is None:
                 self.idle.appendleft(slot)
-                continue
-            assert slot.conn is not None
-            try:
-                slot.conn.send_bytes(data)
-            except OSError:  # the worker died; its sentinel will report it
-                self._requeue(job, piece.start, piece.stop)
+            elif not sent:
                 slot.state = STOPPING
-                continue
-            job.nbytes += len(data)
-            slot.state, slot.piece, slot.received = BUSY, piece, 0
-            slot.accept = piece.stop - piece.start
-            slot.since = time.monotonic()
+            else:
+                slot.state, slot.piece, slot.received = BUSY, piece, 0
+                slot.accept = piece.stop - piece.start
+                slot.since = time.monotonic()
 
     def _prefetch(self) -> None:
         # Only imap chunks, and only once every worker is up: a single task must never wait
@@ -528,24 +517,33 @@ class _Dispatcher:
                 if head.is_call or head.timeout is not None:
                     return
                 piece = self.pending.popleft()
-            job = piece.job
-            if not job.started:
-                if not job.future.set_running_or_notify_cancel():
-                    continue
-                job.started = True
-            elif job.future.done():
-                continue
-            data = self._encode(piece)
-            if data is None:
-                continue
-            assert slot.conn is not None
-            try:
-                slot.conn.send_bytes(data)
-            except OSError:  # the worker died; its sentinel will report it
-                self._requeue(job, piece.start, piece.stop)
-                continue
-            job.nbytes += len(data)
-            slot.next_piece = piece
+            if self._claim(piece) and self._send_piece(slot, piece):
+                slot.next_piece = piece
+
+    def _claim(self, piece: _Piece) -> bool:
+        """Mark ``piece``'s job running; ``False`` if it must be skipped instead."""
+        job = piece.job
+        if not job.started:
+            if not job.future.set_running_or_notify_cancel():
+                return False  # cancelled while queued
+            job.started = True
+            return True
+        return not job.future.done()  # a re-queued rest of a job that failed or was cancelled
+
+    def _send_piece(self, slot: _Slot, piece: _Piece) -> Optional[bool]:
+        """Send ``piece`` to ``slot``: ``True`` once sent; ``False`` if the worker is gone
+        (the piece is re-queued); ``None`` if it could not be pickled (already reported)."""
+        data = self._encode(piece)
+        if data is None:
+            return None
+        assert slot.conn is not None
+        try:
+            slot.conn.send_bytes(data)
+        except OSError:  # the worker died; its sentinel will report it
+            self._requeue(piece.job, piece.start, piece.stop)
+            return False
+        piece.job.nbytes += len(data)
+        return True
 
     def _encode(self, piece: _Piece) -> Optional[bytes]:
         """Pickle ``piece`` as a Run; on failure fail the unpicklable items, re-queue the rest."""
