@@ -70,5 +70,5 @@ def run_pqdm(
 
     source = iter(bar)
     if length is None:
-        return PoolResults(source, close)
-    return SizedPoolResults(source, close, length)
+        return PoolResults(source, close, pool.terminate)
+    return SizedPoolResults(source, close, length, pool.terminate)

@@ -74,15 +74,28 @@ class PoolResults(Iterator[Any]):
     reading input, cancels what has not started and, for pqdm, shuts its pool down.
     """
 
-    def __init__(self, source: Iterator[Any], on_close: Callable[[], None]):
+    def __init__(
+        self,
+        source: Iterator[Any],
+        on_close: Callable[[], None],
+        on_interrupt: Optional[Callable[[], None]] = None,
+    ):
         self._source = source
         self._on_close = on_close
+        self._on_interrupt = on_interrupt
 
     def __iter__(self) -> PoolResults:
         return self
 
     def __next__(self) -> Any:
-        return next(self._source)
+        try:
+            return next(self._source)
+        except KeyboardInterrupt:
+            # Ctrl-C may land in the progress bar's frame rather than in the wait for a
+            # result: stop the workers here too, so no further item starts.
+            if self._on_interrupt is not None:
+                self._on_interrupt()
+            raise
 
     def close(self) -> None:
         """Stop the run now (idempotent)."""
@@ -102,8 +115,14 @@ class PoolResults(Iterator[Any]):
 class SizedPoolResults(PoolResults):
     """:class:`PoolResults` of a sized input: ``len()`` is the number of results."""
 
-    def __init__(self, source: Iterator[Any], on_close: Callable[[], None], length: int):
-        super().__init__(source, on_close)
+    def __init__(
+        self,
+        source: Iterator[Any],
+        on_close: Callable[[], None],
+        length: int,
+        on_interrupt: Optional[Callable[[], None]] = None,
+    ):
+        super().__init__(source, on_close, on_interrupt)
         self._length = length
 
     def __len__(self) -> int:
@@ -225,8 +244,8 @@ class Pool:
 
         source = _apply_exception_mode(results, behaviour, ordered, close)
         if length is None:
-            return PoolResults(source, close)
-        return SizedPoolResults(source, close, length)
+            return PoolResults(source, close, self.terminate)
+        return SizedPoolResults(source, close, length, self.terminate)
 
     def _buffersize(self) -> int:
         ratio = self.chunk_prefill_ratio if self.chunk_prefill_ratio is not None else 4
