@@ -108,6 +108,12 @@ class PoolResults(Iterator[Any]):
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
+        if (
+            exc_type is not None
+            and issubclass(exc_type, KeyboardInterrupt)
+            and self._on_interrupt is not None
+        ):
+            self._on_interrupt()  # Ctrl-C in the loop body: do not wait for running work
         self.close()
         return False
 
