@@ -588,3 +588,9 @@ def watchdog_race_main(attempts: int = 250, limit: float = 0.03) -> None:
         os._exit(RACE_DEADLOCK)
     ex.shutdown()
     os._exit(RACE_OK)
+
+
+def exit_shortly_after_start(delay: float) -> None:
+    """Initializer: the worker process exits by itself ``delay`` seconds after starting,
+    idle or not (a worker that keeps dying outside any task)."""
+    threading.Timer(delay, os._exit, (7,)).start()

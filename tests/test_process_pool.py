@@ -17,6 +17,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from collections import Counter as Tally
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from pathlib import Path
@@ -968,3 +969,19 @@ def test_workers_exit_when_executor_is_garbage_collected() -> None:
         thread.join(BLOCK_LIMIT)
         assert not thread.is_alive()
     assert not pids & set(ph.pool_processes())
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_that_keeps_dying_outside_tasks_breaks_the_pool_instead_of_respawning() -> None:
+    ex = PPE(1, FORK, ph.exit_shortly_after_start, (0.5,))  # long after it reports ready
+    try:
+        ex.wait_ready(BLOCK_LIMIT)  # nothing runs on it: every death is outside a task
+        deadline = time.monotonic() + BLOCK_LIMIT
+        while not ex._broken and time.monotonic() < deadline:
+            time.sleep(0.02)  # sleep-ok: polling an observable condition under a deadline
+        assert ex._broken, "the slot kept respawning a worker that dies by itself"
+        assert "times in a row outside any task" in str(ex._broken)
+        with pytest.raises(concurrent.futures.process.BrokenProcessPool):
+            ex.submit(abs, -1)
+    finally:
+        ex.shutdown()

@@ -72,13 +72,22 @@ def _read_runs(conn: multiprocessing.connection.Connection, inbox: queue.SimpleQ
 
 
 def _serve(conn: multiprocessing.connection.Connection, cell: Cells, base: int) -> None:
-    inbox: queue.SimpleQueue[Optional[bytes]] = queue.SimpleQueue()
-    threading.Thread(
-        target=_read_runs, args=(conn, inbox), name="mtasklite-inbox", daemon=True
-    ).start()
+    inbox: Optional[queue.SimpleQueue[Optional[bytes]]] = queue.SimpleQueue()
+    try:
+        threading.Thread(
+            target=_read_runs, args=(conn, inbox), name="mtasklite-inbox", daemon=True
+        ).start()
+    except RuntimeError:  # no threads (interpreter shutting down): read inline instead
+        inbox = None
     while True:
         cell[base] = _wire.IDLE
-        data = inbox.get()
+        if inbox is not None:
+            data = inbox.get()
+        else:
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                data = None
         if data is None:
             return  # the parent is gone
         cell[base] = _wire.RECEIVING

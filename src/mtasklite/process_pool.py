@@ -77,6 +77,8 @@ T = TypeVar("T")
 
 #: seconds between SIGTERM and SIGKILL when stopping an overrunning worker
 KILL_GRACE = 0.2
+#: a slot whose worker dies this many times in a row outside any task breaks the pool
+MAX_FRUITLESS_DEATHS = 3
 
 _global_shutdown = False
 _live_dispatchers: weakref.WeakSet[_Dispatcher] = weakref.WeakSet()
@@ -170,6 +172,7 @@ class _Slot:
         "conn",
         "done_items",
         "ever_ready",
+        "fruitless_deaths",
         "index",
         "init_failure",
         "kill_at",
@@ -196,6 +199,7 @@ class _Slot:
         self.kill_at = 0.0  # KILLING: when to escalate to SIGKILL
         self.done_items = 0  # items run by the current process (max_tasks_per_child)
         self.ever_ready = False  # some process of this slot has built its object
+        self.fruitless_deaths = 0  # deaths in a row that resolved no item
         self.init_failure: Optional[_wire.InitFailed] = None  # reported, process not yet gone
 
 
@@ -691,6 +695,7 @@ class _Dispatcher:
         piece = slot.piece
         assert piece is not None
         slot.piece = None
+        slot.fruitless_deaths = 0
         slot.done_items += piece.stop - piece.start
         if slot.next_piece is not None:  # already sent: the worker is on it now
             piece, slot.next_piece = slot.next_piece, None
@@ -810,22 +815,36 @@ class _Dispatcher:
         if state == STARTING and not self._should_stop():
             self._init_failed(slot, None, slot.spec is not None, process.exitcode)
             return
-        if piece is not None:
-            self._lost_piece(slot, piece, state, process)
+        if piece is not None and self._lost_piece(slot, piece, state, process):
+            slot.fruitless_deaths = 0
+        elif state in (IDLE, BUSY) and not self._should_stop():
+            # Died while idle or between items: nothing to blame, but a worker that keeps
+            # dying this way would be respawned for ever.
+            slot.fruitless_deaths += 1
+            if slot.fruitless_deaths >= MAX_FRUITLESS_DEATHS:
+                self._break(
+                    BrokenProcessPool(
+                        f"worker {slot.index} died {slot.fruitless_deaths} times in a row "
+                        f"outside any task (last: {_describe_exit(process.exitcode)}); the "
+                        "process pool is not usable anymore"
+                    )
+                )
+                return
         if (not self._should_stop() or self.pending) and self.broken is None:
             with self.lock:
                 self.start_slot(slot)
 
-    def _lost_piece(self, slot: _Slot, piece: _Piece, state: int, process: Any) -> None:
+    def _lost_piece(self, slot: _Slot, piece: _Piece, state: int, process: Any) -> bool:
         """The worker died with ``piece`` outstanding: charge the item that killed it, re-queue
-        the others (items it ran but could not report run again)."""
+        the others (items it ran but could not report run again).  ``False`` if nothing was
+        charged: the death happened between items."""
         job = piece.job
         start = piece.start + slot.received
         if state == KILLING:  # overrun: the late item already failed
             late = piece.start + slot.accept
             self._requeue(job, late + 1, piece.stop)
             self._requeue(job, start, min(late, piece.stop))
-            return
+            return True
         if self.break_on_crash:
             error = BrokenProcessPool(
                 "A process in the process pool was terminated abruptly while the future was "
@@ -833,7 +852,7 @@ class _Dispatcher:
             )
             _set_exception(job.future, _copy_error(error))  # no longer held by the slot
             self._break(error)
-            return
+            return True
         phase = self.cells[2 * slot.index]
         running = self._running_item(slot)
         if running is not None:
@@ -845,12 +864,12 @@ class _Dispatcher:
             if piece.stop - start > 1:
                 for index in reversed(range(start, piece.stop)):
                     self._requeue(job, index, index + 1)
-                return
+                return True  # narrowing down the culprit
             culprit = start
             what = "while receiving this task or sending its result"
         else:  # between items: nothing of ours was running, so nothing is charged
             self._requeue(job, start, piece.stop)
-            return
+            return False
         self._resolve(
             job,
             culprit,
@@ -865,6 +884,7 @@ class _Dispatcher:
         )
         self._requeue(job, culprit + 1, piece.stop)
         self._requeue(job, start, culprit)  # ran, but their results died with the worker
+        return True
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
