@@ -100,6 +100,23 @@ def log_then_work(x: Any, log: str, seconds: float) -> Any:
     return x
 
 
+def quick_then_slow(x: int, log: str, quick: int, seconds: float) -> int:
+    """Log the start of item ``x``; items below ``quick`` return at once, the others run for
+    ``seconds``."""
+    log_start(x, log)
+    if x >= quick:
+        time.sleep(seconds)  # sleep-ok: a task that is meant to take this long
+    return x
+
+
+def block_from(x: int, first_blocked: int, log: str, release_file: str) -> int:
+    """Items below ``first_blocked`` return at once; the others log their start and block
+    until ``release_file`` exists (see :func:`hang_unless`)."""
+    if x < first_blocked:
+        return x
+    return hang_unless(x, log, release_file)  # type: ignore[no-any-return]
+
+
 def log_then_hang(x: Any, log: str) -> Any:
     """Log the start of item ``x``, then hang until the pool kills the worker."""
     log_start(x, log)

@@ -13,11 +13,16 @@ a file, which is how the test knows what ran when.
 
 from __future__ import annotations
 
+import functools
+import gc
+import io
+import multiprocessing
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -131,8 +136,9 @@ def test_ctrl_c_during_busy_imap(
     pids = {int(p) for p in line.split()[1:]}
     s.pids |= pids
     assert len(pids) == 2 and all(fh.alive(p) for p in pids)
-    # both workers busy, the pipeline in its steady state
+    # both workers busy with long items, the consumer blocked waiting for one
     assert len(fh.wait_for_lines(log, 4)) >= 4
+    assert s.read_line("WAITING", time.monotonic() + STARTUP_LIMIT) is not None, s.stderr()
     sent = time.monotonic()
     if target == "parent":
         os.kill(s.proc.pid, signal.SIGINT)
@@ -158,15 +164,88 @@ def test_ctrl_c_during_busy_imap_on_threads(script: list[Script], tmp_path: Path
     s = start(script, tmp_path, "sigint_imap.py", "fork", "threads", str(log))
     assert s.read_line("PIDS", time.monotonic() + STARTUP_LIMIT) is not None, s.stderr()
     assert len(fh.wait_for_lines(log, 4)) >= 4
+    assert s.read_line("WAITING", time.monotonic() + STARTUP_LIMIT) is not None, s.stderr()
     sent = time.monotonic()
     os.kill(s.proc.pid, signal.SIGINT)
     marker = s.read_line("INTERRUPTED", sent + INTERRUPT_LIMIT)
     assert marker is not None, f"no KeyboardInterrupt within {INTERRUPT_LIMIT} s: {s.stderr()}"
     interrupted = float(marker.split()[1])
     assert s.read_line("EXITED", sent + INTERRUPT_LIMIT) is not None, s.stderr()
-    # the interpreter exits once the running items (0.25 s) are done
+    # the interpreter exits once the running items (0.5 s) are done
     assert s.proc.wait(INTERRUPT_LIMIT) == 0, s.stderr()
     late = [row for row in read_starts(log) if row[3] > interrupted]
+    assert not late, f"items started after the KeyboardInterrupt: {late}"
+
+
+# Regression (found by this suite, since fixed in src): a Ctrl-C landing outside the windowing
+# engine's wait (in pqdm's progress-bar code, which runs after every item, or in the body of
+# ``with pqdm(...) as results:``) did not stop a pqdm pool: cleanup went through Pool.close()
+# -> shutdown(wait=True, cancel_futures=True), which waits for the running tasks and still
+# starts prefetched chunks.
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", ["progress-bar", "with-body"])
+def test_ctrl_c_outside_the_wait_still_stops_pqdm_workers(tmp_path: Path, where: str) -> None:
+    """In-process: a KeyboardInterrupt is raised where a Ctrl-C can land (in the bar's
+    update, or in the loop body inside ``with pqdm(...)``) while both workers are busy."""
+    from tqdm import tqdm
+
+    from mtasklite.processes import pqdm
+
+    log, release = tmp_path / "log", tmp_path / "release"
+    before = set(fh.child_processes())
+    workers: set[int] = set()
+    raised_at: list[float] = []
+
+    def ctrl_c() -> None:
+        """Both workers are blocked in items 2 and 3: press Ctrl-C."""
+        assert len(fh.wait_for_lines(log, 2)) == 2
+        workers.update(set(fh.child_processes()) - before)
+        raised_at.append(time.monotonic())
+        raise KeyboardInterrupt
+
+    class CtrlCInBar(tqdm):  # type: ignore[type-arg]
+        def update(self, n: Optional[float] = 1) -> Optional[bool]:
+            shown = super().update(n)
+            if where == "progress-bar" and self.n >= 2 and not raised_at:
+                ctrl_c()  # what SIGINT arriving in the bar's code raises
+            return shown
+
+    task = functools.partial(
+        fh.block_from, first_blocked=2, log=str(log), release_file=str(release)
+    )
+    # If the workers are never stopped, leaving waits for the blocked tasks: release them
+    # after a while so that the test ends (and fails) instead of hanging.
+    releaser = threading.Timer(INTERRUPT_LIMIT + 0.5, release.touch)
+    releaser.start()
+    results = None
+    try:
+        results = pqdm(
+            range(100), task, 2, tqdm_class=CtrlCInBar, file=io.StringIO(), miniters=1,
+            mininterval=0, mp_context=multiprocessing.get_context("fork"),
+        )  # fmt: skip
+        with pytest.raises(KeyboardInterrupt):
+            if where == "with-body":
+                with results:
+                    for i, _ in enumerate(results):
+                        if i == 1:
+                            ctrl_c()
+            else:
+                for _ in results:
+                    pass
+        left_after = time.monotonic() - raised_at[0]
+        left = fh.wait_gone(workers, max(0.0, raised_at[0] + INTERRUPT_LIMIT - time.monotonic()))
+        starts = read_starts(log)
+    finally:
+        release.touch()
+        releaser.cancel()
+        del results
+        gc.collect()
+    assert len(workers) == 2
+    assert left_after < INTERRUPT_LIMIT, f"leaving took {left_after:.1f} s: it waited for tasks"
+    assert not left, f"workers still running {INTERRUPT_LIMIT} s after Ctrl-C: {left}"
+    late = [row for row in starts if row[3] > raised_at[0]]
     assert not late, f"items started after the KeyboardInterrupt: {late}"
 
 
