@@ -122,6 +122,10 @@ def _refuse_timeout(timeout: Optional[float]) -> None:
 # --- chunk sizing ---------------------------------------------------------------------------
 
 
+#: longest a blocked ``imap`` waits before it looks for a pending Ctrl-C (seconds)
+_INTERRUPT_POLL = 0.25
+
+
 class FixedChunkSize:
     """Every chunk has the same size."""
 
@@ -338,7 +342,13 @@ class _Window:
 def _wait_exception(fut: Future[Any], deadline: Optional[float]) -> Optional[BaseException]:
     """The future's exception (or ``None``); ``TimeoutError`` once ``deadline`` passes."""
     if deadline is None:
-        return fut.exception()
+        # Wake up now and then: a Ctrl-C that lands just before the thread blocks is only
+        # seen at its next wakeup, and one Ctrl-C must be enough.
+        while True:
+            try:
+                return fut.exception(timeout=_INTERRUPT_POLL)
+            except concurrent.futures.TimeoutError:
+                continue
     return fut.exception(timeout=max(0.0, deadline - time.monotonic()))
 
 
@@ -371,6 +381,20 @@ def _chunk_batch(
         for index, error in errors.items():
             values[index] = error
     return values, None
+
+
+def _next_done(done: queue.SimpleQueue[Future[Any]], deadline: Optional[float]) -> Future[Any]:
+    """The next finished future; ``TimeoutError`` once ``deadline`` passes."""
+    while True:
+        if deadline is None:
+            wait = _INTERRUPT_POLL  # see _wait_exception
+        else:
+            wait = min(_INTERRUPT_POLL, max(0.0, deadline - time.monotonic()))
+        try:
+            return done.get(timeout=wait)
+        except queue.Empty:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise concurrent.futures.TimeoutError() from None
 
 
 def _interrupted(window: _Window) -> None:
@@ -436,11 +460,7 @@ def _unordered(
             window.fill()
             if not inflight:
                 break
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                fut = done.get(timeout=timeout)
-            except queue.Empty:
-                raise concurrent.futures.TimeoutError() from None
+            fut = _next_done(done, deadline)
             count, first = inflight.pop(fut)
             if window.sizer is None:
                 output = _single_output(fut, return_exceptions)
