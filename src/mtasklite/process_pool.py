@@ -20,14 +20,19 @@ Slot ``i`` always has spec ``i`` (worker ``i``'s arguments), its own pipe and it
 in a shared array; it runs one piece of work at a time, so the dispatcher knows at every
 moment which items each slot is running and since when.  A piece is a contiguous range of
 one job's items: a ``submit`` call is a one-item job, an ``imap`` chunk a many-item one.
+Once every worker is up, a busy slot running an untimed chunk is also sent its next chunk
+(``next_piece``), so it never idles while the dispatcher unpickles its results; a reader
+thread in the worker keeps its end of the pipe drained, so the two sides never block on
+each other's full pipe buffers.
 
 Who touches what:
 - ``pending``, ``_processes``, the never-started slot counter and the flags live under
   ``_shutdown_lock``; callers append, the dispatcher pops.  Callers start never-started
   slots (so ``submit`` grows the pool synchronously, as the stdlib does); only the
   dispatcher touches a slot once it has been started.
-- A slot's pipe is read and written only by the dispatcher, and only one Run is
-  outstanding per slot, so a Results message needs no task id.
+- A slot's pipe is read and written only by the dispatcher.  A slot has at most two Runs
+  outstanding and runs them in order, so a Results message needs no task id: it belongs to
+  ``piece`` until its last message promotes ``next_piece``.
 
 Races, and how they are settled:
 - A worker dies with a Run outstanding: its pipe is drained first (results sent before the
@@ -36,8 +41,15 @@ Races, and how they are settled:
 - A timed item overruns: its future fails at once; the worker gets SIGTERM, then SIGKILL
   after a grace period; results of earlier items still arriving are kept, anything from
   the late item on is dropped and re-queued.
+- A worker dies holding a ``next_piece``: that piece never started, so it is re-queued
+  whole and nothing of it is charged.
 - A future is cancelled while queued: the dispatcher skips it when it pops it
-  (``set_running_or_notify_cancel``); once sent, it runs.
+  (``set_running_or_notify_cancel``); once sent, it runs (with ``cancel_running=True`` the
+  worker is stopped instead).  Futures the pool drops itself are cancelled *and* notified,
+  so ``wait()``/``as_completed()`` see them.
+- ``terminate()`` signals the workers from the caller's thread at once; the dispatcher,
+  seeing a death with ``terminate_requested`` set, aborts everything instead of treating
+  it as a crash.
 """
 
 from __future__ import annotations
