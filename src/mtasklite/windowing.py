@@ -149,7 +149,7 @@ class AdaptiveChunkSize:
     TARGET_SECONDS = 0.02
     GROWTH = 4
     SMOOTHING = 0.3
-    MAX_BYTES = 4 << 20
+    MAX_BYTES = 1 << 20
     MAX_ITEMS = 1 << 14  # also bounds memory: a window holds 4 x workers chunks
     MAX_ITEMS_UNKNOWN_BYTES = 1 << 12
 
