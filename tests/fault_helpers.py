@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 import mtasklite as mt
+import process_helpers
 
 #: upper bound for any blocking wait inside a worker (never reached when things work)
 BLOCK_LIMIT = 10.0
@@ -308,43 +309,8 @@ def failing_input(n: int, fail_at: int, pulled: Optional[list[int]] = None) -> I
 # --- process table ---------------------------------------------------------------------------
 
 
-def process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, state letter) for every process visible in ``/proc``."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue  # exited while we looked
-        # the command name may hold spaces and parentheses: the fields follow the last ')'
-        fields = data[data.rindex(b")") + 2 :].split()
-        table[int(entry)] = (int(fields[1]), fields[0].decode())
-    return table
-
-
-def _helper_pids() -> set[int]:
-    """multiprocessing's long-lived helpers (resource tracker, fork server) of this process."""
-    from multiprocessing import forkserver, resource_tracker
-
-    pids = {
-        getattr(resource_tracker._resource_tracker, "_pid", None),
-        getattr(forkserver._forkserver, "_forkserver_pid", None),
-    }
-    return {p for p in pids if p}
-
-
-def child_processes() -> dict[int, str]:
-    """Our child processes (and the fork server's children, which are pool workers too) ->
-    state letter, excluding the long-lived helpers.  Zombies (``Z``) count: an exited worker
-    nobody reaped is still a leak."""
-    table = process_table()
-    me = os.getpid()
-    helpers = _helper_pids()
-    parents = {me} | {h for h in helpers if table.get(h, (0, ""))[0] == me}
-    return {pid: st for pid, (ppid, st) in table.items() if ppid in parents and pid not in helpers}
+# Our child processes -> state letter (zombies included), without multiprocessing's helpers.
+child_processes = process_helpers.pool_processes
 
 
 def alive(pid: int) -> bool:

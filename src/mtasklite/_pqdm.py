@@ -5,11 +5,13 @@ from __future__ import annotations
 import inspect
 from typing import Any, Iterable, Optional, Sequence, Union
 
+from tqdm.auto import tqdm as tqdm_auto
+
 from .constants import ArgumentPassing, ExceptionBehaviour
 from .pool import Pool, PoolResults, SizedPoolResults
 from .stateful import WorkerLike
 
-__all__ = ["run_pqdm"]
+__all__ = ["PqdmFunction", "run_pqdm"]
 
 #: parameters pqdm names explicitly: passing them again through ``**kwargs`` is an error
 _EXPLICIT = frozenset(
@@ -72,3 +74,48 @@ def run_pqdm(
     if length is None:
         return PoolResults(source, close, pool.terminate)
     return SizedPoolResults(source, close, length, pool.terminate)
+
+
+class PqdmFunction:
+    """``pqdm`` bound to worker threads or processes: ``mtasklite.threads.pqdm`` and
+    ``mtasklite.processes.pqdm`` are its two instances."""
+
+    def __init__(self, use_threads: bool):
+        self._use_threads = use_threads
+        self.__doc__ = _PQDM_DOC.format(on="worker threads" if use_threads else "worker processes")
+
+    def __call__(
+        self,
+        input_iterable: Iterable[Any],
+        worker_or_worker_arr: Union[WorkerLike, Sequence[WorkerLike]],
+        n_jobs: Optional[int] = None,
+        argument_type: Union[ArgumentPassing, str] = ArgumentPassing.AS_SINGLE_ARG,
+        bounded: bool = False,
+        exception_behaviour: Union[ExceptionBehaviour, str] = ExceptionBehaviour.IGNORE,
+        tqdm_class: Any = tqdm_auto,
+        **kwargs: Any,
+    ) -> PoolResults:
+        return run_pqdm(
+            input_iterable,
+            worker_or_worker_arr,
+            n_jobs,
+            argument_type,
+            bounded,
+            exception_behaviour,
+            tqdm_class,
+            self._use_threads,
+            kwargs,
+        )
+
+
+_PQDM_DOC = """Map a worker over ``input_iterable`` on {on}, with a tqdm progress bar.
+
+    Same argument order as pqdm's ``pqdm``; differences: the result is a lazy iterable
+    (and a context manager that shuts the pool down), the worker may be a ``@delayed_init``
+    spec or a list of workers (one per worker; ``n_jobs`` then optional), any iterable
+    works, ``bounded=False`` submits a sized input up front (unsized inputs always run
+    bounded), and failed items yield their exception by default (``exception_behaviour``:
+    ``"ignore"``, ``"immediate"`` or ``"deferred"``).  Keyword arguments the pool accepts
+    (``chunk_size``, ``chunk_prefill_ratio``, ``is_unordered``, ``task_timeout``,
+    ``join_timeout``, ``mp_context``, ...) go to :class:`~mtasklite.Pool`; the rest to tqdm.
+    """

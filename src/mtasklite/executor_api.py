@@ -9,8 +9,10 @@ beyond the stdlib API (``imap``, ``imap_unordered``, ``map(buffersize=)``,
 from __future__ import annotations
 
 import math
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
+
+from typing_extensions import Literal
 
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
 from .windowing import ChunkResult, ResultIterator, make_result_iterator
@@ -65,7 +67,27 @@ class StatefulExecutorMixin:
     ) -> Future[Any]:
         return self._submit_timed(fn, args, {}, timeout)
 
+    #: the concrete executor's ``shutdown`` (annotation only: never shadows it)
+    shutdown: Callable[..., None]
+
+    def _stop_now(self) -> None:
+        """Leave ``with`` on Ctrl-C without waiting for work nobody will collect (running
+        threads cannot be stopped: drop the queue and do not wait)."""
+        self.shutdown(wait=False, cancel_futures=True)
+
     # -- public API -----------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return self._submit_timed(fn, args, kwargs, self._task_timeout)
+
+    submit.__doc__ = Executor.submit.__doc__
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._stop_now()
+        else:
+            self.shutdown(wait=True)
+        return False
 
     @property
     def worker(self) -> WorkerHandle:

@@ -67,8 +67,6 @@ from concurrent.futures._base import LOGGER
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cast
 
-from typing_extensions import Literal
-
 from . import _wire
 from ._futures import cancel_dropped
 from ._process_worker import worker_main
@@ -1195,11 +1193,6 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
 
     # -- submission ---------------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        return self._enqueue(fn, [(args, kwargs)], _wire.CALL, self._task_timeout, True)
-
-    submit.__doc__ = ProcessPoolExecutor.submit.__doc__
-
     def _submit_timed(
         self,
         fn: Callable[..., Any],
@@ -1332,12 +1325,8 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
 
-    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            self.terminate()  # do not make the user wait for work nobody will collect
-        else:
-            self.shutdown(wait=True)
-        return False
+    def _stop_now(self) -> None:
+        self.terminate()  # do not make the user wait for work nobody will collect
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         dispatcher = self._dispatcher

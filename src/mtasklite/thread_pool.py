@@ -32,8 +32,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
-from typing_extensions import Literal
-
 from ._futures import cancel_dropped
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import StatefulExecutorMixin, check_timeout
@@ -344,11 +342,6 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
 
     # -- submission ---------------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        return self._submit_timed(fn, args, kwargs, self._task_timeout)
-
-    submit.__doc__ = ThreadPoolExecutor.submit.__doc__
-
     def _submit_timed(
         self,
         fn: Callable[..., Any],
@@ -493,14 +486,6 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
                 alive[0].join(_JOIN_RECHECK if watchdog is not None else None)
 
     shutdown.__doc__ = ThreadPoolExecutor.shutdown.__doc__
-
-    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            # Threads cannot be stopped; at least drop the queue and do not wait on them.
-            self.shutdown(wait=False, cancel_futures=True)
-        else:
-            self.shutdown(wait=True)
-        return False
 
 
 StatefulThreadExecutor = StatefulThreadPoolExecutor
