@@ -189,6 +189,19 @@ def crash_on(x: int, target: int, how: str, log: Optional[str] = None) -> int:
     return x * 10
 
 
+def crash_once(x: int, target: int, how: str, log: str, marker: str) -> int:
+    """Like :func:`crash_on`, but item ``target`` kills its worker only the first time (the
+    first attempt creates ``marker``); it is logged on every attempt."""
+    if x == target:
+        log_start(x, log)
+        try:
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return x * 10
+        die(how)
+    return x * 10
+
+
 # --- serialisation trouble --------------------------------------------------------------------
 
 

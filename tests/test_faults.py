@@ -179,6 +179,53 @@ def test_worker_crash_fails_only_that_future(
     guard.check()
 
 
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
+def test_crash_inside_an_untracked_chunk_is_named_on_the_tracked_rerun(
+    guard: Guard, kind: str
+) -> None:
+    # Chunks run at C speed without naming each item; after a death the unreported items
+    # run again with per-item tracking, so a crash that repeats fails exactly its item.
+    ex = guard.make(kind)
+    items = range(40)
+    with pytest.raises(mt.WorkerCrashedError) as caught:
+        for value in ex.imap(
+            fh.crash_on, items, [17] * 40, ["exit"] * 40, [guard.log] * 40, chunksize=10
+        ):
+            assert value < 170
+    assert "while running this task" in str(caught.value)
+    attempts = guard.starts()
+    assert [line[0] for line in attempts] == ["17", "17"], "run once untracked, once tracked"
+    assert attempts[0][1] != attempts[1][1], "the rerun is on the respawned worker"
+    assert list(ex.imap(fh.square, range(30), chunksize=10)) == [x * x for x in range(30)]
+    ex.shutdown()
+    guard.check()
+
+
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
+def test_crash_inside_a_chunk_that_does_not_repeat_is_survived(
+    guard: Guard, kind: str, tmp_path: Path
+) -> None:
+    ex = guard.make(kind)
+    marker = str(tmp_path / "crashed-once")
+    n = 40
+    got = list(
+        ex.imap(
+            fh.crash_once,
+            range(n),
+            [17] * n,
+            ["sigkill"] * n,
+            [guard.log] * n,
+            [marker] * n,
+            chunksize=10,
+        )
+    )
+    assert got == [x * 10 for x in range(n)]
+    first, second = guard.starts()
+    assert first[1] != second[1] and not fh.alive(int(first[1]))
+    ex.shutdown()
+    guard.check()
+
+
 # --- tasks that never return -----------------------------------------------------------------
 
 

@@ -1038,3 +1038,17 @@ def test_deferred_unordered_with_default_chunks(backend: Backend) -> None:
             )
         )
     assert [str(e) for e in info.value.args] == [f"odd {x}" for x in range(1, n, 2)]
+
+
+@pytest.mark.timeout(20)
+def test_ignore_mode_keeps_every_failure_of_a_chunk_in_place(backend: Backend) -> None:
+    # Chunks of 8 that start with a failure and hold four: each failure lands at its own
+    # position and the items between them still run.
+    out = list(
+        backend.pqdm(
+            range(1, 17), ph.fail_odd, 2, exception_behaviour="ignore", chunk_size=8, disable=True
+        )
+    )
+    assert [mt.is_exception(r) for r in out] == [True, False] * 8
+    assert out[1::2] == [x * 2 for x in range(2, 17, 2)]
+    assert [str(e) for e in out[0::2]] == [f"odd {x}" for x in range(1, 17, 2)]

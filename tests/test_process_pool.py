@@ -827,6 +827,30 @@ def test_imap_default_chunksize_is_adaptive(monkeypatch: pytest.MonkeyPatch) -> 
         assert chunks == [] and len(calls) == 5
 
 
+def test_imap_chunks_of_sequences_are_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A range chunk travels as a small range, list and tuple chunks are sliced at C speed;
+    # other iterables are read item by item.
+    with PPE(2, FORK) as ex:
+        chunks: list[Any] = []
+        submit_chunk = ex._submit_chunk
+
+        def spy_chunk(fn: Any, items: Any, star: bool, timeout: Any) -> Any:
+            chunks.append(items)
+            return submit_chunk(fn, items, star, timeout)
+
+        monkeypatch.setattr(ex, "_submit_chunk", spy_chunk)
+        for source, kind in [
+            (range(3, 40), range),
+            (list(range(3, 40)), list),
+            (tuple(range(3, 40)), tuple),
+            (iter(range(3, 40)), list),
+        ]:
+            chunks.clear()
+            assert list(ex.imap(ph.square, source, chunksize=5)) == [x * x for x in range(3, 40)]
+            assert {type(chunk) for chunk in chunks} == {kind}
+            assert [x for chunk in chunks for x in chunk] == list(range(3, 40))
+
+
 @pytest.mark.parametrize("chunksize", [1, 3])
 def test_imap_buffersize_bounds_how_much_input_is_pulled(
     chunksize: int, counting: Callable[[Any], Any]

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from tqdm import tqdm
 
 import mtasklite as mt
+from mtasklite import windowing
 
 BLOCK_LIMIT = 10.0
 WORKERS = 2
@@ -591,3 +592,50 @@ def test_map_close_before_iterating_cancels_queued_tasks(
         release.set()
         ex.shutdown(wait=True)
     assert len(ran) <= 1, f"tasks ran after close(): {ran}"
+
+
+# --- adaptive chunk sizing -------------------------------------------------------------------
+
+
+def _measured(count: int, seconds: float, nbytes: int = 0) -> windowing.ChunkResult:
+    return windowing.ChunkResult([None] * count, None, seconds, nbytes)
+
+
+def test_adaptive_sizing_probes_with_one_item_per_worker() -> None:
+    sizer = windowing.AdaptiveChunkSize(workers=3)
+    assert (sizer.size, sizer.inflight_limit) == (1, 3)
+
+
+def test_adaptive_sizing_grows_only_as_far_as_measurements_vouch() -> None:
+    sizer = windowing.AdaptiveChunkSize(workers=2)
+    sizer.observe(_measured(1, 10e-6, 100), 1)  # 10 µs an item: 2,000 would make 20 ms
+    assert sizer.size == 100, "one sample vouches for 1 ms of work, not for 20 ms"
+    assert sizer.inflight_limit == 2, "10 µs measured: keep probing one chunk per worker"
+    sizer.observe(_measured(100, 1e-3, 10_000), 100)
+    assert sizer.inflight_limit == math.inf
+    assert sizer.size == 4 * 101, "at most four times the items measured so far"
+    for _ in range(3):
+        sizer.observe(_measured(sizer.size, sizer.size * 10e-6, sizer.size * 100), sizer.size)
+    assert sizer.size == pytest.approx(2000, abs=1), "then the size that runs 20 ms"
+
+
+def test_adaptive_sizing_shrinks_at_once_when_tasks_get_slower() -> None:
+    sizer = windowing.AdaptiveChunkSize(workers=2)
+    for _ in range(6):
+        sizer.observe(_measured(sizer.size, sizer.size * 10e-6, sizer.size * 10), sizer.size)
+    assert sizer.size == pytest.approx(2000, abs=1)
+    sizer.observe(_measured(2000, 2000 * 1e-3, 20_000), 2000)  # 100 times slower
+    assert sizer.size == 20
+
+
+@pytest.mark.parametrize(
+    ("total", "nbytes_per_item", "cap"),
+    [(1000, 10, 125), (None, 1000, (1 << 20) // 1000), (None, 0, 1 << 12), (None, 1, 1 << 14)],
+    ids=["sized-input", "big-items", "sizes-unknown", "items-cap"],
+)
+def test_adaptive_sizing_caps(total: Optional[int], nbytes_per_item: int, cap: int) -> None:
+    sizer = windowing.AdaptiveChunkSize(workers=2, total=total)
+    for _ in range(12):  # 1 ns an item: only the caps hold it back
+        size = sizer.size
+        sizer.observe(_measured(size, size * 1e-9, size * nbytes_per_item), size)
+    assert sizer.size == cap

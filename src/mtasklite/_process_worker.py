@@ -7,6 +7,7 @@ died or overran its limit, without a message per item.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -109,14 +110,47 @@ def _serve(conn: multiprocessing.connection.Connection, cell: Cells, base: int) 
 def _run_batch(
     conn: multiprocessing.connection.Connection, run: _wire.Run, cell: Cells, base: int
 ) -> None:
+    start = time.perf_counter()
+    if run.track or run.mode == _wire.CALL:
+        values, errors = _loop_tracked(run, cell, base)
+    else:
+        cell[base] = _wire.UNTRACKED
+        values, errors = _loop_untracked(run)
+    elapsed = time.perf_counter() - start
+    cell[base] = _wire.SENDING
+    _send_results(conn, values, errors, elapsed, last=True)
+
+
+Outcomes = tuple[list[Any], Optional[dict[int, BaseException]]]
+
+
+def _loop_untracked(run: _wire.Run) -> Outcomes:
+    # map() calls fn at C speed; a per-item progress write would double the cost of tiny
+    # tasks.  list.extend keeps what it appended before fn raised, so len(values) is the
+    # failing item's index, and map resumes after it from the shared iterator.
+    fn, items = run.fn, iter(run.items)
+    mapper = itertools.starmap if run.mode == _wire.STAR else map
+    values: list[Any] = []
+    errors: Optional[dict[int, BaseException]] = None
+    while True:
+        try:
+            values.extend(mapper(fn, items))
+            return values, errors
+        except BaseException as exc:
+            if errors is None:
+                errors = {}
+            errors[len(values)] = _wire.wrap_exception(exc)
+            values.append(None)
+
+
+def _loop_tracked(run: _wire.Run, cell: Cells, base: int) -> Outcomes:
     fn, mode, items = run.fn, run.mode, run.items
     values: list[Any] = []
     append = values.append
     errors: Optional[dict[int, BaseException]] = None
     count = len(items)
     index = 0
-    start = time.perf_counter()
-    # The hot loops: one per mode, with the ``try`` outside, resumed after a failing item.
+    # One hot loop per mode, with the ``try`` outside, resumed after a failing item.
     while index < count:
         current = index
         try:
@@ -140,9 +174,7 @@ def _run_batch(
             errors[current] = _wire.wrap_exception(exc)
             append(None)
             index = current + 1
-    elapsed = time.perf_counter() - start
-    cell[base] = _wire.SENDING
-    _send_results(conn, values, errors, elapsed, last=True)
+    return values, errors
 
 
 def _run_streaming(

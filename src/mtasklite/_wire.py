@@ -12,7 +12,7 @@ import pickle
 import traceback
 from concurrent.futures.process import _RemoteTraceback
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from .errors import RemoteError
 
@@ -25,6 +25,7 @@ CALL = 2  # item is (args, kwargs): fn(*args, **kwargs)
 IDLE = -1.0  # waiting for work
 RECEIVING = -2.0  # reading and unpickling a Run
 SENDING = -3.0  # pickling and sending a batch of results
+UNTRACKED = -4.0  # running a Run's items without naming each one (see ``Run.track``)
 
 
 # --- parent -> worker -----------------------------------------------------------------------
@@ -32,12 +33,15 @@ SENDING = -3.0  # pickling and sending a batch of results
 
 class Run(NamedTuple):
     """Run ``fn`` over ``items``.  ``stream`` sends each outcome at once and stamps each
-    item's start time (timed work needs both); otherwise one batch comes back at the end."""
+    item's start time (timed work needs both); otherwise one batch comes back at the end.
+    ``track`` writes each item's index to the progress cell before running it, so a death
+    names its item; an untracked batch runs at C speed and writes ``UNTRACKED`` once."""
 
     fn: Callable[..., Any]
-    items: list[Any]
+    items: Sequence[Any]
     mode: int
     stream: bool
+    track: bool
 
 
 class Stop(NamedTuple):

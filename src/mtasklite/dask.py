@@ -299,7 +299,9 @@ def _run_task(
     return _execute(job, functools.partial(fn, *args, **kwargs), _call_label(fn))
 
 
-def _run_chunk_task(job: _Job, fn: Callable[..., Any], items: list[Any], star: bool) -> ChunkResult:
+def _run_chunk_task(
+    job: _Job, fn: Callable[..., Any], items: Sequence[Any], star: bool
+) -> ChunkResult:
     """The Dask task behind one ``imap`` chunk."""
     call = functools.partial(run_chunk, fn, items, star)
     result: ChunkResult = _execute(job, call, f"chunk of {_call_label(fn)}")
@@ -349,10 +351,10 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
     the picklable :attr:`worker` handle.  ``task_timeout`` is the default limit in seconds for
     every task, counted from when it starts on its worker.
 
-    ``imap`` reads its input lazily, at most ``buffersize`` tasks ahead (four per worker by
-    default, counted from the cluster's size when the executor is created), and sizes chunks
-    adaptively unless ``chunksize`` is given.  Dask futures inside task arguments are resolved
-    on the worker, as with ``Client.submit``.
+    ``imap`` reads its input lazily, at most ``buffersize`` tasks ahead (four chunks or sixteen
+    single items per worker by default, counted from the cluster's size when the executor is
+    created), and sizes chunks adaptively unless ``chunksize`` is given.  Dask futures inside
+    task arguments are resolved on the worker, as with ``Client.submit``.
 
     Requirements and limits: mtasklite must be importable on the workers.  The spec travels
     with every task, so give constructors small arguments (a path, not the data).  A future
@@ -430,7 +432,7 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
         return self._start(_run_task, (fn, args, kwargs), _call_label(fn), timeout)
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: list[Any], star: bool, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
     ) -> Future[ChunkResult]:
         # Timed imap sends single items (_chunks_take_timeouts is False), never a timed chunk.
         return self._start(_run_chunk_task, (fn, items, star), _call_label(fn), None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
 from typing_extensions import Literal
 
@@ -22,6 +22,12 @@ __all__ = ["StatefulExecutorMixin", "check_timeout"]
 T = TypeVar("T")
 
 _DEFAULT: Any = object()  # "use the executor's task_timeout"
+
+#: ``imap``'s default window, in tasks per worker.  A chunk can hold thousands of items, so
+#: few of them; a single item is cheap to hold but each one costs a hand-off to a worker, and
+#: a deeper window lets workers run through several before the consumer must wake them.
+CHUNKS_IN_FLIGHT_PER_WORKER = 4
+ITEMS_IN_FLIGHT_PER_WORKER = 16
 
 
 def check_timeout(name: str, value: Optional[float]) -> Optional[float]:
@@ -58,7 +64,7 @@ class StatefulExecutorMixin:
         raise NotImplementedError
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: list[Any], star: bool, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
     ) -> Future[ChunkResult]:
         raise NotImplementedError
 
@@ -120,9 +126,10 @@ class StatefulExecutorMixin:
         """Lazy, bounded, ordered ``map`` that also works on unsized and infinite inputs.
 
         At most ``buffersize`` tasks (chunks, when chunking) are submitted and not yet yielded;
-        the default is four per worker.  ``chunksize=None`` sizes chunks from measured task
-        durations.  ``timeout`` is an overall deadline as in :meth:`map`; ``task_timeout``
-        limits each item.  The result has ``len()`` exactly when every input has one.
+        the default is four chunks or sixteen single items per worker.  ``chunksize=None``
+        sizes chunks from measured task durations.  ``timeout`` is an overall deadline as in
+        :meth:`map`; ``task_timeout`` limits each item.  The result has ``len()`` exactly
+        when every input has one.
         """
         return self._imap(fn, iterables, True, timeout, chunksize, buffersize, task_timeout)
 
@@ -189,7 +196,10 @@ class StatefulExecutorMixin:
         if task_timeout is not None and not self._chunks_take_timeouts:
             chunksize = 1
         if buffersize is None:
-            buffersize = 4 * self._max_workers
+            per_worker = (
+                ITEMS_IN_FLIGHT_PER_WORKER if chunksize == 1 else CHUNKS_IN_FLIGHT_PER_WORKER
+            )
+            buffersize = per_worker * self._max_workers
         return make_result_iterator(
             self,
             fn,

@@ -140,7 +140,7 @@ class _Job:
         self,
         future: Future[Any],
         fn: Callable[..., Any],
-        items: list[Any],
+        items: Sequence[Any],
         mode: int,
         timeout: Optional[float],
         is_call: bool,
@@ -160,14 +160,16 @@ class _Job:
 
 
 class _Piece:
-    """Items ``start:stop`` of a job, sent to one slot as one Run."""
+    """Items ``start:stop`` of a job, sent to one slot as one Run.  ``track``: the worker
+    names each item before running it (set when re-running after an unattributed death)."""
 
-    __slots__ = ("job", "start", "stop")
+    __slots__ = ("job", "start", "stop", "track")
 
-    def __init__(self, job: _Job, start: int, stop: int):
+    def __init__(self, job: _Job, start: int, stop: int, track: bool = False):
         self.job = job
         self.start = start
         self.stop = stop
+        self.track = track
 
 
 # Slot states.
@@ -498,7 +500,7 @@ class _Dispatcher:
             if self.max_tasks is not None:
                 budget = self.max_tasks - slot.done_items
                 if piece.stop - piece.start > budget:
-                    self._requeue(piece.job, piece.start + budget, piece.stop)
+                    self._requeue(piece.job, piece.start + budget, piece.stop, piece.track)
                     piece.stop = piece.start + budget
             sent = self._send_piece(slot, piece)
             if sent is None:
@@ -565,7 +567,7 @@ class _Dispatcher:
         items = job.items
         if piece.start or piece.stop != len(items):
             items = items[piece.start : piece.stop]
-        run = _wire.Run(job.fn, items, job.mode, job.timeout is not None)
+        run = _wire.Run(job.fn, items, job.mode, job.timeout is not None, piece.track)
         if job.fn is not self.cloud_fn:
             try:
                 return _wire.dumps(run)
@@ -581,7 +583,7 @@ class _Dispatcher:
         self._fail_unpicklable(piece, items)
         return None
 
-    def _fail_unpicklable(self, piece: _Piece, items: list[Any]) -> None:
+    def _fail_unpicklable(self, piece: _Piece, items: Sequence[Any]) -> None:
         job = piece.job
         problem = _pickling_problem(job.fn)
         if problem is not None:
@@ -615,10 +617,10 @@ class _Dispatcher:
         if good_from is not None:
             self._requeue(job, good_from, piece.stop)
 
-    def _requeue(self, job: _Job, start: int, stop: int) -> None:
+    def _requeue(self, job: _Job, start: int, stop: int, track: bool = False) -> None:
         if start < stop:
             with self.lock:
-                self.pending.appendleft(_Piece(job, start, stop))
+                self.pending.appendleft(_Piece(job, start, stop, track))
 
     def _send_stop(self, slot: _Slot) -> None:
         try:
@@ -867,6 +869,14 @@ class _Dispatcher:
         running = self._running_item(slot)
         if running is not None:
             culprit = piece.start + running
+            what = "while running this task"
+        elif phase == _wire.UNTRACKED:
+            if piece.stop - start > 1:
+                # Some item of an untracked batch killed it: run them again, tracked, so a
+                # repeat crash names its item (a crash that does not repeat is survived).
+                self._requeue(job, start, piece.stop, track=True)
+                return True
+            culprit = start
             what = "while running this task"
         elif phase in (_wire.RECEIVING, _wire.SENDING):
             # Unpickling the Run or pickling its results killed it.  A lone item is the
@@ -1208,14 +1218,14 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         return self._enqueue(fn, [args], _wire.STAR, timeout, True)
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: list[Any], star: bool, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
     ) -> Future[ChunkResult]:
         return self._enqueue(fn, items, _wire.STAR if star else _wire.SINGLE, timeout, False)
 
     def _enqueue(
         self,
         fn: Callable[..., Any],
-        items: list[Any],
+        items: Sequence[Any],
         mode: int,
         timeout: Optional[float],
         is_call: bool,

@@ -364,7 +364,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
             return future
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: list[Any], star: bool, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
     ) -> Future[ChunkResult]:
         # Timed imap sends single items (_chunks_take_timeouts is False), never a timed chunk.
         return self._submit_timed(run_chunk, (fn, items, star), {}, None)

@@ -31,6 +31,7 @@ from typing import (
     NamedTuple,
     Optional,
     Protocol,
+    Sequence,
     TypeVar,
     Union,
 )
@@ -63,7 +64,7 @@ class ChunkResult(NamedTuple):
     nbytes: int = 0
 
 
-def run_chunk(fn: Callable[..., Any], items: list[Any], star: bool) -> ChunkResult:
+def run_chunk(fn: Callable[..., Any], items: Sequence[Any], star: bool) -> ChunkResult:
     """Run ``fn`` over ``items`` (each a tuple of arguments when ``star``), catching per item."""
     values: list[Any] = []
     errors: Optional[dict[int, BaseException]] = None
@@ -88,7 +89,7 @@ class Submitter(Protocol):
         """Run ``fn(*args)``; the future's result is its return value."""
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: list[Any], star: bool, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
     ) -> Future[ChunkResult]:
         """Run ``fn`` over ``items``; the future's result is a :class:`ChunkResult`."""
 
@@ -106,7 +107,7 @@ class ExecutorSubmitter:
         return self.executor.submit(fn, *args)
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: list[Any], star: bool, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
     ) -> Future[ChunkResult]:
         _refuse_timeout(timeout)
         return self.executor.submit(run_chunk, fn, items, star)
@@ -129,6 +130,8 @@ _INTERRUPT_POLL = 0.25
 class FixedChunkSize:
     """Every chunk has the same size."""
 
+    inflight_limit = math.inf
+
     def __init__(self, size: int):
         self.size = size
 
@@ -139,35 +142,48 @@ class FixedChunkSize:
 class AdaptiveChunkSize:
     """Sizes chunks so each one runs for about ``TARGET_SECONDS`` in a worker.
 
-    It starts at one item, grows at most ``GROWTH``-fold over the size it last measured (so a
-    noisy fast sample cannot produce a huge chunk of slow items), shrinks at once when tasks
-    get slower, and caps a chunk at ``MAX_BYTES`` of pickled input when the executor reports
-    sizes.  For a sized input it never exceeds ``total / (4 * workers)``, so the tail of the
-    work still spreads over every worker.
+    It starts at one item.  The per-item estimate weighs chunks by their item count and
+    fades old ones (``DECAY``); a chunk slower than the estimate takes over at once, so
+    sizes shrink as soon as tasks get slower.  Growth is guarded twice against a fast
+    sample that is not representative: a chunk holds at most ``GROWTH`` times the items
+    measured so far, or (when that is more) the items the estimate says take
+    ``TRUSTED_SECONDS``, an amount of work that stays harmless even if the estimate is off
+    tenfold.  Chunks are capped at ``MAX_BYTES`` of pickled input when the executor reports
+    sizes, and for a sized input at ``total / (4 * workers)``, so the tail of the work still
+    spreads over every worker.
     """
 
     TARGET_SECONDS = 0.02
+    TRUSTED_SECONDS = 0.001
     GROWTH = 4
-    SMOOTHING = 0.3
+    DECAY = 0.5
     MAX_BYTES = 1 << 20
     MAX_ITEMS = 1 << 14  # also bounds memory: a window holds 4 x workers chunks
     MAX_ITEMS_UNKNOWN_BYTES = 1 << 12
 
     def __init__(self, workers: int, total: Optional[int] = None):
         self.size = 1
+        # Until TRUSTED_SECONDS of work are measured, one chunk per worker is in flight:
+        # more would be chunks sized on too little knowledge, each paying a round trip.
+        self.inflight_limit: float = max(1, workers)
         self._cap = self.MAX_ITEMS
         if total is not None:
             self._cap = max(1, min(self._cap, math.ceil(total / (4 * max(1, workers)))))
-        self._per_item: Optional[float] = None
+        self._items = 0.0  # decayed item count behind the estimate
+        self._seconds = 0.0  # decayed seconds those items took
+        self._measured = 0  # every item measured so far
+        self._measured_seconds = 0.0  # and the time they took
         self._bytes_per_item: Optional[float] = None
 
     def observe(self, result: ChunkResult, count: int) -> None:
         """Fold one finished chunk of ``count`` items into the estimate."""
-        per_item = result.elapsed / count
-        if self._per_item is None:
-            self._per_item = per_item
-        else:
-            self._per_item += self.SMOOTHING * (per_item - self._per_item)
+        self._measured += count
+        self._measured_seconds += result.elapsed
+        if self._measured_seconds >= self.TRUSTED_SECONDS:
+            self.inflight_limit = math.inf
+        self._items = self.DECAY * self._items + count
+        self._seconds = self.DECAY * self._seconds + result.elapsed
+        per_item = max(self._seconds / self._items, result.elapsed / count)
         limit = self._cap
         if result.nbytes:
             self._bytes_per_item = result.nbytes / count
@@ -175,8 +191,11 @@ class AdaptiveChunkSize:
             limit = min(limit, int(self.MAX_BYTES / self._bytes_per_item))
         else:
             limit = min(limit, self.MAX_ITEMS_UNKNOWN_BYTES)
-        ideal = self.TARGET_SECONDS / self._per_item if self._per_item > 0 else float(limit)
-        self.size = max(1, min(int(ideal), self.GROWTH * count, limit))
+        if per_item <= 0:
+            self.size = max(1, min(limit, self.GROWTH * self._measured))
+            return
+        trusted = max(self.GROWTH * self._measured, self.TRUSTED_SECONDS / per_item)
+        self.size = max(1, int(min(self.TARGET_SECONDS / per_item, trusted, limit)))
 
 
 ChunkSizer = Union[FixedChunkSize, AdaptiveChunkSize]
@@ -246,6 +265,9 @@ class SizedResultIterator(ResultIterator[T]):
         return self._length
 
 
+_SLICEABLE = (list, tuple, range)
+
+
 class _Window:
     """Pulls input and submits tasks for one iteration, keeping at most ``limit`` in flight.
 
@@ -268,6 +290,11 @@ class _Window:
         self.fn = fn
         self.star = len(iterables) != 1
         self.source: Iterator[Any] = zip(*iterables) if self.star else iter(iterables[0])
+        # Chunks of a list, tuple or range are slices: no per-item work here, and a range
+        # chunk travels as a range.
+        self.sequence: Optional[Sequence[Any]] = None
+        if sizer is not None and type(iterables[0]) in _SLICEABLE and not self.star:
+            self.sequence = iterables[0]  # type: ignore[assignment]
         self.sizer = sizer  # None: one submit_call per item
         self.task_timeout = task_timeout
         self.limit = buffersize if buffersize is not None else math.inf
@@ -297,12 +324,18 @@ class _Window:
                 fut = self.submitter._submit_call(self.fn, args, self.task_timeout)
                 count = 1
             else:
+                if len(fifo) + len(pending) >= sizer.inflight_limit:
+                    break
                 want = sizer.size
-                items: list[Any] = []
-                try:
-                    items.extend(itertools.islice(self.source, want))
-                except Exception as exc:  # items pulled before the error still run
-                    self._input_failed(exc)
+                items: Sequence[Any]
+                if self.sequence is not None:
+                    items = self.sequence[self.pulled : self.pulled + want]
+                else:
+                    items = []
+                    try:
+                        items.extend(itertools.islice(self.source, want))
+                    except Exception as exc:  # items pulled before the error still run
+                        self._input_failed(exc)
                 if not items:
                     self.exhausted = True
                     break
@@ -352,14 +385,33 @@ def _wait_exception(fut: Future[Any], deadline: Optional[float]) -> Optional[Bas
     return fut.exception(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def _single_output(fut: Future[Any], return_exceptions: bool) -> Any:
-    """A finished one-item task's output (its error raised, or returned)."""
-    exc = fut.exception()
-    if exc is None:
+def _single_output(fut: Future[Any], deadline: Optional[float], return_exceptions: bool) -> Any:
+    """A one-item task's output once it finishes: its value, or its error (raised, or
+    returned with ``return_exceptions``); ``TimeoutError`` once ``deadline`` passes."""
+    try:
+        return fut.result(timeout=0)  # the common case, a single lock: it has finished
+    except Exception:
+        pass  # not finished yet, failed or cancelled: sorted out below
+    except BaseException as exc:
+        # The task's own KeyboardInterrupt or SystemExit, or a Ctrl-C landing right here.
+        if not (fut.done() and not fut.cancelled() and fut.exception() is exc):
+            raise
+    error = _wait_exception(fut, deadline)
+    if error is None:
         return fut.result()
     if return_exceptions:
-        return exc
-    raise exc
+        return error
+    raise error
+
+
+def _pop_output(
+    inflight: Deque[tuple[Future[Any], int]], deadline: Optional[float], return_exceptions: bool
+) -> Any:
+    # The head task's output; popped only once it is known, so a deadline that passes
+    # leaves the task where cancel_all finds it.
+    output = _single_output(inflight[0][0], deadline, return_exceptions)
+    inflight.popleft()
+    return output
 
 
 def _chunk_batch(
@@ -421,17 +473,16 @@ def _ordered(
             window.fill()
             if not inflight:
                 break
-            fut, count = inflight[0]
-            _wait_exception(fut, deadline)
             if window.sizer is None:
-                del fut
                 # No local may keep the future (and so the result) alive while suspended.
                 if indexed:
-                    yield position, _single_output(inflight.popleft()[0], return_exceptions)
+                    yield position, _pop_output(inflight, deadline, return_exceptions)
                     position += 1
                 else:
-                    yield _single_output(inflight.popleft()[0], return_exceptions)
+                    yield _pop_output(inflight, deadline, return_exceptions)
                 continue
+            fut, count = inflight[0]
+            _wait_exception(fut, deadline)
             inflight.popleft()
             values, error = _chunk_batch(window, fut, count, return_exceptions)
             del fut
@@ -463,7 +514,7 @@ def _unordered(
             fut = _next_done(done, deadline)
             count, first = inflight.pop(fut)
             if window.sizer is None:
-                output = _single_output(fut, return_exceptions)
+                output = _single_output(fut, None, return_exceptions)
                 del fut
                 yield (first, output) if indexed else output
                 del output
