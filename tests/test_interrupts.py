@@ -199,7 +199,7 @@ def test_ctrl_c_outside_the_wait_still_stops_pqdm_workers(tmp_path: Path, where:
     raised_at: list[float] = []
 
     def ctrl_c() -> None:
-        """Both workers are blocked in items 2 and 3: press Ctrl-C."""
+        """Both workers are blocked (in items 2 and 4): press Ctrl-C."""
         assert len(fh.wait_for_lines(log, 2)) == 2
         workers.update(set(fh.child_processes()) - before)
         raised_at.append(time.monotonic())
@@ -224,6 +224,7 @@ def test_ctrl_c_outside_the_wait_still_stops_pqdm_workers(tmp_path: Path, where:
         results = pqdm(
             range(100), task, 2, tqdm_class=CtrlCInBar, file=io.StringIO(), miniters=1,
             mininterval=0, mp_context=multiprocessing.get_context("fork"),
+            chunk_size=2,  # chunks [0, 1] [2, 3] [4, 5] ...: both workers block, more queued
         )  # fmt: skip
         with pytest.raises(KeyboardInterrupt):
             if where == "with-body":

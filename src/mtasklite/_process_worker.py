@@ -2,7 +2,9 @@
 
 The worker writes which item it is running (and, for timed work, since when) into its cell
 of a shared array, so the parent can tell exactly which item was running when the worker
-died or overran its limit, without a message per item.
+died or overran its limit, without a message per item.  An untracked batch (an ``imap``
+chunk on its first attempt) skips those per-item writes, which would cost as much as a tiny
+task itself, and marks the whole batch ``UNTRACKED`` instead.
 """
 
 from __future__ import annotations

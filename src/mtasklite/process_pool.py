@@ -37,7 +37,9 @@ Who touches what:
 Races, and how they are settled:
 - A worker dies with a Run outstanding: its pipe is drained first (results sent before the
   death count), then its progress cell names the item that was running; that item fails
-  with WorkerCrashedError and every other unreported item is re-queued.
+  with WorkerCrashedError and every other unreported item is re-queued.  If the cell says
+  UNTRACKED (a chunk run without per-item writes), the unreported items are re-queued as
+  one tracked piece instead, so a crash that repeats names its item.
 - A timed item overruns: its future fails at once; the worker gets SIGTERM, then SIGKILL
   after a grace period; results of earlier items still arriving are kept, anything from
   the late item on is dropped and re-queued.

@@ -278,9 +278,11 @@ def _worker(
         while True:
             item = work_queue.get(block=True)
             if item is not None:
-                executor = executor_ref()
-                watchdog = None if executor is None else executor._watchdog
-                del executor
+                watchdog = None
+                if item.timeout is not None:
+                    executor = executor_ref()
+                    watchdog = None if executor is None else executor._watchdog
+                    del executor
                 if not _run_item(item, index, watchdog):
                     return  # abandoned: a replacement thread serves this index now
                 del item, watchdog

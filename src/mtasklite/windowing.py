@@ -583,6 +583,8 @@ def make_result_iterator(
     sizer: Optional[ChunkSizer]
     if chunksize is None:
         sizer = AdaptiveChunkSize(workers, total)
+        if buffersize is None or (total is not None and buffersize >= total):
+            sizer.inflight_limit = math.inf  # asked to submit everything at once: no probing
     elif chunksize == 1:
         sizer = None
     else:
