@@ -249,10 +249,10 @@ def test_long_generator_streams_with_bounded_read_ahead(
 def test_default_buffersize_per_worker(
     backend: Backend, ordered: bool, chunksize: int, counting: Any
 ) -> None:
-    # Ours keeps 16 single items or 4 chunks per worker in flight; mt.imap over another
-    # executor keeps 4 tasks per worker.
+    # Our thread pool keeps 64 single items or 4 chunks per worker in flight; mt.imap over
+    # another executor keeps 4 tasks per worker.
     src = counting(itertools.count())
-    per_worker = 16 if backend.kind == "stateful" and chunksize == 1 else 4
+    per_worker = 64 if backend.kind == "stateful" and chunksize == 1 else 4
     bound = per_worker * backend.workers * chunksize
     most_ahead = 0
     with backend.iterate(ordered)(square, src, chunksize=chunksize) as it:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 from typing_extensions import Literal
 
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
-from .windowing import ChunkResult, ResultIterator, make_result_iterator
+from .windowing import ChunkResult, ResultIterator, check_imap_args, make_result_iterator
 
 __all__ = ["StatefulExecutorMixin", "check_timeout"]
 
@@ -25,7 +25,8 @@ _DEFAULT: Any = object()  # "use the executor's task_timeout"
 
 #: ``imap``'s default window, in tasks per worker.  A chunk can hold thousands of items, so
 #: few of them; a single item is cheap to hold but each one costs a hand-off to a worker, and
-#: a deeper window lets workers run through several before the consumer must wake them.
+#: a deeper window lets workers run through several before the consumer must wake them (the
+#: thread pool, where an item is a small cell rather than a message, goes deeper still).
 CHUNKS_IN_FLIGHT_PER_WORKER = 4
 ITEMS_IN_FLIGHT_PER_WORKER = 16
 
@@ -51,6 +52,8 @@ class StatefulExecutorMixin:
     _default_chunksize: Optional[int] = 1
     #: whether one chunk can carry a per-item time limit (else timed imap sends single items)
     _chunks_take_timeouts: bool = False
+    #: ``imap``'s default window for single items, per worker
+    _items_in_flight_per_worker: int = ITEMS_IN_FLIGHT_PER_WORKER
 
     # -- provided by the concrete executor ------------------------------------------------
 
@@ -72,6 +75,19 @@ class StatefulExecutorMixin:
         self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: Optional[float]
     ) -> Future[Any]:
         return self._submit_timed(fn, args, {}, timeout)
+
+    def _imap_one_by_one(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        timeout: Optional[float],
+        buffersize: int,
+        return_exceptions: bool,
+        indexed: bool,
+    ) -> Optional[ResultIterator[Any]]:
+        """A leaner engine for untimed one-item tasks, where the executor has one."""
+        return None
 
     #: the concrete executor's ``shutdown`` (annotation only: never shadows it)
     shutdown: Callable[..., None]
@@ -126,10 +142,10 @@ class StatefulExecutorMixin:
         """Lazy, bounded, ordered ``map`` that also works on unsized and infinite inputs.
 
         At most ``buffersize`` tasks (chunks, when chunking) are submitted and not yet yielded;
-        the default is four chunks or sixteen single items per worker.  ``chunksize=None``
-        sizes chunks from measured task durations.  ``timeout`` is an overall deadline as in
-        :meth:`map`; ``task_timeout`` limits each item.  The result has ``len()`` exactly
-        when every input has one.
+        the default is four chunks, or 16 single items (64 on threads), per worker.
+        ``chunksize=None`` sizes chunks from measured task durations.  ``timeout`` is an
+        overall deadline as in :meth:`map`; ``task_timeout`` limits each item.  The result has
+        ``len()`` exactly when every input has one.
         """
         return self._imap(fn, iterables, True, timeout, chunksize, buffersize, task_timeout)
 
@@ -197,9 +213,16 @@ class StatefulExecutorMixin:
             chunksize = 1
         if buffersize is None:
             per_worker = (
-                ITEMS_IN_FLIGHT_PER_WORKER if chunksize == 1 else CHUNKS_IN_FLIGHT_PER_WORKER
+                self._items_in_flight_per_worker if chunksize == 1 else CHUNKS_IN_FLIGHT_PER_WORKER
             )
             buffersize = per_worker * self._max_workers
+        check_imap_args(iterables, chunksize, buffersize, task_timeout)
+        if chunksize == 1 and type(chunksize) is int and task_timeout is None:
+            lean = self._imap_one_by_one(
+                fn, iterables, ordered, timeout, buffersize, return_exceptions, indexed
+            )
+            if lean is not None:
+                return lean
         return make_result_iterator(
             self,
             fn,

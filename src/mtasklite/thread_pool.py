@@ -30,9 +30,10 @@ import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures._base import LOGGER
-from typing import Any, Callable, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union
 
 from ._futures import cancel_dropped
+from ._thread_imap import drained_imap
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import (
@@ -44,7 +45,7 @@ from .stateful import (
     set_thread_context,
     spec_for,
 )
-from .windowing import ChunkResult, run_chunk
+from .windowing import ChunkResult, ResultIterator, run_chunk
 
 __all__ = ["StatefulThreadExecutor", "StatefulThreadPoolExecutor"]
 
@@ -315,6 +316,11 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
     the default limit, in seconds, for every task.
     """
 
+    _items_in_flight_per_worker = 64  # a pending item is a small cell (see _thread_imap)
+    #: set when queued work is dropped (broken pool, ``cancel_futures``): imap drainers
+    #: start no further item
+    _stop_draining = False
+
     # The stdlib attributes, with the types this subclass puts in them.
     _work_queue: queue.SimpleQueue[Optional[_WorkItem]]  # type: ignore[assignment]
     _threads: set[threading.Thread]
@@ -352,18 +358,47 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
         timeout: Optional[float],
     ) -> Future[Any]:
         with self._shutdown_lock, _global_shutdown_lock:
-            if self._broken:
-                raise self._broken_error()
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _global_shutdown:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            self._check_accepting()
             if timeout is not None and self._watchdog is None:
                 self._watchdog = _Watchdog(self)
             future: Future[Any] = Future()
             self._work_queue.put(_WorkItem(future, fn, args, kwargs, timeout))
             self._adjust_thread_count()
             return future
+
+    def _imap_one_by_one(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        timeout: Optional[float],
+        buffersize: int,
+        return_exceptions: bool,
+        indexed: bool,
+    ) -> Optional[ResultIterator[Any]]:
+        # Drainers instead of a future per item (see _thread_imap).
+        return drained_imap(
+            self,
+            fn,
+            iterables,
+            ordered=ordered,
+            timeout=timeout,
+            buffersize=buffersize,
+            return_exceptions=return_exceptions,
+            indexed=indexed,
+        )
+
+    def _check_accepting(self) -> None:
+        """Raise what ``submit`` raises when the pool takes no new work."""
+        if self._broken:
+            raise self._broken_error()
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _global_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def _accepting(self) -> bool:
+        return not (self._broken or self._shutdown or _global_shutdown)
 
     def _submit_chunk(
         self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
@@ -450,6 +485,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
                     what = f"building worker {index} ({describe_worker(spec)})"
                 self._broken = f"{what} failed: {exc!r}; the thread pool is not usable anymore"
                 self._broken_cause = exc
+                self._stop_draining = True
             while True:
                 try:
                     item = self._work_queue.get_nowait()
@@ -464,6 +500,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures:
+                self._stop_draining = True  # imap items not yet started are pending work too
                 while True:
                     try:
                         item = self._work_queue.get_nowait()

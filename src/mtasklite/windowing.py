@@ -43,6 +43,7 @@ __all__ = [
     "ResultIterator",
     "SizedResultIterator",
     "Submitter",
+    "check_imap_args",
     "imap",
     "imap_unordered",
     "make_result_iterator",
@@ -551,6 +552,21 @@ def _check_positive(name: str, value: Optional[int]) -> None:
         raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
 
+def check_imap_args(
+    iterables: tuple[Iterable[Any], ...],
+    chunksize: Optional[int],
+    buffersize: Optional[int],
+    task_timeout: Optional[float],
+) -> None:
+    """Reject what no ``imap`` flavour accepts, with an error that names the argument."""
+    if not iterables:
+        raise TypeError("imap() needs at least one iterable")
+    _check_positive("chunksize", chunksize)
+    _check_positive("buffersize", buffersize)
+    if task_timeout is not None and not task_timeout > 0:
+        raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
+
+
 def make_result_iterator(
     submitter: Submitter,
     fn: Callable[..., Any],
@@ -573,12 +589,7 @@ def make_result_iterator(
     ``indexed`` yields ``(input position, output)`` pairs (for unordered consumers that need
     to know which input an output belongs to).
     """
-    if not iterables:
-        raise TypeError("imap() needs at least one iterable")
-    _check_positive("chunksize", chunksize)
-    _check_positive("buffersize", buffersize)
-    if task_timeout is not None and not task_timeout > 0:
-        raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
+    check_imap_args(iterables, chunksize, buffersize, task_timeout)
     total = _total_length(iterables)
     sizer: Optional[ChunkSizer]
     if chunksize is None:

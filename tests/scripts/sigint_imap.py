@@ -46,14 +46,14 @@ ITEMS = 2000
 
 def announce_waiting(main: threading.Thread, armed: threading.Event) -> None:
     """Once ``armed``, print ``WAITING`` when ``main`` is asleep in the kernel inside a
-    ``Condition.wait`` called from mtasklite's windowing engine (waiting for a result).
+    ``Condition.wait`` called from one of mtasklite's imap engines (waiting for a result).
 
     Seeing the ``wait`` frame is not enough: between releasing the GIL and entering the futex
     call a thread is not yet asleep, and a signal arriving in that gap is only noticed at the
     next wakeup (a CPython limitation, also for the stdlib's ``Future.result()``).  So the
     thread must be seen sleeping (``S`` in /proc) in the same place three polls in a row.
     """
-    engine = os.path.join("mtasklite", "windowing.py")
+    engines = tuple(os.path.join("mtasklite", name) for name in ("windowing.py", "_thread_imap.py"))
     stat = f"/proc/self/task/{main.native_id}/stat"
     streak = 0
 
@@ -62,7 +62,7 @@ def announce_waiting(main: threading.Thread, armed: threading.Event) -> None:
         if frame is None or frame.f_code.co_name != "wait":
             return False
         while frame is not None:
-            if frame.f_code.co_filename.endswith(engine):
+            if frame.f_code.co_filename.endswith(engines):
                 return True
             frame = frame.f_back
         return False

@@ -1,0 +1,351 @@
+"""One-item-per-task ``imap`` on the thread pool, without a future per item.
+
+At ``chunksize=1`` a tiny task costs far less than its future, work item and queue hand-off.
+Here the consumer's ``next()`` pulls input into a shared deque of cells, and up to
+``max_workers`` *drainers* (ordinary tasks in the pool's queue) pop cells one at a time, run
+them and write the outcome into the cell.  Each item is still its own task: a free thread
+takes the next item at once, and no item waits behind a slow one.
+
+  consumer (next())                         pool threads
+  pulls input -> _Cell -> todo (deque) ---> drainer: popleft, run fn, fill in the cell
+              \\-> fifo (ordered)                      (unordered: append to ``finished``)
+  waits on ``cond`` for fifo[0] / finished <-- notify, only while ``waiting`` is set
+
+Bounds and fairness: at most ``limit`` cells are pulled and not yet yielded.  The consumer
+refills only once half the window is drained, so drainers see batches, and a drainer
+returns its thread to the pool after ``batch`` items, so other work submitted meanwhile
+is not starved; the consumer then starts a fresh drainer behind it in the queue.
+
+Races, and how they are settled:
+- The consumer sleeps while a drainer finishes the awaited item: the consumer sets
+  ``waiting`` before it checks the cell (under ``lock``); the drainer fills the cell before it
+  reads ``waiting``.  Under the GIL one of the two sees the other's write, and the notify
+  takes ``lock``, so it cannot slip in between the consumer's check and its wait.
+- The last drainer finds ``todo`` empty as the consumer adds cells: drainers never decide
+  about their successors.  Their done-callbacks only lower ``active`` and notify under
+  ``lock``; the consumer starts drainers (outside ``lock``: submitting takes the pool's lock,
+  and ``shutdown`` runs these callbacks while holding it) before every wait.
+- The pool drops its queued work (``shutdown(cancel_futures=True)``, a broken pool): it sets
+  ``_stop_draining``, which running drainers check before each item; queued drainers are
+  cancelled or failed, and their callback gives their place back.
+- The pool refuses a new drainer (shut down, broken) while others still run: a drainer
+  may be finishing the very cell the consumer waits for, so the refusal is kept and raised
+  only once no drainer is active and the cell is still not done.
+- Closing the iterator clears ``todo``: no further item starts; running ones finish and are
+  dropped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from typing import Any, Callable, Deque, Iterable, Iterator, Optional
+
+from .windowing import (
+    _INTERRUPT_POLL,
+    ResultIterator,
+    SizedResultIterator,
+    _total_length,
+)
+
+__all__ = ["drained_imap"]
+
+#: items a drainer runs before it hands its thread back to the pool's queue, per window slot
+_BATCH_PER_SLOT = 1
+_MIN_BATCH = 16
+
+
+class _Cell:
+    """One input item and, once run, its outcome."""
+
+    __slots__ = ("done", "error", "index", "item", "value")
+
+    def __init__(self, index: int, item: Any):
+        self.index = index
+        self.item = item
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+        self.done = False
+
+
+class _DrainWindow:
+    """The shared state of one ``imap`` call (see the module docstring)."""
+
+    def __init__(
+        self,
+        executor: Any,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        limit: int,
+        ordered: bool,
+    ):
+        # Held until the iteration ends: cells may still need a drainer after the input is
+        # exhausted (the executor's own threads keep it alive until then anyway).
+        self.executor: Any = executor
+        self.fn = fn
+        self.star = len(iterables) != 1
+        self.source: Iterator[Any] = zip(*iterables) if self.star else iter(iterables[0])
+        self.limit = limit
+        self.low_water = limit // 2  # refill once this few cells are left
+        self.batch = max(_MIN_BATCH, _BATCH_PER_SLOT * limit)
+        self.max_drainers = executor._max_workers
+        self.ordered = ordered
+        self.todo: Deque[_Cell] = deque()  # pulled, not started
+        self.fifo: Deque[_Cell] = deque()  # ordered: pulled, not yielded, oldest first
+        self.finished: Deque[_Cell] = deque()  # unordered: run, not yielded
+        self.outstanding = 0  # unordered: pulled, not yielded
+        self.pulled = 0
+        self.exhausted = False
+        self.input_error: Optional[BaseException] = None
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.waiting = False
+        self.active = 0  # drainers submitted whose future is not done
+        self.refusal: Optional[BaseException] = None  # why the pool took no further drainer
+
+    # -- consumer side -------------------------------------------------------------------------
+
+    def fill(self) -> None:
+        """Pull input until ``limit`` cells are out, then make sure drainers run them."""
+        if self.exhausted:
+            return
+        todo, fifo, source, ordered = self.todo, self.fifo, self.source, self.ordered
+        room = self.limit - (len(fifo) if ordered else self.outstanding)
+        index = self.pulled
+        try:
+            for item in source:
+                cell = _Cell(index, item)
+                index += 1
+                todo.append(cell)
+                if ordered:
+                    fifo.append(cell)
+                room -= 1
+                if room <= 0:
+                    break
+            else:
+                self.exhausted = True
+        except Exception as exc:  # raised to the consumer after the items before it
+            self.input_error = exc
+            self.exhausted = True
+        if index == self.pulled:
+            return  # nothing new (an empty input runs even on a pool that was shut down)
+        self.executor._check_accepting()  # as submit does: new items need an open pool
+        if not ordered:
+            self.outstanding += index - self.pulled
+        self.pulled = index
+        self.start_drainers()
+
+    def needs_fill(self) -> bool:
+        if self.exhausted:
+            return False
+        return (len(self.fifo) if self.ordered else self.outstanding) <= self.low_water
+
+    def start_drainers(self) -> None:
+        """Submit drainers until every waiting cell has one (at most one per thread)."""
+        while self.refusal is None:
+            with self.lock:
+                if self.active >= min(self.max_drainers, len(self.todo)):
+                    return
+                self.active += 1
+            try:
+                future = self.executor._submit_timed(self.drain, (), {}, None)
+            except BaseException as exc:
+                with self.lock:
+                    self.active -= 1
+                if self.executor._accepting():
+                    raise  # not the pool refusing work (no thread could start, say)
+                # Shut down or broken: running drainers may still finish what we wait for
+                # (they do not stop at their batch end then); wait() raises this once
+                # nothing is left running.
+                self.refusal = exc
+                return
+            future.add_done_callback(self._drainer_done)
+
+    def wait(self, deadline: Optional[float]) -> None:
+        """Block until the next result is ready (ordered: the oldest cell)."""
+        while True:
+            with self.lock:
+                # ``waiting`` first, then the check: see the module docstring.
+                self.waiting = True
+                try:
+                    if self._ready():
+                        return
+                    if self.refusal is not None and not self.active:
+                        # What we wait for is not running (a running cell keeps its drainer
+                        # active) and no drainer can start: the pool refused.
+                        raise self.refusal
+                    if self.refusal is not None or self.active >= min(
+                        self.max_drainers, len(self.todo)
+                    ):
+                        if deadline is None:
+                            timeout = _INTERRUPT_POLL  # wake now and then to see a late Ctrl-C
+                        else:
+                            timeout = min(_INTERRUPT_POLL, deadline - time.monotonic())
+                            if timeout <= 0:
+                                raise concurrent.futures.TimeoutError()
+                        self.cond.wait(timeout)
+                        continue
+                finally:
+                    self.waiting = False
+            self.start_drainers()  # cells wait with no drainer (one ended): start one first
+
+    def _ready(self) -> bool:
+        if self.ordered:
+            return self.fifo[0].done
+        return bool(self.finished)
+
+    def cancel_all(self) -> None:
+        """Start no further item; forget every cell."""
+        self.todo.clear()
+        self.fifo.clear()
+        self.finished.clear()
+        self.exhausted = True
+        self.executor = None
+
+    # -- pool side -----------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """A drainer: run cells until ``todo`` is empty or the batch is used up."""
+        todo, fn, star, ordered, finished = (
+            self.todo,
+            self.fn,
+            self.star,
+            self.ordered,
+            self.finished,
+        )
+        executor = self.executor  # None once the iteration ended
+        if executor is None:
+            return
+        left = self.batch
+        while True:
+            if executor._stop_draining:
+                return  # the pool dropped its queued work: these items are queued work too
+            if left == 0:
+                if executor._accepting():
+                    return  # let queued work run; the consumer starts a fresh drainer
+                left = self.batch  # no fresh drainer can start: finish the window ourselves
+            left -= 1
+            try:
+                cell = todo.popleft()
+            except IndexError:
+                return
+            try:
+                cell.value = fn(*cell.item) if star else fn(cell.item)
+            except BaseException as exc:
+                cell.error = exc
+            cell.item = None
+            cell.done = True
+            if not ordered:
+                finished.append(cell)
+            del cell
+            if self.waiting:
+                with self.cond:
+                    self.cond.notify()
+
+    def _drainer_done(self, _: Future[Any]) -> None:
+        # Also for drainers that never ran: their place is free either way.
+        with self.cond:
+            self.active -= 1
+            self.cond.notify()
+
+
+def _interrupted(window: _DrainWindow) -> None:
+    executor = window.executor
+    window.cancel_all()
+    on_interrupt = getattr(executor, "_on_interrupt", None)
+    if on_interrupt is not None:
+        on_interrupt()
+
+
+def _outcome(cell: _Cell, return_exceptions: bool) -> Any:
+    """A finished cell's value, or its error (raised, or returned with ``return_exceptions``)."""
+    error = cell.error
+    if error is None:
+        return cell.value
+    if return_exceptions:
+        return error
+    raise error
+
+
+# The generators yield straight from _outcome: no local of theirs keeps a result alive while
+# they are suspended.
+
+
+def _ordered(
+    window: _DrainWindow, deadline: Optional[float], return_exceptions: bool, indexed: bool
+) -> Iterator[Any]:
+    fifo = window.fifo
+    position = 0
+    try:
+        while True:
+            if window.needs_fill():
+                window.fill()
+            if not fifo:
+                break
+            if not fifo[0].done:
+                window.wait(deadline)
+            if indexed:
+                yield position, _outcome(fifo.popleft(), return_exceptions)
+            else:
+                yield _outcome(fifo.popleft(), return_exceptions)
+            position += 1
+        if window.input_error is not None:
+            raise window.input_error
+    except KeyboardInterrupt:
+        _interrupted(window)
+        raise
+    finally:
+        window.cancel_all()
+
+
+def _unordered(
+    window: _DrainWindow, deadline: Optional[float], return_exceptions: bool, indexed: bool
+) -> Iterator[Any]:
+    finished = window.finished
+    try:
+        while True:
+            if window.needs_fill():
+                window.fill()
+            if not window.outstanding:
+                break
+            if not finished:
+                window.wait(deadline)
+            window.outstanding -= 1
+            if indexed:
+                index = finished[0].index
+                yield index, _outcome(finished.popleft(), return_exceptions)
+            else:
+                yield _outcome(finished.popleft(), return_exceptions)
+        if window.input_error is not None:
+            raise window.input_error
+    except KeyboardInterrupt:
+        _interrupted(window)
+        raise
+    finally:
+        window.cancel_all()
+
+
+def drained_imap(
+    executor: Any,
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    *,
+    ordered: bool,
+    timeout: Optional[float],
+    buffersize: int,
+    return_exceptions: bool,
+    indexed: bool,
+) -> ResultIterator[Any]:
+    """The result iterator of a one-item-per-task ``imap`` on ``executor`` (a thread pool
+    providing ``_submit_timed``, ``_check_accepting`` and ``_max_workers``)."""
+    window = _DrainWindow(executor, fn, iterables, buffersize, ordered)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    run = _ordered if ordered else _unordered
+    generator = run(window, deadline, return_exceptions, indexed)
+    total = _total_length(iterables)
+    if total is None:
+        return ResultIterator(generator)
+    return SizedResultIterator(generator, total)
