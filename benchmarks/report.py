@@ -38,6 +38,8 @@ class Summary:
     spread: tuple[float, float] = (0.0, 0.0)  # min, max of the headline over ok runs
     details: list[str] = field(default_factory=list)
     ratio: Optional[float] = None
+    #: every ok run's value per metric, in run order (repeat r of every case is adjacent)
+    samples: dict[str, list[float]] = field(default_factory=dict)
 
 
 # --- machine ----------------------------------------------------------------------------------
@@ -120,6 +122,7 @@ def summarize(scenario: Scenario, records: list[dict[str, Any]]) -> dict[str, Su
         if summary.ok_runs:
             summary.status = "ok"
             summary.medians = {k: statistics.median(v) for k, v in values[key].items()}
+            summary.samples = values[key]
             if values[key].get(head):
                 summary.spread = (min(values[key][head]), max(values[key][head]))
     for summary in out.values():
@@ -165,17 +168,32 @@ def evaluate(target: Target, scenario: Scenario, summaries: dict[str, Summary]) 
         if best is None:
             value = None
     measured = value
+    paired: list[float] = []
     if against is not None and value is not None:
         ref = summaries.get(against)
         den = ref.medians.get(target.metric) if ref and ref.status == "ok" else None
         measured = value / den if den else None
+        if mine is not None and ref is not None:
+            # Repeat r of both cases ran back to back: their ratio is one paired sample.
+            mine_runs, ref_runs = mine.samples.get(target.metric), ref.samples.get(target.metric)
+            if mine_runs and ref_runs and len(mine_runs) == len(ref_runs):
+                paired = [a / b for a, b in zip(mine_runs, ref_runs) if b]
+    elif against is None and mine is not None:
+        paired = list(mine.samples.get(target.metric, []))  # a bare metric: its own repeats
     if measured is None:
         verdict = "n/a"
-    elif target.op == ">=":
-        verdict = "PASS" if measured >= target.threshold else "MISS"
     else:
-        verdict = "PASS" if measured <= target.threshold else "MISS"
-    return {"target": target, "measured": measured, "against": against, "verdict": verdict}
+        passes = measured >= target.threshold if target.op == ">=" else measured <= target.threshold
+        verdict = "PASS" if passes else "MISS"
+        if not passes and paired and min(paired) <= target.threshold <= max(paired):
+            verdict = "MISS (within noise)"  # some paired repeats pass, some do not
+    return {
+        "target": target,
+        "measured": measured,
+        "against": against,
+        "verdict": verdict,
+        "paired": paired,
+    }
 
 
 # --- markdown ---------------------------------------------------------------------------------
@@ -192,14 +210,27 @@ def render(
     """The results as markdown (without a top-level title)."""
     summaries = {s.number: summarize(s, records) for s in suite}
     lines = _header(machine, run)
-    lines += ["### Targets", "", "| Scenario | Target | Measured | Result |", "|---|---|---|---|"]
+    lines += [
+        "### Targets",
+        "",
+        "*Measured* divides the two medians; *per repeat* is the range of the ratios of runs "
+        "made back to back (repeat r of one case against repeat r of the other), or of the "
+        "metric itself where there is no other case.  A miss "
+        "whose per-repeat range spans the target is marked *within noise*.",
+        "",
+        "| Scenario | Target | Measured | Per repeat | Result |",
+        "|---|---|---|---|---|",
+    ]
     by_number = {s.number: s for s in suite}
     for goal in goals:
         if goal.scenario not in by_number:
             continue
         res = evaluate(goal, by_number[goal.scenario], summaries[goal.scenario])
+        paired = res["paired"]
+        spread = f"{min(paired):.2f}-{max(paired):.2f}x" if paired else "-"
         lines.append(
-            f"| {goal.scenario} | {goal.label} | {_target_text(res)} | **{res['verdict']}** |"
+            f"| {goal.scenario} | {goal.label} | {_target_text(res)} | {spread} "
+            f"| **{res['verdict']}** |"
         )
     lines.append("")
     if image:
