@@ -38,8 +38,10 @@ Races, and how they are settled:
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable, Deque, Iterable, Iterator, Optional
@@ -89,9 +91,11 @@ class _DrainWindow:
         self.star = len(iterables) != 1
         self.source: Iterator[Any] = zip(*iterables) if self.star else iter(iterables[0])
         self.limit = limit
-        self.low_water = limit // 2  # refill once this few cells are left
+        self.max_drainers: int = executor._max_workers
+        # Refill in steps of up to half the window, but never let fewer cells than workers
+        # remain out before refilling: a small window must keep every worker busy.
+        self.low_water: int = limit - max(1, min(limit // 2, limit - self.max_drainers))
         self.batch = max(_MIN_BATCH, _BATCH_PER_SLOT * limit)
-        self.max_drainers = executor._max_workers
         self.ordered = ordered
         self.todo: Deque[_Cell] = deque()  # pulled, not started
         self.fifo: Deque[_Cell] = deque()  # ordered: pulled, not yielded, oldest first
@@ -100,7 +104,9 @@ class _DrainWindow:
         self.pulled = 0
         self.exhausted = False
         self.input_error: Optional[BaseException] = None
-        self.lock = threading.Lock()
+        # Reentrant: a signal handler calling shutdown(cancel_futures=True) runs a cancelled
+        # drainer's callback in the consumer's thread, maybe while it holds this lock.
+        self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.waiting = False
         self.active = 0  # drainers submitted whose future is not done
@@ -109,34 +115,39 @@ class _DrainWindow:
     # -- consumer side -------------------------------------------------------------------------
 
     def fill(self) -> None:
-        """Pull input until ``limit`` cells are out, then make sure drainers run them."""
+        """Pull input until ``limit`` cells are out; each one gets a drainer at once (an
+        input may wait for earlier items to run)."""
         if self.exhausted:
             return
         todo, fifo, source, ordered = self.todo, self.fifo, self.source, self.ordered
         room = self.limit - (len(fifo) if ordered else self.outstanding)
-        index = self.pulled
-        try:
-            for item in source:
-                cell = _Cell(index, item)
-                index += 1
-                todo.append(cell)
-                if ordered:
-                    fifo.append(cell)
-                room -= 1
-                if room <= 0:
-                    break
-            else:
+        first = self.pulled
+        while room > 0:
+            try:
+                item = next(source)
+            except StopIteration:
                 self.exhausted = True
-        except Exception as exc:  # raised to the consumer after the items before it
-            self.input_error = exc
-            self.exhausted = True
-        if index == self.pulled:
-            return  # nothing new (an empty input runs even on a pool that was shut down)
-        self.executor._check_accepting()  # as submit does: new items need an open pool
-        if not ordered:
-            self.outstanding += index - self.pulled
-        self.pulled = index
-        self.start_drainers()
+                return
+            except Exception as exc:  # raised to the consumer after the items before it
+                self.input_error = exc
+                self.exhausted = True
+                return
+            if self.pulled == first:
+                # As submit does: a new item needs an open pool (checked before it is
+                # queued, so no drainer still running can take it after a shutdown).
+                self.executor._check_accepting()
+            cell = _Cell(self.pulled, item)
+            del item
+            self.pulled += 1
+            todo.append(cell)
+            if ordered:
+                fifo.append(cell)
+            else:
+                self.outstanding += 1
+            del cell
+            if self.active < self.max_drainers:
+                self.start_drainers()
+            room -= 1
 
     def needs_fill(self) -> bool:
         if self.exhausted:
@@ -144,25 +155,49 @@ class _DrainWindow:
         return (len(self.fifo) if self.ordered else self.outstanding) <= self.low_water
 
     def start_drainers(self) -> None:
-        """Submit drainers until every waiting cell has one (at most one per thread)."""
+        """Give waiting cells drainers: one more per waiting cell, at most one per thread.
+
+        Active drainers may all be busy running a cell, so a waiting cell gets a drainer of
+        its own while threads are left (one that finds nothing to do ends at once)."""
+        started = 0
         while self.refusal is None:
             with self.lock:
-                if self.active >= min(self.max_drainers, len(self.todo)):
+                if self.active >= self.max_drainers or started >= len(self.todo):
                     return
                 self.active += 1
             try:
-                future = self.executor._submit_timed(self.drain, (), {}, None)
+                future = self.executor._submit_timed(_drain, (weakref.ref(self),), {}, None)
             except BaseException as exc:
                 with self.lock:
                     self.active -= 1
                 if self.executor._accepting():
                     raise  # not the pool refusing work (no thread could start, say)
-                # Shut down or broken: running drainers may still finish what we wait for
-                # (they do not stop at their batch end then); wait() raises this once
-                # nothing is left running.
-                self.refusal = exc
+                self._refused(exc)
                 return
-            future.add_done_callback(self._drainer_done)
+            future.add_done_callback(functools.partial(_drainer_done, weakref.ref(self)))
+            started += 1
+
+    def _refused(self, exc: BaseException) -> None:
+        self.refusal = exc
+        if self.executor._stop_draining:
+            # The pool dropped its queued work (broken, or cancel_futures): so are the cells
+            # nobody started, each failing as its future would.  Running ones still finish.
+            broken = bool(self.executor._broken)
+            while True:
+                try:
+                    cell = self.todo.popleft()
+                except IndexError:
+                    break
+                cell.item = None
+                cell.error = (
+                    self.executor._broken_error() if broken else concurrent.futures.CancelledError()
+                )
+                cell.done = True
+                if not self.ordered:
+                    self.finished.append(cell)
+        # Otherwise (shut down, queue kept) running drainers may still finish what we wait
+        # for: they do not stop at their batch end then, and wait() raises the refusal
+        # once none is left.
 
     def wait(self, deadline: Optional[float]) -> None:
         """Block until the next result is ready (ordered: the oldest cell)."""
@@ -207,26 +242,48 @@ class _DrainWindow:
 
     # -- pool side -----------------------------------------------------------------------------
 
-    def drain(self) -> None:
-        """A drainer: run cells until ``todo`` is empty or the batch is used up."""
-        todo, fn, star, ordered, finished = (
-            self.todo,
-            self.fn,
-            self.star,
-            self.ordered,
-            self.finished,
-        )
-        executor = self.executor  # None once the iteration ended
-        if executor is None:
-            return
-        left = self.batch
+    def hand_over(self, executor: Any) -> bool:
+        """Queue a successor drainer (so other work submitted meanwhile runs first)."""
+        with self.lock:
+            self.active += 1
+        try:
+            future = executor._submit_timed(_drain, (weakref.ref(self),), {}, None)
+        except BaseException:
+            with self.lock:
+                self.active -= 1
+            return False
+        future.add_done_callback(functools.partial(_drainer_done, weakref.ref(self)))
+        return True
+
+
+# The drainer and its callback reach the window through a weak reference, and drop their
+# strong ones before they return: a task's exception kept by the caller keeps every frame
+# below it alive (and the done-callback stays on the drainer's future), and none of them may
+# keep the window, and with it the executor and its threads, alive.
+
+
+def _drain(window_ref: weakref.ref[_DrainWindow]) -> None:
+    """A drainer: run cells until ``todo`` is empty or the batch is used up."""
+    window = window_ref()
+    executor = None if window is None else window.executor  # None once the iteration ended
+    if window is None or executor is None:
+        return
+    todo, fn, star, ordered, finished = (
+        window.todo,
+        window.fn,
+        window.star,
+        window.ordered,
+        window.finished,
+    )
+    left = window.batch
+    try:
         while True:
             if executor._stop_draining:
                 return  # the pool dropped its queued work: these items are queued work too
             if left == 0:
-                if executor._accepting():
-                    return  # let queued work run; the consumer starts a fresh drainer
-                left = self.batch  # no fresh drainer can start: finish the window ourselves
+                if todo and window.hand_over(executor):
+                    return  # a successor waits in the pool's queue, behind other work
+                left = window.batch  # none can start (shut down): finish the window here
             left -= 1
             try:
                 cell = todo.popleft()
@@ -241,15 +298,20 @@ class _DrainWindow:
             if not ordered:
                 finished.append(cell)
             del cell
-            if self.waiting:
-                with self.cond:
-                    self.cond.notify()
+            if window.waiting:
+                with window.cond:
+                    window.cond.notify()
+    finally:
+        del window, executor, todo, fn, finished
 
-    def _drainer_done(self, _: Future[Any]) -> None:
-        # Also for drainers that never ran: their place is free either way.
-        with self.cond:
-            self.active -= 1
-            self.cond.notify()
+
+def _drainer_done(window_ref: weakref.ref[_DrainWindow], _: Future[Any]) -> None:
+    # Also for drainers that never ran: their place is free either way.
+    window = window_ref()
+    if window is not None:
+        with window.cond:
+            window.active -= 1
+            window.cond.notify()
 
 
 def _interrupted(window: _DrainWindow) -> None:
