@@ -203,6 +203,11 @@ def pid_of(_: Any = None) -> int:
     return os.getpid()
 
 
+def inflate(payload: bytes, factor: int = 3) -> bytes:
+    """A result several times the size of its argument (fills the pipe back to the parent)."""
+    return payload * factor
+
+
 def fail_with_value_error(x: Any) -> Any:
     raise ValueError(f"bad input {x!r}")
 

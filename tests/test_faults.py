@@ -1041,15 +1041,13 @@ def test_pqdm_items_of_the_wrong_shape_fail_alone(guard: Guard, kind: str) -> No
 def test_a_wakeup_racing_with_the_drain_is_not_lost(
     guard: Guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from multiprocessing import connection
-
     from mtasklite import process_pool
 
     ex = guard.make("fork")
     ex.wait_ready(FAULT_LIMIT)
     dispatcher = ex._dispatcher
     thread = ex._executor_manager_thread
-    real_os, real_wait = process_pool.os, connection.wait
+    real_os, real_wait = process_pool.os, dispatcher.poller.wait
     raced, idle_sleep = threading.Event(), threading.Event()
 
     class RacingOs:
@@ -1078,7 +1076,7 @@ def test_a_wakeup_racing_with_the_drain_is_not_lost(
             idle_sleep.set()
         return real_wait(objects, timeout)
 
-    monkeypatch.setattr(connection, "wait", traced_wait)
+    monkeypatch.setattr(dispatcher.poller, "wait", traced_wait)
     monkeypatch.setattr(process_pool, "os", RacingOs())
     assert ex.submit(fh.square, 3).result(FAULT_LIMIT) == 9  # its wakeup() drives a drain
     assert raced.is_set()

@@ -1009,3 +1009,28 @@ def test_a_worker_that_keeps_dying_outside_tasks_breaks_the_pool_instead_of_resp
             ex.submit(abs, -1)
     finally:
         ex.shutdown()
+
+
+# --- chunks sent ahead, and the socket buffer ------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("item_kib", [8, 96, 3072], ids=["small", "medium", "large"])
+def test_chunks_sent_ahead_never_deadlock_against_big_results(item_kib: int) -> None:
+    # A busy worker does not read its pipe.  A chunk sent ahead that the socket buffer could
+    # not hold would block the dispatcher, which then stops reading while the worker blocks
+    # sending its (bigger) results: both would wait for good.  Chunks of 2 items of 8 KiB to
+    # 3 MiB cover Runs that go ahead and Runs bigger than the socket buffer can take (they
+    # wait for an idle worker; sent ahead, the large case deadlocks).
+    payload = bytes(item_kib * 1024)
+    items = [payload] * 8
+    with PPE(2, FORK) as ex:
+        ex.wait_ready(BLOCK_LIMIT)
+        limit = min(slot.prefetch_bytes for slot in ex._dispatcher.slots)
+        results = list(ex.imap(ph.inflate, items, chunksize=2))
+    assert [len(r) for r in results] == [3 * len(payload)] * len(items)
+    assert limit > 0, "no chunk is ever sent ahead here"
+    if item_kib == 3072:
+        assert 2 * len(payload) > limit, "this case must cover chunks too big to go ahead"
+    else:
+        assert 2 * len(payload) < limit, "this case must cover chunks that go ahead"

@@ -13,7 +13,6 @@ import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
-import queue
 import signal
 import sys
 import threading
@@ -64,34 +63,15 @@ def worker_main(
     _serve(conn, cell, base)
 
 
-def _read_runs(conn: multiprocessing.connection.Connection, inbox: queue.SimpleQueue[Any]) -> None:
-    """Keep our end of the pipe drained: the parent may send the next Run while we send
-    results, and two full pipe buffers would otherwise block both sides for good."""
-    try:
-        while True:
-            inbox.put(conn.recv_bytes())
-    except (EOFError, OSError):
-        inbox.put(None)  # the parent is gone
-
-
 def _serve(conn: multiprocessing.connection.Connection, cell: Cells, base: int) -> None:
-    inbox: Optional[queue.SimpleQueue[Optional[bytes]]] = queue.SimpleQueue()
-    try:
-        threading.Thread(
-            target=_read_runs, args=(conn, inbox), name="mtasklite-inbox", daemon=True
-        ).start()
-    except RuntimeError:  # no threads (interpreter shutting down): read inline instead
-        inbox = None
+    # Read inline: the parent never sends a Run ahead that its socket buffer cannot hold
+    # whole (see the process pool's prefetch), so our sends and its sends never block on
+    # each other, and no reader thread hop sits on every round trip.
     while True:
         cell[base] = _wire.IDLE
-        if inbox is not None:
-            data = inbox.get()
-        else:
-            try:
-                data = conn.recv_bytes()
-            except (EOFError, OSError):
-                data = None
-        if data is None:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
             return  # the parent is gone
         cell[base] = _wire.RECEIVING
         try:

@@ -21,9 +21,10 @@ in a shared array; it runs one piece of work at a time, so the dispatcher knows 
 moment which items each slot is running and since when.  A piece is a contiguous range of
 one job's items: a ``submit`` call is a one-item job, an ``imap`` chunk a many-item one.
 Once every worker is up, a busy slot running an untimed chunk is also sent its next chunk
-(``next_piece``), so it never idles while the dispatcher unpickles its results; a reader
-thread in the worker keeps its end of the pipe drained, so the two sides never block on
-each other's full pipe buffers.
+(``next_piece``), so it never idles while the dispatcher unpickles its results.  Only a
+chunk that fits in a quarter of the socket's send buffer goes ahead: a busy worker does not
+read, and a send that waited for it while the worker waits for us to read its results would
+deadlock both (a bigger chunk waits, pickled, for an idle worker).
 
 Who touches what:
 - ``pending``, ``_processes``, the never-started slot counter and the flags live under
@@ -57,9 +58,12 @@ Races, and how they are settled:
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import select
+import socket
 import threading
 import time
 import weakref
@@ -165,13 +169,14 @@ class _Piece:
     """Items ``start:stop`` of a job, sent to one slot as one Run.  ``track``: the worker
     names each item before running it (set when re-running after an unattributed death)."""
 
-    __slots__ = ("job", "start", "stop", "track")
+    __slots__ = ("data", "job", "start", "stop", "track")
 
     def __init__(self, job: _Job, start: int, stop: int, track: bool = False):
         self.job = job
         self.start = start
         self.stop = stop
         self.track = track
+        self.data: Optional[bytes] = None  # the pickled Run, once made (kept if not sent)
 
 
 # Slot states.
@@ -192,6 +197,7 @@ class _Slot:
         "kill_at",
         "next_piece",
         "piece",
+        "prefetch_bytes",
         "process",
         "received",
         "since",
@@ -207,6 +213,7 @@ class _Slot:
         self.conn: Optional[multiprocessing.connection.Connection] = None
         self.piece: Optional[_Piece] = None
         self.next_piece: Optional[_Piece] = None  # sent ahead, runs after ``piece``
+        self.prefetch_bytes = 0  # largest Run that may be sent ahead (see _prefetch)
         self.received = 0  # items of ``piece`` reported so far
         self.accept = 0  # items of ``piece`` whose results still count
         self.since = 0.0  # when ``piece`` was sent
@@ -246,6 +253,30 @@ def _set_result(future: Future[Any], value: Any) -> None:
 def _set_exception(future: Future[Any], error: BaseException) -> None:
     if not future.done():
         future.set_exception(error)
+
+
+class _Poller:
+    """``multiprocessing.connection.wait`` on a ``select.poll`` kept between calls, instead
+    of a selector built and filled on every call (the dispatcher waits several times per
+    task)."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._objects: dict[int, Any] = {}  # fd -> what the caller passed
+
+    def wait(self, objects: list[Any], timeout: Optional[float]) -> list[Any]:
+        """The objects (connections or file descriptors) that are ready, like ``wait()``."""
+        wanted = {obj if isinstance(obj, int) else obj.fileno(): obj for obj in objects}
+        if wanted.keys() != self._objects.keys():
+            for fd in self._objects.keys() - wanted.keys():
+                self._poll.unregister(fd)
+            for fd in wanted.keys() - self._objects.keys():
+                self._poll.register(fd, select.POLLIN)
+        self._objects = wanted
+        ms = None if timeout is None else math.ceil(max(0.0, timeout) * 1000)
+        events = self._poll.poll(ms)
+        # Any event counts (POLLHUP: the peer is gone), as in wait().
+        return [wanted[fd] for fd, _ in events]
 
 
 class _Dispatcher:
@@ -290,6 +321,7 @@ class _Dispatcher:
         self.broken: Optional[BaseException] = None
         self.cloud_fn: Any = None  # last function that needed cloudpickle
         self.thread: Optional[threading.Thread] = None
+        self.poller = _Poller()
         self.executor_ref = weakref.ref(executor, lambda _: self.wakeup())
         _live_dispatchers.add(self)
 
@@ -342,6 +374,7 @@ class _Dispatcher:
             child_end.close()
             raise
         child_end.close()
+        slot.prefetch_bytes = _room_for_prefetch(parent_end)
         slot.process, slot.conn, slot.state = process, parent_end, STARTING
         slot.piece, slot.done_items = None, 0
         self.processes[process.pid] = process
@@ -362,16 +395,14 @@ class _Dispatcher:
                 if self._finished():
                     break
                 conns, sentinels = self._waitables()
-                ready = multiprocessing.connection.wait(
-                    [self.wake_r, *conns, *sentinels], self._wait_timeout()
-                )
+                ready = self.poller.wait([self.wake_r, *conns, *sentinels], self._wait_timeout())
                 if self.wake_r in ready:
                     self._clear_wakeup()
                 # Results before deaths: what a worker sent before dying still counts.
                 for obj in ready:
                     slot = conns.get(obj)
                     if slot is not None:
-                        self._drain(slot)
+                        self._drain(slot, readable=True)
                 for obj in ready:
                     if obj in sentinels:
                         self._reap(sentinels[obj], obj)
@@ -404,7 +435,9 @@ class _Dispatcher:
         # only after this, so a wakeup skipped while the flag was set is never needed.
         with self.wake_lock:
             try:
-                while os.read(self.wake_r, 4096):
+                # One read is enough unless it fills the buffer (each system call also costs
+                # a GIL hand-off while a caller thread runs).
+                while len(os.read(self.wake_r, 4096)) == 4096:
                     pass
             except BlockingIOError:
                 pass
@@ -535,6 +568,16 @@ class _Dispatcher:
                 if head.is_call or head.timeout is not None:
                     return
                 piece = self.pending.popleft()
+            if piece.data is None:
+                piece.data = self._encode(piece)
+                if piece.data is None:
+                    continue  # unpicklable: its items are failed or re-queued already
+            if len(piece.data) > slot.prefetch_bytes:
+                # Sent ahead, it might not fit in the socket buffer while the worker, busy,
+                # is not reading: we would block, and a worker sending us big results would
+                # block too.  It waits (pickled, unclaimed) for the next idle worker instead.
+                self._requeue_piece(piece)
+                return
             if self._claim(piece) and self._send_piece(slot, piece):
                 slot.next_piece = piece
 
@@ -551,9 +594,11 @@ class _Dispatcher:
     def _send_piece(self, slot: _Slot, piece: _Piece) -> Optional[bool]:
         """Send ``piece`` to ``slot``: ``True`` once sent; ``False`` if the worker is gone
         (the piece is re-queued); ``None`` if it could not be pickled (already reported)."""
-        data = self._encode(piece)
+        data, piece.data = piece.data, None
         if data is None:
-            return None
+            data = self._encode(piece)
+            if data is None:
+                return None
         assert slot.conn is not None
         try:
             slot.conn.send_bytes(data)
@@ -619,6 +664,10 @@ class _Dispatcher:
         if good_from is not None:
             self._requeue(job, good_from, piece.stop)
 
+    def _requeue_piece(self, piece: _Piece) -> None:
+        with self.lock:
+            self.pending.appendleft(piece)
+
     def _requeue(self, job: _Job, start: int, stop: int, track: bool = False) -> None:
         if start < stop:
             with self.lock:
@@ -636,12 +685,14 @@ class _Dispatcher:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def _drain(self, slot: _Slot) -> None:
+    def _drain(self, slot: _Slot, readable: bool = False) -> None:
+        """Handle every message ``slot`` has sent (``readable``: the wait just said so)."""
         conn = slot.conn
         while conn is not None and slot.conn is conn:
             try:
-                if not conn.poll():
+                if not readable and not conn.poll():
                     return
+                readable = False
                 data = conn.recv_bytes()
             except (EOFError, OSError):
                 return  # the worker is gone; its sentinel reports it
@@ -1053,6 +1104,33 @@ class _Dispatcher:
         _live_dispatchers.discard(self)
         self.closed = True
         self._notify_ready()
+
+
+#: the send buffer asked for on the parent's end of each worker's socket pair (the kernel
+#: caps it at net.core.wmem_max); a quarter of what it grants bounds a Run sent ahead
+SEND_BUFFER = 1 << 20
+
+
+def _room_for_prefetch(conn: multiprocessing.connection.Connection) -> int:
+    """Widen the parent's send buffer to a worker; the largest Run that may be sent ahead.
+
+    A quarter of the buffer: a Run sent ahead then always fits beside the one the worker is
+    reading, so the send never waits for a busy worker.  0 (never send ahead) if the
+    connection is not a socket."""
+    fd = os.dup(conn.fileno())
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return 0
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            pass  # keep the default
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)) // 4
+    finally:
+        sock.close()
 
 
 def _check_specs_picklable(specs: Sequence[WorkerLike], method: str) -> None:
