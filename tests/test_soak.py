@@ -18,8 +18,10 @@ import mtasklite as mt
 
 TOTAL = 1_000_000
 WARMUP = 100_000
-#: parent RSS after the warm-up and at the end may differ by less than this fraction
-RSS_TOLERANCE = 0.05
+#: parent RSS after the warm-up and late in the run may differ by less than this: a full
+#: window of adaptive chunks (8 x 16,384 items and their results, about 5 MiB) may be held
+#: at one point and not the other, while a leak of 10 bytes per task would add 9 MiB
+RSS_SLACK = 8 * 2**20
 
 
 def rss_bytes() -> int:
@@ -75,11 +77,11 @@ def test_a_million_tiny_tasks_do_not_grow_the_parent(chunksize: Optional[int]) -
         f"{TOTAL - WARMUP}, {rss_end / 2**20:.1f} MiB at the end ({growth:+.2%}); fds "
         f"{fds_before} before, {fds_warm} after {WARMUP}, {fds_end} at the end"
     )
-    # Compare like with like: both points have a full window of chunks in flight (at the
+    # Both points have a window of chunks in flight, though not always equally full (at the
     # very end nothing is in flight, so RSS is lower there; it must not be higher).
-    steady = (rss_late - rss_warm) / rss_warm
-    assert abs(steady) < RSS_TOLERANCE, f"parent RSS changed by {steady:+.2%} in steady state"
-    assert rss_end <= rss_warm * (1 + RSS_TOLERANCE), f"parent RSS grew by {growth:+.2%}"
+    steady = rss_late - rss_warm
+    assert abs(steady) < RSS_SLACK, f"parent RSS changed by {steady / 2**20:+.1f} MiB"
+    assert rss_end <= rss_warm + RSS_SLACK, f"parent RSS grew by {growth:+.2%}"
     assert fds_end <= fds_warm, f"file descriptors grew from {fds_warm} to {fds_end}"
     fh.assert_gone(
         set(fh.child_processes()) - children_before,
