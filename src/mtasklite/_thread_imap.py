@@ -51,6 +51,7 @@ from .windowing import (
     ResultIterator,
     SizedResultIterator,
     _total_length,
+    interrupted,
 )
 
 __all__ = ["drained_imap"]
@@ -87,6 +88,7 @@ class _DrainWindow:
         # Held until the iteration ends: cells may still need a drainer after the input is
         # exhausted (the executor's own threads keep it alive until then anyway).
         self.executor: Any = executor
+        self.executor_ref = weakref.ref(executor)  # still there after cancel_all (Ctrl-C)
         self.fn = fn
         self.star = len(iterables) != 1
         self.source: Iterator[Any] = zip(*iterables) if self.star else iter(iterables[0])
@@ -232,6 +234,9 @@ class _DrainWindow:
             return self.fifo[0].done
         return bool(self.finished)
 
+    def interrupt_target(self) -> Any:
+        return self.executor_ref()
+
     def cancel_all(self) -> None:
         """Start no further item; forget every cell."""
         self.todo.clear()
@@ -314,14 +319,6 @@ def _drainer_done(window_ref: weakref.ref[_DrainWindow], _: Future[Any]) -> None
             window.cond.notify()
 
 
-def _interrupted(window: _DrainWindow) -> None:
-    executor = window.executor
-    window.cancel_all()
-    on_interrupt = getattr(executor, "_on_interrupt", None)
-    if on_interrupt is not None:
-        on_interrupt()
-
-
 def _outcome(cell: _Cell, return_exceptions: bool) -> Any:
     """A finished cell's value, or its error (raised, or returned with ``return_exceptions``)."""
     error = cell.error
@@ -357,7 +354,7 @@ def _ordered(
         if window.input_error is not None:
             raise window.input_error
     except KeyboardInterrupt:
-        _interrupted(window)
+        interrupted(window)
         raise
     finally:
         window.cancel_all()
@@ -384,7 +381,7 @@ def _unordered(
         if window.input_error is not None:
             raise window.input_error
     except KeyboardInterrupt:
-        _interrupted(window)
+        interrupted(window)
         raise
     finally:
         window.cancel_all()

@@ -40,12 +40,14 @@ __all__ = [
     "AdaptiveChunkSize",
     "ChunkResult",
     "ExecutorSubmitter",
+    "Interruptible",
     "ResultIterator",
     "SizedResultIterator",
     "Submitter",
     "check_imap_args",
     "imap",
     "imap_unordered",
+    "interrupted",
     "make_result_iterator",
     "run_chunk",
 ]
@@ -450,7 +452,16 @@ def _next_done(done: queue.SimpleQueue[Future[Any]], deadline: Optional[float]) 
                 raise concurrent.futures.TimeoutError() from None
 
 
-def _interrupted(window: _Window) -> None:
+class Interruptible(Protocol):
+    """What :func:`interrupted` needs of an iteration's state."""
+
+    def cancel_all(self) -> None: ...
+
+    def interrupt_target(self) -> Any: ...
+
+
+def interrupted(window: Interruptible) -> None:
+    """Ctrl-C reached an ``imap`` generator: stop its window and tell the executor."""
     # Ctrl-C while waiting: cancel what has not started and let the executor stop the rest
     # (the process pool terminates its workers: one Ctrl-C must be enough).
     window.cancel_all()
@@ -497,7 +508,7 @@ def _ordered(
         if window.input_error is not None:
             raise window.input_error
     except KeyboardInterrupt:
-        _interrupted(window)
+        interrupted(window)
         raise
     finally:
         window.cancel_all()
@@ -531,7 +542,7 @@ def _unordered(
         if window.input_error is not None:
             raise window.input_error
     except KeyboardInterrupt:
-        _interrupted(window)
+        interrupted(window)
         raise
     finally:
         window.cancel_all()
