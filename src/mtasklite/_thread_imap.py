@@ -12,9 +12,9 @@ takes the next item at once, and no item waits behind a slow one.
   waits on ``cond`` for fifo[0] / finished <-- notify, only while ``waiting`` is set
 
 Bounds and fairness: at most ``limit`` cells are pulled and not yet yielded.  The consumer
-refills only once half the window is drained, so drainers see batches, and a drainer
-returns its thread to the pool after ``batch`` items, so other work submitted meanwhile
-is not starved; the consumer then starts a fresh drainer behind it in the queue.
+refills only once half the window is drained (but before fewer cells than workers are
+left), so drainers see batches, and a drainer returns its thread to the pool after ``batch``
+items, queueing its successor behind other work submitted meanwhile, which is not starved.
 
 Races, and how they are settled:
 - The consumer sleeps while a drainer finishes the awaited item: the consumer sets
@@ -56,8 +56,8 @@ from .windowing import (
 
 __all__ = ["drained_imap"]
 
-#: items a drainer runs before it hands its thread back to the pool's queue, per window slot
-_BATCH_PER_SLOT = 1
+#: fewest items a drainer runs before it hands its thread back to the pool's queue (it runs
+#: a window's worth when the window is larger)
 _MIN_BATCH = 16
 
 
@@ -97,7 +97,7 @@ class _DrainWindow:
         # Refill in steps of up to half the window, but never let fewer cells than workers
         # remain out before refilling: a small window must keep every worker busy.
         self.low_water: int = limit - max(1, min(limit // 2, limit - self.max_drainers))
-        self.batch = max(_MIN_BATCH, _BATCH_PER_SLOT * limit)
+        self.batch = max(_MIN_BATCH, limit)
         self.ordered = ordered
         self.todo: Deque[_Cell] = deque()  # pulled, not started
         self.fifo: Deque[_Cell] = deque()  # ordered: pulled, not yielded, oldest first
@@ -166,18 +166,26 @@ class _DrainWindow:
             with self.lock:
                 if self.active >= self.max_drainers or started >= len(self.todo):
                     return
-                self.active += 1
             try:
-                future = self.executor._submit_timed(_drain, (weakref.ref(self),), {}, None)
+                self.submit_drainer(self.executor)
             except BaseException as exc:
-                with self.lock:
-                    self.active -= 1
                 if self.executor._accepting():
                     raise  # not the pool refusing work (no thread could start, say)
                 self._refused(exc)
                 return
-            future.add_done_callback(functools.partial(_drainer_done, weakref.ref(self)))
             started += 1
+
+    def submit_drainer(self, executor: Any) -> None:
+        """Queue one drainer, counted in ``active`` until its future is done."""
+        with self.lock:
+            self.active += 1
+        try:
+            future = executor._submit_timed(_drain, (weakref.ref(self),), {}, None)
+        except BaseException:
+            with self.lock:
+                self.active -= 1
+            raise
+        future.add_done_callback(functools.partial(_drainer_done, weakref.ref(self)))
 
     def _refused(self, exc: BaseException) -> None:
         self.refusal = exc
@@ -214,8 +222,10 @@ class _DrainWindow:
                         # What we wait for is not running (a running cell keeps its drainer
                         # active) and no drainer can start: the pool refused.
                         raise self.refusal
-                    if self.refusal is not None or self.active >= min(
-                        self.max_drainers, len(self.todo)
+                    if (
+                        self.refusal is not None
+                        or not self.todo
+                        or self.active >= self.max_drainers
                     ):
                         if deadline is None:
                             timeout = _INTERRUPT_POLL  # wake now and then to see a late Ctrl-C
@@ -245,21 +255,6 @@ class _DrainWindow:
         self.exhausted = True
         self.executor = None
 
-    # -- pool side -----------------------------------------------------------------------------
-
-    def hand_over(self, executor: Any) -> bool:
-        """Queue a successor drainer (so other work submitted meanwhile runs first)."""
-        with self.lock:
-            self.active += 1
-        try:
-            future = executor._submit_timed(_drain, (weakref.ref(self),), {}, None)
-        except BaseException:
-            with self.lock:
-                self.active -= 1
-            return False
-        future.add_done_callback(functools.partial(_drainer_done, weakref.ref(self)))
-        return True
-
 
 # The drainer and its callback reach the window through a weak reference, and drop their
 # strong ones before they return: a task's exception kept by the caller keeps every frame
@@ -286,9 +281,14 @@ def _drain(window_ref: weakref.ref[_DrainWindow]) -> None:
             if executor._stop_draining:
                 return  # the pool dropped its queued work: these items are queued work too
             if left == 0:
-                if todo and window.hand_over(executor):
-                    return  # a successor waits in the pool's queue, behind other work
-                left = window.batch  # none can start (shut down): finish the window here
+                left = window.batch
+                if todo:
+                    try:
+                        window.submit_drainer(executor)
+                    except Exception:
+                        pass  # none can start (shut down): finish the window ourselves
+                    else:
+                        return  # a successor waits in the pool's queue, behind other work
             left -= 1
             try:
                 cell = todo.popleft()
@@ -398,8 +398,9 @@ def drained_imap(
     return_exceptions: bool,
     indexed: bool,
 ) -> ResultIterator[Any]:
-    """The result iterator of a one-item-per-task ``imap`` on ``executor`` (a thread pool
-    providing ``_submit_timed``, ``_check_accepting`` and ``_max_workers``)."""
+    """The result iterator of a one-item-per-task ``imap`` on ``executor`` (the stateful
+    thread pool: ``_submit_timed``, ``_max_workers``, ``_check_accepting``/``_accepting``,
+    ``_stop_draining`` and ``_broken``/``_broken_error``)."""
     window = _DrainWindow(executor, fn, iterables, buffersize, ordered)
     deadline = None if timeout is None else time.monotonic() + timeout
     run = _ordered if ordered else _unordered

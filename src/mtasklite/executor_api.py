@@ -54,6 +54,10 @@ class StatefulExecutorMixin:
     _chunks_take_timeouts: bool = False
     #: ``imap``'s default window for single items, per worker
     _items_in_flight_per_worker: int = ITEMS_IN_FLIGHT_PER_WORKER
+    #: a leaner ``imap`` engine for untimed one-item tasks, where the executor has one:
+    #: ``engine(executor, fn, iterables, *, ordered, timeout, buffersize, return_exceptions,
+    #: indexed)``
+    _one_by_one_engine: Optional[Callable[..., ResultIterator[Any]]] = None
 
     # -- provided by the concrete executor ------------------------------------------------
 
@@ -75,19 +79,6 @@ class StatefulExecutorMixin:
         self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: Optional[float]
     ) -> Future[Any]:
         return self._submit_timed(fn, args, {}, timeout)
-
-    def _imap_one_by_one(
-        self,
-        fn: Callable[..., Any],
-        iterables: tuple[Iterable[Any], ...],
-        ordered: bool,
-        timeout: Optional[float],
-        buffersize: int,
-        return_exceptions: bool,
-        indexed: bool,
-    ) -> Optional[ResultIterator[Any]]:
-        """A leaner engine for untimed one-item tasks, where the executor has one."""
-        return None
 
     #: the concrete executor's ``shutdown`` (annotation only: never shadows it)
     shutdown: Callable[..., None]
@@ -217,12 +208,18 @@ class StatefulExecutorMixin:
             )
             buffersize = per_worker * self._max_workers
         check_imap_args(iterables, chunksize, buffersize, task_timeout)
-        if chunksize == 1 and type(chunksize) is int and task_timeout is None:
-            lean = self._imap_one_by_one(
-                fn, iterables, ordered, timeout, buffersize, return_exceptions, indexed
+        engine = self._one_by_one_engine
+        if engine is not None and chunksize == 1 and task_timeout is None:
+            return engine(
+                self,
+                fn,
+                iterables,
+                ordered=ordered,
+                timeout=timeout,
+                buffersize=buffersize,
+                return_exceptions=return_exceptions,
+                indexed=indexed,
             )
-            if lean is not None:
-                return lean
         return make_result_iterator(
             self,
             fn,

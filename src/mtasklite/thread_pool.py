@@ -30,7 +30,7 @@ import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures._base import LOGGER
-from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from ._futures import cancel_dropped
 from ._thread_imap import drained_imap
@@ -45,7 +45,7 @@ from .stateful import (
     set_thread_context,
     spec_for,
 )
-from .windowing import ChunkResult, ResultIterator, run_chunk
+from .windowing import ChunkResult, run_chunk
 
 __all__ = ["StatefulThreadExecutor", "StatefulThreadPoolExecutor"]
 
@@ -317,6 +317,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
     """
 
     _items_in_flight_per_worker = 64  # a pending item is a small cell (see _thread_imap)
+    _one_by_one_engine = staticmethod(drained_imap)  # drainers, not a future per item
     #: set when queued work is dropped (broken pool, ``cancel_futures``): imap drainers
     #: start no further item
     _stop_draining = False
@@ -366,30 +367,10 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
             self._adjust_thread_count()
             return future
 
-    def _imap_one_by_one(
-        self,
-        fn: Callable[..., Any],
-        iterables: tuple[Iterable[Any], ...],
-        ordered: bool,
-        timeout: Optional[float],
-        buffersize: int,
-        return_exceptions: bool,
-        indexed: bool,
-    ) -> Optional[ResultIterator[Any]]:
-        # Drainers instead of a future per item (see _thread_imap).
-        return drained_imap(
-            self,
-            fn,
-            iterables,
-            ordered=ordered,
-            timeout=timeout,
-            buffersize=buffersize,
-            return_exceptions=return_exceptions,
-            indexed=indexed,
-        )
-
     def _check_accepting(self) -> None:
         """Raise what ``submit`` raises when the pool takes no new work."""
+        if self._accepting():
+            return
         if self._broken:
             raise self._broken_error()
         if self._shutdown:
