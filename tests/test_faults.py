@@ -1041,26 +1041,27 @@ def test_pqdm_items_of_the_wrong_shape_fail_alone(guard: Guard, kind: str) -> No
 def test_a_wakeup_racing_with_the_drain_is_not_lost(
     guard: Guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mtasklite import process_pool
+    from mtasklite._procpool import slots, waiting
 
     ex = guard.make("fork")
     ex.wait_ready(FAULT_LIMIT)
     dispatcher = ex._dispatcher
+    wake = dispatcher.control.wake
     thread = ex._executor_manager_thread
-    real_os, real_wait = process_pool.os, dispatcher.poller.wait
+    real_os, real_wait = waiting.os, dispatcher.poller.wait
     raced, idle_sleep = threading.Event(), threading.Event()
 
     class RacingOs:
-        """``os`` for the process_pool module: just before the dispatcher's first read of its
+        """``os`` for the module of the wakeup pipe: just before the dispatcher's first read of its
         wakeup pipe, a caller thread calls wakeup() (as when the GIL switches there)."""
 
         def __getattr__(self, name: str) -> Any:
             return getattr(real_os, name)
 
         def read(self, fd: int, size: int) -> bytes:
-            if fd == dispatcher.wake_r and not raced.is_set():
+            if fd == wake.read_fd and not raced.is_set():
                 raced.set()
-                caller = threading.Thread(target=dispatcher.wakeup, name="mt-fault-waker")
+                caller = threading.Thread(target=wake.wakeup, name="mt-fault-waker")
                 caller.start()
                 caller.join(0.5)  # it may wait for a lock the dispatcher holds: let it
             return real_os.read(fd, size)
@@ -1071,13 +1072,13 @@ def test_a_wakeup_racing_with_the_drain_is_not_lost(
             threading.current_thread() is thread
             and raced.is_set()
             and timeout is None
-            and all(s.state == process_pool.IDLE for s in dispatcher.slots)
+            and all(s.state is slots.IDLE for s in dispatcher.slots.all)
         ):
             idle_sleep.set()
         return real_wait(objects, timeout)
 
     monkeypatch.setattr(dispatcher.poller, "wait", traced_wait)
-    monkeypatch.setattr(process_pool, "os", RacingOs())
+    monkeypatch.setattr(waiting, "os", RacingOs())
     assert ex.submit(fh.square, 3).result(FAULT_LIMIT) == 9  # its wakeup() drives a drain
     assert raced.is_set()
     assert idle_sleep.wait(FAULT_LIMIT)
@@ -1085,8 +1086,8 @@ def test_a_wakeup_racing_with_the_drain_is_not_lost(
     thread.join(3.0)
     lost = thread.is_alive()
     if lost:  # un-wedge the dispatcher so that the pool can be cleaned up
-        dispatcher.wake_pending = False
-        dispatcher.wakeup()
+        wake.pending = False
+        wake.wakeup()
     monkeypatch.undo()
     assert not lost, "shutdown() never reached the dispatcher"
     guard.check()

@@ -24,16 +24,6 @@ from mtasklite import ArgumentPassing, ExceptionBehaviour, Pool
 BLOCK_LIMIT = 10.0
 FORK = multiprocessing.get_context("fork")
 
-FD_LEAK_BUG = (
-    "BUG: a StatefulProcessPoolExecutor that never received a task leaks its dispatcher's "
-    "wake-up pipe (2 fds per pool, so per never-iterated or tqdm-refused process pqdm call).  "
-    "_Dispatcher.__init__ opens it (os.pipe(), src/mtasklite/process_pool.py:262); only "
-    "_Dispatcher._close (process_pool.py:980-991) closes it, and that runs only at the end of "
-    "the dispatcher thread, which is started lazily by the first submit.  shutdown() / "
-    "terminate() (process_pool.py:1260, 1283) never close it when that thread never started, "
-    "and nothing closes the fds on garbage collection"
-)
-
 
 @pytest.fixture(params=[True, False], ids=["threads", "processes"])
 def use_threads(request: pytest.FixtureRequest) -> bool:
@@ -496,6 +486,9 @@ def test_keyboard_interrupt_in_with_terminates_hung_workers() -> None:
     ],
 )
 def test_unused_pool_releases_its_file_descriptors(use_threads: bool) -> None:
+    """A pool that never ran a task holds no file descriptor once closed: the process
+    pool's wakeup pipe is opened only by ``Dispatcher.launch`` (the first task) and closed
+    by the dispatcher thread when it exits."""
     Pool(ph.double, 1, use_threads=use_threads).close()  # warm up lazily created resources
     gc.collect()
     before = open_fds()

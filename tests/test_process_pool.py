@@ -332,7 +332,7 @@ def test_concurrent_submitters() -> None:
         dispatcher.join(BLOCK_LIMIT)
         lost = dispatcher.is_alive()
         if lost:  # unstick it, or its idle workers would hang interpreter exit
-            os.write(ex._dispatcher.wake_w, b"\0")
+            os.write(ex._dispatcher.control.wake.write_fd, b"\0")
             dispatcher.join(BLOCK_LIMIT)
         assert not lost, "a lost wakeup left the dispatcher asleep"
 
@@ -340,13 +340,14 @@ def test_concurrent_submitters() -> None:
 def test_a_wakeup_during_the_dispatchers_drain_is_not_lost(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from mtasklite import process_pool
+    from mtasklite._procpool import waiting
 
     ex = PPE(1, FORK)
     try:
         assert ex.submit(ph.square, 2).result(BLOCK_LIMIT) == 4  # the dispatcher is idle now
         dispatcher = ex._dispatcher
-        real_os = process_pool.os
+        real_os = waiting.os
+        wake = dispatcher.control.wake
         injected = threading.Event()
 
         class RacingOs:
@@ -357,9 +358,9 @@ def test_a_wakeup_during_the_dispatchers_drain_is_not_lost(
                 return getattr(real_os, name)
 
             def read(self, fd: int, n: int) -> bytes:
-                if fd == dispatcher.wake_r and not injected.is_set():
+                if fd == wake.read_fd and not injected.is_set():
                     injected.set()
-                    dispatcher.wakeup()
+                    wake.wakeup()
                 return real_os.read(fd, n)
 
         waiting_again = threading.Event()
@@ -373,17 +374,18 @@ def test_a_wakeup_during_the_dispatchers_drain_is_not_lost(
             return wait_timeout()
 
         monkeypatch.setattr(dispatcher, "_wait_timeout", spy_wait_timeout)
-        monkeypatch.setattr(process_pool, "os", RacingOs())
-        dispatcher.wakeup()
+        monkeypatch.setattr(waiting, "os", RacingOs())
+        wake.wakeup()
         assert injected.wait(BLOCK_LIMIT)
         assert waiting_again.wait(BLOCK_LIMIT)
-        monkeypatch.setattr(process_pool, "os", real_os)
+        monkeypatch.setattr(waiting, "os", real_os)
         fut = ex.submit(ph.square, 3)
         done, _ = concurrent.futures.wait([fut], timeout=2.0)
         assert done, "the submit's wakeup was lost: the task is never dispatched"
         assert fut.result(0) == 9
     finally:
-        os.write(ex._dispatcher.wake_w, b"\0")  # unstick a dispatcher that lost its wakeup
+        # unstick a dispatcher that lost its wakeup
+        os.write(ex._dispatcher.control.wake.write_fd, b"\0")
         ex.shutdown()
 
 
@@ -398,7 +400,7 @@ def test_unpicklable_initargs_under_spawn_keep_failing_submit_and_run_nothing() 
         for _ in range(4):
             with pytest.raises((TypeError, pickle.PicklingError), match="pickle"):
                 ex.submit(ph.square, 2)
-        assert not ex._dispatcher.pending
+        assert not ex._dispatcher.backlog
     finally:
         ex.shutdown()
 
@@ -960,10 +962,10 @@ def test_lambdas_and_closures_work_under_spawn() -> None:
 
 
 def test_without_cloudpickle_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mtasklite import _wire
+    from mtasklite._procpool import wire
 
-    monkeypatch.setattr(_wire, "cloud_dumps", lambda obj: None)
-    monkeypatch.setattr(_wire, "has_cloudpickle", lambda: False)
+    monkeypatch.setattr(wire, "cloud_dumps", lambda obj: None)
+    monkeypatch.setattr(wire, "has_cloudpickle", lambda: False)
     with PPE(1, FORK) as ex:
         fut = ex.submit(lambda x: x + 1, 1)
         with pytest.raises(mt.TaskPicklingError) as info:
@@ -1026,7 +1028,7 @@ def test_chunks_sent_ahead_never_deadlock_against_big_results(item_kib: int) -> 
     items = [payload] * 8
     with PPE(2, FORK) as ex:
         ex.wait_ready(BLOCK_LIMIT)
-        limit = min(slot.prefetch_bytes for slot in ex._dispatcher.slots)
+        limit = min(slot.prefetch_bytes for slot in ex._dispatcher.slots.all)
         results = list(ex.imap(ph.inflate, items, chunksize=2))
     assert [len(r) for r in results] == [3 * len(payload)] * len(items)
     assert limit > 0, "no chunk is ever sent ahead here"

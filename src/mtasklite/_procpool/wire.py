@@ -1,8 +1,13 @@
-"""What crosses the pipe between the process pool and its worker processes.
+"""What passes between the dispatcher and a worker process: messages and progress cells.
 
-One small named type per message kind, plus the (un)pickling helpers both sides use.  A
-slot runs at most one :class:`Run` at a time, so messages carry no task ids: the parent
-always knows which piece of work a slot's next :class:`Results` belong to.
+Messages go over the slot's pipe, one small named type per kind.  A slot runs its Runs in
+order and never has more than two outstanding, so no message carries a task id: the
+dispatcher always knows which piece of work the next :class:`Results` belong to.
+
+Progress cells are the second channel: a shared array in which each worker writes, without
+a message, what it is doing (its *phase*: an item index, or one of the negative values
+below) and when its current timed item started.  The dispatcher reads them when a worker
+dies or may have overrun its limit.
 """
 
 from __future__ import annotations
@@ -14,14 +19,14 @@ from concurrent.futures.process import _RemoteTraceback
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-from .errors import RemoteError
+from ..errors import RemoteError
 
 # How a Run's items become calls (see ``call_item``).
 SINGLE = 0  # fn(item)
 STAR = 1  # fn(*item)
 CALL = 2  # item is (args, kwargs): fn(*args, **kwargs)
 
-# Values a worker writes to its progress cell besides item indices >= 0.
+# Phases a worker writes to its progress cell besides item indices >= 0.
 IDLE = -1.0  # waiting for work
 RECEIVING = -2.0  # reading and unpickling a Run
 SENDING = -3.0  # pickling and sending a batch of results
@@ -54,11 +59,9 @@ class Stop(NamedTuple):
 class Ready(NamedTuple):
     """Initialisation succeeded; the worker takes work."""
 
-    pid: int
-
 
 class InitFailed(NamedTuple):
-    """The ``initializer`` (``spec is False``) or the worker spec failed; the worker exits."""
+    """The ``initializer`` (``in_spec`` false) or the worker spec failed; the worker exits."""
 
     error: BaseException
     in_spec: bool
@@ -77,6 +80,43 @@ class Unreadable(NamedTuple):
     """The worker could not unpickle the Run it was sent; nothing of it ran."""
 
     error: BaseException
+
+
+# --- progress cells -------------------------------------------------------------------------
+
+#: offsets within one slot's cell
+PHASE = 0  # the item index being run, or one of the phases above
+STARTED = 1  # time.monotonic() when the current timed item started
+CELL_SIZE = 2
+
+
+class ProgressCells:
+    """One cell of ``CELL_SIZE`` doubles per slot, in memory shared with every worker.
+
+    Guarantee: a reader that sees a worker's new item index in ``PHASE`` also sees that
+    item's start time (the worker writes ``STARTED`` first).  The array itself is what a
+    worker process receives; each worker writes only its own cell (:meth:`cell`).
+    """
+
+    def __init__(self, array: Any):
+        self.array = array  # the shared ctypes array (picklable while spawning a process)
+        self._doubles = memoryview(array).cast("B").cast("d")
+
+    @classmethod
+    def allocate(cls, ctx: Any, slots: int) -> ProgressCells:
+        return cls(ctx.RawArray("d", CELL_SIZE * slots))
+
+    def cell(self, slot: int) -> Any:
+        """Slot ``slot``'s cell, as a writable view of its doubles (index with PHASE and
+        STARTED); the worker's hot loop writes it directly."""
+        base = CELL_SIZE * slot
+        return self._doubles[base : base + CELL_SIZE]
+
+    def phase(self, slot: int) -> float:
+        return float(self._doubles[CELL_SIZE * slot + PHASE])
+
+    def started(self, slot: int) -> float:
+        return float(self._doubles[CELL_SIZE * slot + STARTED])
 
 
 # --- serialisation --------------------------------------------------------------------------

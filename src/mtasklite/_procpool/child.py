@@ -1,10 +1,11 @@
-"""The code a worker process runs: initialise once, then serve Runs from its pipe.
+"""The worker process: initialise once, then serve Runs from its pipe until told to stop.
 
-The worker writes which item it is running (and, for timed work, since when) into its cell
-of a shared array, so the parent can tell exactly which item was running when the worker
-died or overran its limit, without a message per item.  An untracked batch (an ``imap``
-chunk on its first attempt) skips those per-item writes, which would cost as much as a tiny
-task itself, and marks the whole batch ``UNTRACKED`` instead.
+Guarantee: whatever a task raises fails that item alone; the worker keeps serving.  The
+worker also keeps its progress cell current (see :class:`~.wire.ProgressCells`), so that if
+it dies, or overruns a limit, the dispatcher can tell which item was running, without a
+message per item.  An untracked batch (an ``imap`` chunk on its first attempt) skips those
+per-item writes, which would cost as much as a tiny task itself, and marks the whole batch
+``UNTRACKED`` instead.
 """
 
 from __future__ import annotations
@@ -20,18 +21,21 @@ import time
 from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional
 
-from . import _wire
-from .stateful import WorkerContext, WorkerLike, build_worker, set_process_context
+from ..stateful import WorkerContext, WorkerLike, build_worker, set_process_context
+from . import wire
+from .wire import PHASE, STARTED
 
 _PR_SET_PDEATHSIG = 1
 
-# The progress cells: a memoryview of doubles (typeshed types memoryview items as int only).
-Cells = Any
+Connection = multiprocessing.connection.Connection
+#: this worker's progress cell: a view of doubles (typeshed types memoryview items as int)
+Cell = Any
+Outcomes = tuple[list[Any], Optional[dict[int, BaseException]]]
 
 
 def worker_main(
     slot: int,
-    conn: multiprocessing.connection.Connection,
+    conn: Connection,
     progress: Any,
     spec: Optional[WorkerLike],
     initializer: Optional[Callable[..., object]],
@@ -42,76 +46,70 @@ def worker_main(
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(die_with_parent)
-    cell = memoryview(progress).cast("B").cast("d")
-    base = 2 * slot
-    cell[base] = _wire.IDLE
+    cell = wire.ProgressCells(progress).cell(slot)
+    cell[PHASE] = wire.IDLE
     set_process_context(WorkerContext(slot, None))
     if initializer is not None:
         try:
             initializer(*initargs)
         except BaseException as exc:
             LOGGER.critical("Exception in initializer:", exc_info=True)
-            _send(conn, _wire.InitFailed(_wire.wrap_exception(exc), in_spec=False))
+            _send(conn, wire.InitFailed(wire.wrap_exception(exc), in_spec=False))
             return
     if spec is not None:
         try:
             set_process_context(WorkerContext(slot, build_worker(spec)))
         except BaseException as exc:
-            _send(conn, _wire.InitFailed(_wire.wrap_exception(exc), in_spec=True))
+            _send(conn, wire.InitFailed(wire.wrap_exception(exc), in_spec=True))
             return
-    _send(conn, _wire.Ready(os.getpid()))
-    _serve(conn, cell, base)
+    _send(conn, wire.Ready())
+    _serve(conn, cell)
 
 
-def _serve(conn: multiprocessing.connection.Connection, cell: Cells, base: int) -> None:
+def _serve(conn: Connection, cell: Cell) -> None:
     # Read inline: the parent never sends a Run ahead that its socket buffer cannot hold
-    # whole (see the process pool's prefetch), so our sends and its sends never block on
+    # whole (see the prefetch rule in slots.py), so our sends and its sends never block on
     # each other, and no reader thread hop sits on every round trip.
     while True:
-        cell[base] = _wire.IDLE
+        cell[PHASE] = wire.IDLE
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return  # the parent is gone
-        cell[base] = _wire.RECEIVING
+        cell[PHASE] = wire.RECEIVING
         try:
-            run = _wire.loads(data)
+            run = wire.loads(data)
         except BaseException as exc:
-            _send(conn, _wire.Unreadable(_wire.wrap_exception(exc)))
+            _send(conn, wire.Unreadable(wire.wrap_exception(exc)))
             continue
         del data
-        if isinstance(run, _wire.Stop):
+        if isinstance(run, wire.Stop):
             return
         if run.stream:
-            _run_streaming(conn, run, cell, base)
+            _run_streaming(conn, run, cell)
         else:
-            _run_batch(conn, run, cell, base)
+            _run_batch(conn, run, cell)
         del run
 
 
-def _run_batch(
-    conn: multiprocessing.connection.Connection, run: _wire.Run, cell: Cells, base: int
-) -> None:
+def _run_batch(conn: Connection, run: wire.Run, cell: Cell) -> None:
     start = time.perf_counter()
-    if run.track or run.mode == _wire.CALL:
-        values, errors = _loop_tracked(run, cell, base)
+    if run.track or run.mode == wire.CALL:
+        values, errors = _loop_tracked(run, cell)
     else:
-        cell[base] = _wire.UNTRACKED
+        cell[PHASE] = wire.UNTRACKED
         values, errors = _loop_untracked(run)
     elapsed = time.perf_counter() - start
-    cell[base] = _wire.SENDING
+    cell[PHASE] = wire.SENDING
     _send_results(conn, values, errors, elapsed, last=True)
 
 
-Outcomes = tuple[list[Any], Optional[dict[int, BaseException]]]
-
-
-def _loop_untracked(run: _wire.Run) -> Outcomes:
+def _loop_untracked(run: wire.Run) -> Outcomes:
     # map() calls fn at C speed; a per-item progress write would double the cost of tiny
     # tasks.  list.extend keeps what it appended before fn raised, so len(values) is the
     # failing item's index, and map resumes after it from the shared iterator.
     fn, items = run.fn, iter(run.items)
-    mapper = itertools.starmap if run.mode == _wire.STAR else map
+    mapper = itertools.starmap if run.mode == wire.STAR else map
     values: list[Any] = []
     errors: Optional[dict[int, BaseException]] = None
     while True:
@@ -121,87 +119,87 @@ def _loop_untracked(run: _wire.Run) -> Outcomes:
         except BaseException as exc:
             if errors is None:
                 errors = {}
-            errors[len(values)] = _wire.wrap_exception(exc)
+            errors[len(values)] = wire.wrap_exception(exc)
             values.append(None)
 
 
-def _loop_tracked(run: _wire.Run, cell: Cells, base: int) -> Outcomes:
+def _loop_tracked(run: wire.Run, cell: Cell) -> Outcomes:
     fn, mode, items = run.fn, run.mode, run.items
     values: list[Any] = []
     append = values.append
     errors: Optional[dict[int, BaseException]] = None
     count = len(items)
     index = 0
+    at = PHASE  # a local: this loop writes it once per item
     # One hot loop per mode, with the ``try`` outside, resumed after a failing item.
     while index < count:
         current = index
         try:
-            if mode == _wire.SINGLE:
+            if mode == wire.SINGLE:
                 for current in range(index, count):
-                    cell[base] = current
+                    cell[at] = current
                     append(fn(items[current]))
-            elif mode == _wire.STAR:
+            elif mode == wire.STAR:
                 for current in range(index, count):
-                    cell[base] = current
+                    cell[at] = current
                     append(fn(*items[current]))
             else:
                 for current in range(index, count):
-                    cell[base] = current
+                    cell[at] = current
                     args, kwargs = items[current]
                     append(fn(*args, **kwargs))
             break
         except BaseException as exc:
             if errors is None:
                 errors = {}
-            errors[current] = _wire.wrap_exception(exc)
+            errors[current] = wire.wrap_exception(exc)
             append(None)
             index = current + 1
     return values, errors
 
 
-def _run_streaming(
-    conn: multiprocessing.connection.Connection, run: _wire.Run, cell: Cells, base: int
-) -> None:
+def _run_streaming(conn: Connection, run: wire.Run, cell: Cell) -> None:
     fn, mode, last_index = run.fn, run.mode, len(run.items) - 1
     for index, item in enumerate(run.items):
         # Start time first: a reader that sees the new index also sees its start time.
-        cell[base + 1] = time.monotonic()
-        cell[base] = index
+        cell[STARTED] = time.monotonic()
+        cell[PHASE] = index
         start = time.perf_counter()
         errors: Optional[dict[int, BaseException]] = None
         try:
-            value = _wire.call_item(fn, item, mode)
+            value = wire.call_item(fn, item, mode)
         except BaseException as exc:
-            value, errors = None, {0: _wire.wrap_exception(exc)}
+            value, errors = None, {0: wire.wrap_exception(exc)}
         elapsed = time.perf_counter() - start
         _send_results(conn, [value], errors, elapsed, last=index == last_index)
         del value, errors
 
 
 def _send_results(
-    conn: multiprocessing.connection.Connection,
+    conn: Connection,
     values: list[Any],
     errors: Optional[dict[int, BaseException]],
     elapsed: float,
     last: bool,
 ) -> None:
     try:
-        data = _wire.dumps(_wire.Results(values, errors, elapsed, last))
+        data = wire.dumps(wire.Results(values, errors, elapsed, last))
     except BaseException:
+        # Some value does not pickle: it fails alone, the others still go.
         for index, value in enumerate(values):
             try:
-                _wire.dumps(value)
+                wire.dumps(value)
             except BaseException as exc:
                 if errors is None:
                     errors = {}
-                errors[index] = _wire.wrap_exception(exc)
+                errors[index] = wire.wrap_exception(exc)
                 values[index] = None
-        data = _wire.dumps(_wire.Results(values, errors, elapsed, last))
+        data = wire.dumps(wire.Results(values, errors, elapsed, last))
     conn.send_bytes(data)
 
 
-def _send(conn: multiprocessing.connection.Connection, message: object) -> None:
-    conn.send_bytes(_wire.dumps(message))
+def _send(conn: Connection, message: object) -> None:
+    conn.send_bytes(wire.dumps(message))
 
 
 def _exit_with_parent(die_with_parent: bool) -> None:

@@ -1,0 +1,50 @@
+"""The machinery under ``StatefulProcessPoolExecutor``: owned worker slots, one dispatcher.
+
+How one task travels (the module that owns each step in brackets):
+
+  callers                       dispatcher thread                        worker i
+ ---------                     -------------------                      ----------
+ submit / imap chunk
+   | checks, makes a Job          [process_pool]
+   v
+ Backlog of Pieces   --------->  waits on everything at once  [dispatcher, waiting]
+   [jobs]     (+ a wakeup byte)    - the wakeup pipe
+                                   - each slot's pipe
+                                   - each process sentinel
+                                   - the nearest deadline
+                                 takes a piece for an idle slot,
+                                 pickles it as a Run      [courier, jobs]
+                                      |                                  reads the Run,
+                                      +===== pipe: Run =============>    runs its items,
+                                                                         names the running
+                                 <===== pipe: Results, Ready, ... =====  item in its cell
+                                 records outcomes, settles the job's     [child]
+                                 future                   [courier, jobs]
+                                 reads cell i  <---- progress cell i ----  (shared memory,
+                                                     [wire]                 no message)
+                                 on a death or overrun: judges who is
+                                 charged, what runs again, whether the
+                                 slot respawns or the pool breaks
+                                                 [blame: pure verdicts]
+                                 and applies it   [dispatcher, slots]
+
+Two channels link the dispatcher and worker *i*: its pipe (messages, see ``wire``) and its
+progress cell (what it is running right now, readable after it died).  Slot *i* always runs
+worker spec *i*; it has at most two Runs outstanding (``piece`` and ``next_piece``) and
+runs them in order, so no message needs a task id.
+
+Modules, each importing only those above it:
+
+- ``wire``: messages, progress cells, (un)pickling;  ``child``: the worker process's loop.
+- ``jobs``: job, piece, backlog, pickling a piece into a Run.
+- ``slots``: slot states, the slot table (start, stop, retire, reap), the prefetch rule.
+- ``blame``: pure functions from what happened to a verdict, and the errors they raise.
+- ``waiting`` and ``control``: how the dispatcher sleeps and is woken, and the state it
+  shares with the executor (backlog, life-cycle flags, the broken verdict).
+- ``courier``: the conversation over the pipes;  ``dispatcher``: the loop, deaths, overruns.
+
+Who touches what: callers add to the backlog and start never-started slots (so ``submit``
+grows the pool synchronously, as the stdlib does) under the pool's lock; once a slot has
+started only the dispatcher thread touches it, and only the dispatcher reads and writes the
+pipes.
+"""

@@ -1,0 +1,258 @@
+"""Verdicts: what a death, an overrun or an unreadable message means for the work in flight.
+
+Every function here is pure: it takes what the dispatcher observed (slot state, progress
+cell, which items were reported) and returns what to do, so each rule can be read, and
+tested, without starting a process.  The dispatcher applies the verdicts.
+
+The rules, in short:
+- only the item that was running when a worker died is charged (``WorkerCrashedError``);
+  every other unreported item runs again;
+- when the cell cannot name that item (an untracked batch; a death while unpickling a Run
+  or pickling its results), the items run again, tracked or one by one, so that a crash
+  that repeats names its item, and one that does not repeat is survived;
+- a piece sent ahead never started: it goes back whole, charged nothing;
+- a death during initialisation, or too many deaths in a row that resolved nothing, break
+  the pool (a respawned worker would only die again).
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, NamedTuple, Optional
+
+from ..errors import TaskTimeoutError, WorkerCrashedError, WorkerInitError
+from . import wire
+from .jobs import Span
+from .slots import SlotState
+from .wire import RECEIVING, SENDING, UNTRACKED
+
+#: a slot whose worker dies this many times in a row outside any task breaks the pool
+MAX_DEATHS_IN_A_ROW = 3
+
+WHILE_RUNNING = "while running this task"
+WHILE_PICKLING = "while receiving this task or sending its result"
+
+
+# --- which item is running --------------------------------------------------------------------
+
+
+def running_item(phase: float, reported: int) -> Optional[int]:
+    """Index (within the piece) of the item a worker is running now, per its progress cell
+    ``phase``, if it has not reported that item yet (``reported`` items came back)."""
+    if phase < 0 or phase < reported:
+        return None
+    return int(phase)
+
+
+def item_deadline(
+    phase: float, reported: int, started: float, timeout: float, now: float
+) -> tuple[Optional[int], float]:
+    """The running item and when its limit passes.  Between items the next start is unknown
+    but cannot be earlier than ``now``."""
+    running = running_item(phase, reported)
+    return running, (now if running is None else started) + timeout
+
+
+# --- deaths -------------------------------------------------------------------------------
+
+
+class Breakage(enum.Enum):
+    """Why a death breaks the whole pool."""
+
+    INIT = "a worker could not initialise"
+    CRASH = "on_worker_crash='break'"
+    DEATHS = "a worker keeps dying outside any task"
+
+
+class Death(NamedTuple):
+    """What the dispatcher knows when it finds a worker process dead.
+
+    Item positions are indices in the job (``piece.start`` already added)."""
+
+    state: SlotState  # the slot's state at that moment
+    unreported: Optional[Span]  # the piece's items not reported yet (None: no piece)
+    accepted_until: int  # overrun (KILLING): the item that overran, already failed
+    phase: float  # the progress cell
+    running: Optional[int]  # the item the cell says was running, if it names one
+    init_failed: bool  # the worker reported InitFailed before exiting
+    winding_down: bool  # shutting down, terminated or broken
+    pool_broken: bool
+    work_waiting: bool  # the backlog holds work (a piece sent ahead is back in it already)
+    break_on_crash: bool
+    deaths_in_a_row: int  # before this one
+
+
+class Verdict(NamedTuple):
+    requeue: tuple[Span, ...]  # back to the front of the backlog, in this order
+    charged: Optional[int]  # the item that fails with WorkerCrashedError
+    during: str  # what the worker was doing when it died (for the error)
+    breaks: Optional[Breakage]
+    deaths_in_a_row: int
+    respawn: bool  # start a fresh process in the slot
+
+
+def judge_death(death: Death) -> Verdict:
+    """The verdict on a worker process found dead (see the module docstring)."""
+    if death.init_failed or (death.state is SlotState.STARTING and not death.winding_down):
+        return Verdict((), None, "", Breakage.INIT, death.deaths_in_a_row, False)
+    crashed_in_task = death.unreported is not None and death.state is not SlotState.KILLING
+    if death.break_on_crash and crashed_in_task:  # the job fails with the whole pool
+        return Verdict((), None, "", Breakage.CRASH, 0, False)
+    charged, during, spans, resolved = _judge_piece(death)
+    requeue = tuple(span for span in spans if span.start < span.stop)
+    deaths = death.deaths_in_a_row
+    breaks = None
+    if resolved:
+        deaths = 0
+    elif death.state in (SlotState.IDLE, SlotState.BUSY) and not death.winding_down:
+        # Died while idle or between items: nothing to blame, but a worker that keeps
+        # dying this way would be respawned for ever.
+        deaths += 1
+        if deaths >= MAX_DEATHS_IN_A_ROW:
+            breaks = Breakage.DEATHS
+    respawn = (
+        breaks is None
+        and not death.pool_broken
+        and (not death.winding_down or death.work_waiting or bool(requeue))
+    )
+    return Verdict(requeue, charged, during, breaks, deaths, respawn)
+
+
+def _judge_piece(death: Death) -> tuple[Optional[int], str, tuple[Span, ...], bool]:
+    """(charged item, during what, spans to re-run, whether an item was resolved) for the
+    piece a dead worker held; resolved is ``False`` when the death fell between items."""
+    lost = death.unreported
+    if lost is None:
+        return None, "", (), False
+    start, stop = lost.start, lost.stop
+    several = stop - start > 1
+    if death.state is SlotState.KILLING:  # overrun: the late item already failed
+        late = death.accepted_until
+        return None, "", (Span(start, min(late, stop)), Span(late + 1, stop)), True
+    if death.running is not None:
+        culprit, during = death.running, WHILE_RUNNING
+    elif death.phase == UNTRACKED and several:
+        # Some item of an untracked batch killed it: run them again, tracked.
+        return None, "", (Span(start, stop, track=True),), True
+    elif death.phase in (RECEIVING, SENDING) and several:
+        # Unpickling the Run or pickling its results killed it: the items go back one by
+        # one, so a repeat crash names the culprit.
+        return None, "", tuple(Span(i, i + 1) for i in range(start, stop)), True
+    elif death.phase in (UNTRACKED, RECEIVING, SENDING):
+        culprit = start  # a lone item is the culprit
+        during = WHILE_RUNNING if death.phase == UNTRACKED else WHILE_PICKLING
+    else:  # between items: nothing of ours was running, so nothing is charged
+        return None, "", (Span(start, stop),), False
+    # Items before the culprit ran, but their results died with the worker: run them again.
+    return culprit, during, (Span(start, culprit), Span(culprit + 1, stop)), True
+
+
+# --- unreadable messages ------------------------------------------------------------------
+
+
+class Remedy(enum.Enum):
+    SPLIT = "re-queue the unreported items one by one and free the slot"
+    FAIL_REST = "fail every unreported item with the error and free the slot"
+    FAIL_ONE = "fail the one item this message reported"
+    INIT_FAILED = "the worker broke before running anything: break the pool"
+
+
+def unreadable_results(has_piece: bool, streaming: bool, unreported: int) -> Remedy:
+    """A message from a worker could not be unpickled.  With several items unreported in a
+    batch, they re-run one by one so that only the item with the bad result fails."""
+    if not has_piece:
+        return Remedy.INIT_FAILED
+    if streaming:  # exactly one item's result was in this message
+        return Remedy.FAIL_ONE
+    return Remedy.SPLIT if unreported > 1 else Remedy.FAIL_REST
+
+
+def unreadable_run(unreported: int) -> Remedy:
+    """A worker could not unpickle the Run it was sent: nothing of it ran.  Several items go
+    back one by one to find the culprit; a lone item is it."""
+    return Remedy.SPLIT if unreported > 1 else Remedy.FAIL_REST
+
+
+# --- the errors a verdict raises ------------------------------------------------------------
+
+
+def describe_exit(exitcode: Optional[int]) -> str:
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def describe_item(item: Any, mode: int) -> str:
+    if mode == wire.CALL:
+        args, kwargs = item
+        text = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+    elif mode == wire.STAR:
+        text = ", ".join(repr(a) for a in item)
+    else:
+        text = repr(item)
+    return f"({text})" if len(text) <= 60 else f"({text[:56]}...)"
+
+
+def crash_error(slot: int, pid: int, exitcode: Optional[int], during: str) -> WorkerCrashedError:
+    return WorkerCrashedError(
+        f"worker {slot} (pid {pid}) died {during} ({describe_exit(exitcode)})",
+        slot=slot,
+        pid=pid,
+        exitcode=exitcode,
+    )
+
+
+def broken_by_crash() -> BrokenProcessPool:
+    return BrokenProcessPool(
+        "A process in the process pool was terminated abruptly while the future was "
+        "running or pending."
+    )
+
+
+def deaths_error(slot: int, deaths: int, exitcode: Optional[int]) -> BrokenProcessPool:
+    return BrokenProcessPool(
+        f"worker {slot} died {deaths} times in a row outside any task (last: "
+        f"{describe_exit(exitcode)}); the process pool is not usable anymore"
+    )
+
+
+def init_error(
+    slot: int,
+    spec: Optional[str],
+    error: Optional[BaseException],
+    exitcode: Optional[int],
+) -> WorkerInitError:
+    """``spec``: the description of the worker spec that failed to build, ``None`` if the
+    pool initializer failed.  ``error``: what it raised (``None``: the process died)."""
+    if spec is not None:
+        what = f"building worker {slot} ({spec})"
+    else:
+        what = f"the pool initializer in worker {slot}"
+    if error is None:
+        reason = f"the worker died during initialisation ({describe_exit(exitcode)})"
+    else:
+        reason = f"{error!r}"
+    failure = WorkerInitError(f"{what} failed: {reason}; the process pool is not usable anymore")
+    failure.__cause__ = error
+    return failure
+
+
+def timeout_error(
+    fn: Callable[..., Any], item: Any, mode: int, timeout: float, slot: int, pid: int
+) -> TaskTimeoutError:
+    fn_name = getattr(fn, "__qualname__", None) or repr(fn)
+    return TaskTimeoutError(
+        f"task {fn_name}{describe_item(item, mode)} exceeded its {timeout:g} s limit in "
+        f"worker {slot} (pid {pid}); the worker was stopped and replaced"
+    )
+
+
+def terminated_error() -> BrokenProcessPool:
+    return BrokenProcessPool("the process pool was terminated")

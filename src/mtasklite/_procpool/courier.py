@@ -1,0 +1,261 @@
+"""The conversation over each slot's pipe: pieces out, results back.
+
+Guarantee: each result lands in the item it belongs to, although no message names its
+task: a slot runs its Runs in order, at most two outstanding (``piece`` and the
+``next_piece`` sent ahead), so the next Results are always ``piece``'s, and its last message
+promotes ``next_piece``.  Only the dispatcher thread calls this class.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+from ..errors import DeserializationError
+from . import blame, wire
+from .control import PoolControl
+from .jobs import Piece, RunEncoder, Span
+from .slots import (
+    BUSY,
+    IDLE,
+    KILL_GRACE,
+    STARTING,
+    STOPPING,
+    PoolConfig,
+    Slot,
+    SlotTable,
+    may_send_ahead,
+)
+
+#: what to do when a worker's initialisation fails: (slot, error, the spec failed)
+InitFailedHandler = Callable[[Slot, BaseException, bool], None]
+
+
+class Courier:
+    """Sends pieces to slots (``dispatch``, ``send_ahead``) and handles what slots send back
+    (``drain``)."""
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        control: PoolControl,
+        slots: SlotTable,
+        on_init_failed: InitFailedHandler,
+    ):
+        self.control = control
+        self.backlog = control.backlog
+        self.slots = slots
+        self.max_tasks = config.max_tasks
+        self.encoder = RunEncoder(control.backlog)
+        self.on_init_failed = on_init_failed
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Give the first queued pieces to the idle slots."""
+        idle = self.slots.idle
+        while idle:
+            piece = self.backlog.take()
+            if piece is None:
+                return
+            if not piece.job.claim():
+                continue
+            slot = idle.popleft()
+            if self.max_tasks is not None:
+                self._fit_budget(slot, piece)
+            sent = self._send_piece(slot, piece)
+            if sent is None:
+                idle.appendleft(slot)
+            elif not sent:
+                slot.state = STOPPING
+            else:
+                slot.assign(piece)
+
+    def _fit_budget(self, slot: Slot, piece: Piece) -> None:
+        """Cut ``piece`` to what the slot's process may still run (max_tasks_per_child)."""
+        assert self.max_tasks is not None
+        budget = self.max_tasks - slot.done_items
+        if piece.stop - piece.start > budget:
+            self.backlog.requeue(piece.job, [Span(piece.start + budget, piece.stop, piece.track)])
+            piece.stop = piece.start + budget
+
+    def send_ahead(self) -> None:
+        """Send each busy slot its next chunk, so it never idles while we unpickle its
+        results.  Only chunks, and only once every worker is up: a single task must never
+        wait behind another one while some worker could take it."""
+        if self.slots.idle or not self.slots.all_up():
+            return
+        for slot in self.slots.all:
+            if not may_send_ahead(slot):
+                continue
+            piece = self.backlog.take_chunk()
+            if piece is None:
+                return
+            if piece.data is None:
+                piece.data = self.encoder.encode(piece)
+                if piece.data is None:
+                    continue  # unpicklable: its items are failed or re-queued already
+            if len(piece.data) > slot.prefetch_bytes:
+                # It might not fit in the socket buffer while the busy worker is not reading
+                # (see room_for_prefetch): it waits, pickled, for the next idle worker.
+                self.backlog.put_back(piece)
+                return
+            if piece.job.claim() and self._send_piece(slot, piece):
+                slot.next_piece = piece
+
+    def _send_piece(self, slot: Slot, piece: Piece) -> Optional[bool]:
+        """Send ``piece`` to ``slot``: ``True`` once sent; ``False`` if the worker is gone
+        (the piece is re-queued); ``None`` if it could not be pickled (already reported)."""
+        data, piece.data = piece.data, None
+        if data is None:
+            data = self.encoder.encode(piece)
+            if data is None:
+                return None
+        assert slot.conn is not None
+        try:
+            slot.conn.send_bytes(data)
+        except OSError:  # the worker died; its sentinel will report it
+            self.backlog.requeue(piece.job, [Span(piece.start, piece.stop)])
+            return False
+        piece.job.nbytes += len(data)
+        return True
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def drain(self, slot: Slot, readable: bool = False) -> None:
+        """Handle every message ``slot`` has sent (``readable``: the wait just said so)."""
+        conn = slot.conn
+        while conn is not None and slot.conn is conn:
+            try:
+                if not readable and not conn.poll():
+                    return
+                readable = False
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # the worker is gone; its sentinel reports it
+            self._on_message(slot, data)
+
+    def _on_message(self, slot: Slot, data: bytes) -> None:
+        try:
+            message = wire.loads(data)
+        except BaseException as exc:
+            self._unreadable_results(slot, exc)
+            return
+        del data
+        if isinstance(message, wire.Results):
+            self.record(slot, message)
+        elif isinstance(message, wire.Ready):
+            if slot.state is STARTING:
+                slot.state = IDLE
+                self.slots.idle.append(slot)
+            if not slot.ever_ready:
+                slot.ever_ready = True
+                self.control.notify_ready()
+        elif isinstance(message, wire.Unreadable):
+            self._unreadable_run(slot, message.error)
+        elif isinstance(message, wire.InitFailed):
+            # Acted on when the process has exited, so whatever it did while failing (its
+            # log records, say) is complete before callers see the pool break.
+            slot.init_failure = message
+
+    def record(self, slot: Slot, results: wire.Results) -> None:
+        piece = slot.piece
+        if piece is None:
+            return
+        count = len(results.values)
+        first = slot.received
+        slot.received += count
+        keep = min(count, slot.accept - first)  # an overrun item and later ones are dropped
+        piece.job.add_results(piece.start + first, results, keep)
+        if results.last and slot.state is BUSY:
+            self._piece_done(slot)
+
+    def _piece_done(self, slot: Slot) -> None:
+        piece = slot.piece
+        assert piece is not None
+        slot.piece = None
+        slot.deaths_in_a_row = 0
+        slot.done_items += piece.stop - piece.start
+        if slot.next_piece is not None:  # already sent: the worker is on it now
+            slot.assign(slot.next_piece)
+            slot.next_piece = None
+            return
+        if self.max_tasks is not None and slot.done_items >= self.max_tasks:
+            self._retire(slot)
+        else:
+            slot.state = IDLE
+            self.slots.idle.append(slot)
+        self.control.idle_workers.release()
+
+    def _retire(self, slot: Slot) -> None:
+        """``max_tasks_per_child`` reached: stop this process, start a fresh one in its place."""
+        self.slots.retire(slot)
+        if not self.control.should_stop() or self.backlog:
+            with self.control.lock:
+                self.slots.start(slot)
+
+    def _unreadable_results(self, slot: Slot, exc: BaseException) -> None:
+        piece = slot.piece
+        unreported = 0 if piece is None else piece.stop - slot.unreported
+        streaming = piece is not None and piece.job.timeout is not None
+        remedy = blame.unreadable_results(piece is not None, streaming, unreported)
+        if remedy is blame.Remedy.INIT_FAILED:
+            self.on_init_failed(slot, exc, slot.spec is not None)
+            return
+        assert piece is not None
+        error = DeserializationError(
+            f"a result from worker {slot.index} could not be unpickled: {exc!r}"
+        )
+        error.__cause__ = exc
+        if remedy is blame.Remedy.SPLIT:
+            self._split_piece(slot)
+        elif remedy is blame.Remedy.FAIL_ONE:
+            last = slot.received + 1 >= piece.stop - piece.start
+            self.record(slot, wire.Results([None], {0: error}, 0.0, last))
+        else:
+            self._finish_piece_with(slot, error, exc)
+
+    def _unreadable_run(self, slot: Slot, cause: BaseException) -> None:
+        piece = slot.piece
+        unreported = 0 if piece is None else piece.stop - slot.unreported
+        if blame.unreadable_run(unreported) is blame.Remedy.SPLIT:
+            self._split_piece(slot)  # nothing ran; the items come back one by one
+            return
+        error = DeserializationError(f"worker {slot.index} could not unpickle the task: {cause!r}")
+        self._finish_piece_with(slot, error, cause)
+
+    def _split_piece(self, slot: Slot) -> None:
+        """Re-queue the unreported items of ``slot``'s piece one by one; free the slot."""
+        piece = slot.piece
+        assert piece is not None
+        spans = [Span(index, index + 1) for index in range(slot.unreported, piece.stop)]
+        self.backlog.requeue(piece.job, spans)
+        slot.received = piece.stop - piece.start
+        self._piece_done(slot)
+
+    def _finish_piece_with(self, slot: Slot, error: BaseException, cause: object) -> None:
+        """Fail every unreported item of ``slot``'s piece with ``error``; free the slot."""
+        piece = slot.piece
+        if piece is None:
+            return
+        if isinstance(cause, BaseException):
+            error.__cause__ = cause
+        for index in range(slot.unreported, piece.stop):
+            piece.job.fail_item(index, error)
+        slot.received = piece.stop - piece.start
+        self._piece_done(slot)
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def stop_cancelled(self) -> None:
+        """Callers cancelled running futures (``cancel_running``): drop what is queued of
+        them and stop the workers running them."""
+        self.backlog.drop_cancelled()
+        kill_at = time.monotonic() + KILL_GRACE
+        for slot in self.slots.all:
+            piece = slot.piece
+            if slot.state is BUSY and piece is not None and piece.job.future.cancelled():
+                # Stopped like an overrun, but nothing is charged or re-queued: the whole
+                # job is cancelled.  The slot respawns when its process is reaped.
+                slot.piece = None
+                slot.stop_at(kill_at)

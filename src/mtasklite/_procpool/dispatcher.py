@@ -1,0 +1,286 @@
+"""The dispatcher thread: one loop that waits on everything and applies the verdicts.
+
+Guarantee: every future the pool accepted is settled (result, error or cancellation), and
+every worker process it started is reaped, before the thread exits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures._base import LOGGER
+from concurrent.futures.process import BrokenProcessPool
+from typing import Optional
+
+from .._futures import cancel_dropped
+from ..stateful import describe_worker
+from . import blame
+from .control import PoolControl
+from .courier import Courier
+from .jobs import Span, copy_error, set_exception
+from .slots import (
+    BUSY,
+    EMPTY,
+    IDLE,
+    KILL_GRACE,
+    KILLING,
+    STARTING,
+    STOPPING,
+    PoolConfig,
+    Remains,
+    Slot,
+    SlotTable,
+)
+from .waiting import Poller
+
+
+class Dispatcher:
+    """Owns the slots and runs the dispatcher thread (see the package docstring)."""
+
+    def __init__(self, config: PoolConfig, control: PoolControl):
+        self.config = config
+        self.control = control
+        self.backlog = control.backlog
+        self.slots = SlotTable(config)
+        self.courier = Courier(config, control, self.slots, self._init_failed)
+        self.poller = Poller()
+        self.terminated = False  # terminate() has been acted on
+
+    # -- called from caller threads, under the pool's lock ------------------------------------
+
+    def launch(self) -> threading.Thread:
+        """Start the first worker (every worker with fork) and the dispatcher thread."""
+        # Like the stdlib: with fork, start every worker now, before our thread exists (a
+        # fork from a multi-threaded process is fragile); otherwise start them on demand.
+        if self.config.ctx.get_start_method(allow_none=False) == "fork":
+            self.start_all()
+        else:
+            self.slots.start_fresh()
+        self.control.wake.open()
+        thread = threading.Thread(
+            target=self.run, name=f"{self.config.name}-dispatcher", daemon=True
+        )
+        self.control.thread = thread
+        thread.start()
+        return thread
+
+    def grow(self) -> None:
+        """Start one more worker unless one is idle (``submit`` grows the pool, as the
+        stdlib's does)."""
+        acquired = self.control.idle_workers.acquire(blocking=False)
+        if not acquired and self.slots.fresh < self.config.workers:
+            self.slots.start_fresh()
+
+    def start_all(self) -> None:
+        while self.slots.fresh < self.config.workers:
+            self.slots.start_fresh()
+
+    # -- the dispatcher thread ----------------------------------------------------------------
+
+    def run(self) -> None:
+        control, courier, wake = self.control, self.courier, self.control.wake
+        try:
+            while True:
+                if control.terminate_requested and not self.terminated:
+                    self._terminate()
+                if control.take_stop_requests():
+                    courier.stop_cancelled()
+                courier.dispatch()
+                if self.config.prefetch:
+                    courier.send_ahead()
+                if self._finished():
+                    break
+                conns, sentinels = self.slots.waitables()
+                ready = self.poller.wait([wake.read_fd, *conns, *sentinels], self._wait_timeout())
+                if wake.read_fd in ready:
+                    wake.clear()
+                # Results before deaths: what a worker sent before dying still counts.
+                for obj in ready:
+                    slot = conns.get(obj)
+                    if slot is not None:
+                        courier.drain(slot, readable=True)
+                for obj in ready:
+                    if obj in sentinels:
+                        self._reap(sentinels[obj], obj)
+                self._enforce_deadlines()
+        except BaseException as exc:  # pragma: no cover - a bug here must not hang callers
+            LOGGER.critical("mtasklite dispatcher failed", exc_info=True)
+            self._break(BrokenProcessPool(f"the process pool's dispatcher failed: {exc!r}"))
+            self.slots.terminate_all()
+            self.slots.reap_all_blocking()
+        finally:
+            self.slots.close()
+            self.control.close()
+
+    def _wait_timeout(self) -> Optional[float]:
+        """Seconds until the nearest deadline (an item's limit or a SIGKILL escalation)."""
+        now = time.monotonic()
+        nearest = None
+        cells = self.slots.cells
+        for slot in self.slots.all:
+            when = None
+            if slot.state is KILLING:
+                if slot.kill_at != float("inf"):  # inf: SIGKILL sent, the sentinel will fire
+                    when = slot.kill_at
+            elif slot.state is BUSY and slot.piece is not None:
+                timeout = slot.piece.job.timeout
+                if timeout is not None:
+                    phase, started = cells.phase(slot.index), cells.started(slot.index)
+                    _, when = blame.item_deadline(phase, slot.received, started, timeout, now)
+            if when is not None and (nearest is None or when < nearest):
+                nearest = when
+        return None if nearest is None else max(0.0, nearest - now)
+
+    def _finished(self) -> bool:
+        """Winding down with nothing left to run: stop the workers; ``True`` once all are
+        gone."""
+        if not self.control.should_stop() or self.backlog:
+            return False
+        for slot in self.slots.all:
+            if slot.state is BUSY or slot.state is KILLING:
+                return False
+            if slot.state is IDLE:
+                self.slots.send_stop(slot)
+            elif slot.state is STARTING:
+                slot.process.terminate()  # nothing left to do: don't wait for a slow init
+                slot.state = STOPPING
+        return all(slot.state is EMPTY for slot in self.slots.all) and not self.slots.retiring
+
+    # -- overruns -----------------------------------------------------------------------------
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        self.slots.escalate(now)
+        cells = self.slots.cells
+        for slot in self.slots.all:
+            if slot.state is not BUSY or slot.piece is None:
+                continue
+            timeout = slot.piece.job.timeout
+            if timeout is None:
+                continue
+            phase, started = cells.phase(slot.index), cells.started(slot.index)
+            running, deadline = blame.item_deadline(phase, slot.received, started, timeout, now)
+            if running is not None and now >= deadline:
+                self._overrun(slot, running, timeout)
+
+    def _overrun(self, slot: Slot, running: int, timeout: float) -> None:
+        """Item ``running`` of ``slot``'s piece passed its limit: it fails now; the worker is
+        stopped, and results of earlier items still arriving are kept (``accept``)."""
+        piece = slot.piece
+        assert piece is not None
+        job = piece.job
+        slot.accept = running
+        slot.stop_at(time.monotonic() + KILL_GRACE)
+        index = piece.start + running
+        error = blame.timeout_error(
+            job.fn, job.items[index], job.mode, timeout, slot.index, slot.process.pid
+        )
+        job.fail_item(index, error)
+
+    # -- deaths -------------------------------------------------------------------------------
+
+    def _reap(self, slot: Optional[Slot], sentinel: int) -> None:
+        if slot is None:  # a retired process exited
+            self.slots.reap_retired(sentinel)
+            return
+        if slot.process is None or slot.process.sentinel != sentinel:
+            return  # already reaped (and maybe restarted) in this round
+        if self.control.terminate_requested and not self.terminated:
+            # terminate() signalled the workers itself: this death is not a crash.
+            self._terminate()
+        self.courier.drain(slot)
+        init_failure, slot.init_failure = slot.init_failure, None
+        remains = self.slots.clear_dead(slot)
+        if remains.next_piece is not None:  # never started: back to the queue, uncharged
+            ahead = remains.next_piece
+            self.backlog.requeue(ahead.job, [Span(ahead.start, ahead.stop)])
+        verdict = blame.judge_death(self._death(slot, remains, init_failure is not None))
+        if verdict.breaks is blame.Breakage.INIT:
+            if init_failure is not None:
+                self._init_failed(slot, init_failure.error, init_failure.in_spec)
+            else:
+                self._init_failed(slot, None, slot.spec is not None, remains.process.exitcode)
+            return
+        self._apply(slot, remains, verdict)
+
+    def _death(self, slot: Slot, remains: Remains, init_failed: bool) -> blame.Death:
+        """What is known of the death of ``slot``'s process, for blame.judge_death."""
+        piece, phase = remains.piece, self.slots.cells.phase(slot.index)
+        unreported, running, accepted_until = None, None, 0
+        if piece is not None:
+            unreported = Span(piece.start + remains.received, piece.stop)
+            accepted_until = piece.start + remains.accept
+            item = blame.running_item(phase, remains.received)
+            running = None if item is None else piece.start + item
+        return blame.Death(
+            state=remains.state,
+            unreported=unreported,
+            accepted_until=accepted_until,
+            phase=phase,
+            running=running,
+            init_failed=init_failed,
+            winding_down=self.control.should_stop(),
+            pool_broken=self.control.broken is not None,
+            work_waiting=bool(self.backlog),
+            break_on_crash=self.config.break_on_crash,
+            deaths_in_a_row=slot.deaths_in_a_row,
+        )
+
+    def _apply(self, slot: Slot, remains: Remains, verdict: blame.Verdict) -> None:
+        process, piece = remains.process, remains.piece
+        slot.deaths_in_a_row = verdict.deaths_in_a_row
+        if verdict.breaks is blame.Breakage.CRASH:
+            assert piece is not None
+            error = blame.broken_by_crash()
+            set_exception(piece.job.future, copy_error(error))  # no longer held by the slot
+            self._break(error)
+            return
+        if verdict.breaks is blame.Breakage.DEATHS:
+            self._break(blame.deaths_error(slot.index, verdict.deaths_in_a_row, process.exitcode))
+            return
+        if piece is not None:
+            if verdict.charged is not None:
+                error = blame.crash_error(slot.index, process.pid, process.exitcode, verdict.during)
+                piece.job.fail_item(verdict.charged, error)
+            self.backlog.requeue(piece.job, verdict.requeue)
+        if verdict.respawn:
+            with self.control.lock:
+                self.slots.start(slot)
+
+    # -- failure and exit ---------------------------------------------------------------------
+
+    def _init_failed(
+        self,
+        slot: Slot,
+        error: Optional[BaseException],
+        in_spec: bool,
+        exitcode: Optional[int] = None,
+    ) -> None:
+        spec = describe_worker(slot.spec) if in_spec and slot.spec is not None else None
+        self._break(blame.init_error(slot.index, spec, error, exitcode))
+
+    def _terminate(self) -> None:
+        self.terminated = True
+        self._abort_all(blame.terminated_error())
+
+    def _break(self, error: BaseException) -> None:
+        """Fail every queued and running future with ``error`` and stop all workers."""
+        if self.control.mark_broken(error):
+            self._abort_all(error, cancel_queued=False)
+
+    def _abort_all(self, error: BaseException, cancel_queued: bool = True) -> None:
+        """Stop every worker; queued futures are cancelled (or failed with ``error``),
+        running ones fail with ``error``."""
+        for piece in self.backlog.drain():
+            job = piece.job
+            if not job.started and cancel_queued:
+                cancel_dropped(job.future)
+            elif job.started or job.future.set_running_or_notify_cancel():
+                job.started = True
+                set_exception(job.future, copy_error(error))
+        for slot in self.slots.all:
+            for held in (slot.piece, slot.next_piece):
+                if held is not None:
+                    set_exception(held.job.future, copy_error(error))
+            slot.piece = slot.next_piece = None
+        self.slots.terminate_all()

@@ -1,0 +1,323 @@
+"""Worker slots: slot ``i`` always runs worker spec ``i``, in one process at a time.
+
+A slot's life: EMPTY -> STARTING (process started, building its object) -> IDLE <-> BUSY
+(running a piece) -> STOPPING (told to exit) or KILLING (being stopped: overrun, cancelled,
+terminated) -> EMPTY when the dispatcher reaps the process, and then maybe STARTING again
+with a fresh process and the same spec.
+
+Guarantee: the dispatcher knows at every moment which piece each slot runs, which of its
+items have been reported, and (through the progress cell) which item is running now.
+"""
+
+from __future__ import annotations
+
+import enum
+import multiprocessing.connection
+import os
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, NamedTuple, Optional
+
+from ..stateful import WorkerLike, spec_for
+from . import wire
+from .child import worker_main
+from .jobs import Piece
+
+#: seconds between SIGTERM and SIGKILL when stopping a worker
+KILL_GRACE = 0.2
+#: the send buffer asked for on the parent's end of each worker's socket pair (the kernel
+#: caps it at net.core.wmem_max); a quarter of what it grants bounds a Run sent ahead
+SEND_BUFFER = 1 << 20
+
+
+class PoolConfig(NamedTuple):
+    """What the pool was built with; fixed for its life."""
+
+    ctx: Any  # a multiprocessing context (its stubs lack Process and RawArray)
+    name: str  # prefix of the thread and process names
+    workers: int
+    specs: Optional[list[WorkerLike]]  # one per slot, or None
+    initializer: Optional[Callable[..., object]]
+    initargs: tuple[Any, ...]
+    max_tasks: Optional[int]  # items a process runs before it is replaced
+    break_on_crash: bool  # on_worker_crash="break"
+    cancel_running: bool  # Future.cancel() stops running work
+
+    @property
+    def prefetch(self) -> bool:
+        """Send a busy worker its next chunk ahead (off where a slot's work is counted or
+        stopped piece by piece)."""
+        return self.max_tasks is None and not self.cancel_running
+
+
+class SlotState(enum.Enum):
+    EMPTY = "empty"
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    KILLING = "killing"
+    STOPPING = "stopping"
+
+
+EMPTY, STARTING, IDLE, BUSY, KILLING, STOPPING = SlotState  # the hot loop compares these
+
+
+class Slot:
+    """Worker ``index``: its spec, and while started, its process, pipe and piece."""
+
+    __slots__ = (
+        "accept",
+        "conn",
+        "deaths_in_a_row",
+        "done_items",
+        "ever_ready",
+        "index",
+        "init_failure",
+        "kill_at",
+        "next_piece",
+        "piece",
+        "prefetch_bytes",
+        "process",
+        "received",
+        "spec",
+        "state",
+    )
+
+    def __init__(self, index: int, spec: Optional[WorkerLike]):
+        self.index = index
+        self.spec = spec
+        self.state = EMPTY
+        self.process: Any = None
+        self.conn: Optional[multiprocessing.connection.Connection] = None
+        self.prefetch_bytes = 0  # largest Run that may be sent ahead (see room_for_prefetch)
+        self.done_items = 0  # items run by the current process (max_tasks_per_child)
+        self.ever_ready = False  # some process of this slot has built its object
+        self.deaths_in_a_row = 0  # deaths that resolved no item, since the last that did
+        self.init_failure: Optional[wire.InitFailed] = None  # reported, process not yet gone
+        self.kill_at = 0.0  # KILLING: when to escalate to SIGKILL (inf: SIGKILL sent)
+        # The piece being run: ``received`` of its items reported so far, of which the first
+        # ``accept`` count (an overrun item and those after it are dropped).
+        self.piece: Optional[Piece] = None
+        self.received = 0
+        self.accept = 0
+        self.next_piece: Optional[Piece] = None  # sent ahead, runs after ``piece``
+
+    def assign(self, piece: Piece) -> None:
+        """``piece`` is what the worker runs now."""
+        self.state, self.piece, self.received = BUSY, piece, 0
+        self.accept = piece.stop - piece.start
+
+    @property
+    def unreported(self) -> int:
+        """Index in the job of the first item of ``piece`` not reported yet."""
+        assert self.piece is not None
+        return self.piece.start + self.received
+
+    def stop_at(self, kill_at: float) -> None:
+        """SIGTERM now; the dispatcher sends SIGKILL at ``kill_at`` if it is still alive."""
+        self.state, self.kill_at = KILLING, kill_at
+        self.process.terminate()
+
+
+class Remains(NamedTuple):
+    """What a slot held when its process was found dead."""
+
+    process: Any
+    state: SlotState
+    piece: Optional[Piece]
+    received: int  # items of ``piece`` reported
+    accept: int  # items of ``piece`` whose results count (fewer after an overrun)
+    next_piece: Optional[Piece]
+
+
+class SlotTable:
+    """Every slot of the pool, their processes, and the processes retired but not reaped.
+
+    ``processes`` (pid -> process, as the stdlib keeps it) and ``fresh`` change under the
+    pool's lock; otherwise only the dispatcher thread touches a slot once it has started.
+    """
+
+    def __init__(self, config: PoolConfig):
+        self.config = config
+        self.all = [Slot(i, spec_for(config.specs, i)) for i in range(config.workers)]
+        self.cells = wire.ProgressCells.allocate(config.ctx, config.workers)
+        self.processes: dict[int, Any] = {}
+        self.idle: Deque[Slot] = deque()  # ready for a piece, in the order they became so
+        self.retiring: list[Any] = []  # stopped processes not yet reaped
+        self.fresh = 0  # slots started at least once (callers start them in index order)
+
+    # -- starting -----------------------------------------------------------------------------
+
+    def start_fresh(self) -> None:
+        """Start the next never-started slot (a caller thread, under the pool's lock)."""
+        slot = self.all[self.fresh]
+        self.start(slot, die_with_parent=threading.current_thread() is threading.main_thread())
+        self.fresh += 1  # only once it started: a failed start is retried by the next caller
+
+    def start(self, slot: Slot, die_with_parent: bool = True) -> None:
+        """Start (or restart) ``slot``'s process.  Callers hold the pool's lock."""
+        config = self.config
+        parent_end, child_end = config.ctx.Pipe(duplex=True)
+        process = config.ctx.Process(
+            target=worker_main,
+            name=f"{config.name}-worker-{slot.index}",
+            args=(
+                slot.index,
+                child_end,
+                self.cells.array,
+                slot.spec,
+                config.initializer,
+                config.initargs,
+                die_with_parent,
+            ),
+        )
+        try:
+            process.start()
+        except BaseException:
+            parent_end.close()
+            child_end.close()
+            raise
+        child_end.close()
+        slot.prefetch_bytes = room_for_prefetch(parent_end)
+        slot.process, slot.conn, slot.state = process, parent_end, STARTING
+        slot.piece, slot.done_items = None, 0
+        self.processes[process.pid] = process
+
+    def all_ready(self) -> bool:
+        return all(slot.ever_ready for slot in self.all)
+
+    def all_up(self) -> bool:
+        """Every slot has a process that finished initialising."""
+        return not any(slot.state is EMPTY or slot.state is STARTING for slot in self.all)
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def send_stop(self, slot: Slot) -> None:
+        """Ask an idle worker to exit."""
+        try:
+            assert slot.conn is not None
+            slot.conn.send_bytes(wire.dumps(wire.Stop()))
+        except OSError:
+            pass  # already dead: the sentinel reports it
+        if slot in self.idle:
+            self.idle.remove(slot)
+        slot.state = STOPPING
+
+    def retire(self, slot: Slot) -> None:
+        """Let ``slot``'s process exit in the background; the slot is EMPTY at once."""
+        process = slot.process
+        self.send_stop(slot)
+        if slot.conn is not None:
+            slot.conn.close()
+        self.processes.pop(process.pid, None)
+        self.retiring.append(process)
+        slot.process, slot.conn, slot.state = None, None, EMPTY
+
+    def reap_retired(self, sentinel: int) -> None:
+        for process in list(self.retiring):
+            if process.sentinel == sentinel:
+                process.join()
+                self.retiring.remove(process)
+
+    def clear_dead(self, slot: Slot) -> Remains:
+        """The process of ``slot`` has exited: join it, close its pipe and make the slot
+        EMPTY; what it held is returned for the dispatcher to judge."""
+        process = slot.process
+        process.join()
+        self.processes.pop(process.pid, None)
+        if slot.conn is not None:
+            slot.conn.close()
+        remains = Remains(
+            process, slot.state, slot.piece, slot.received, slot.accept, slot.next_piece
+        )
+        slot.process, slot.conn, slot.state = None, None, EMPTY
+        slot.piece = slot.next_piece = None
+        if slot in self.idle:
+            self.idle.remove(slot)
+        return remains
+
+    def terminate_all(self) -> None:
+        """SIGTERM every live worker now, SIGKILL after the grace period."""
+        kill_at = time.monotonic() + KILL_GRACE
+        for slot in self.all:
+            if slot.process is not None and slot.state is not EMPTY:
+                slot.stop_at(kill_at)
+        self.idle.clear()
+
+    def escalate(self, now: float) -> None:
+        """SIGKILL the workers whose grace after SIGTERM is over."""
+        for slot in self.all:
+            if slot.state is KILLING and now >= slot.kill_at and slot.process is not None:
+                slot.process.kill()
+                slot.kill_at = float("inf")
+
+    def reap_all_blocking(self) -> None:
+        for slot in self.all:
+            if slot.process is not None:
+                slot.process.join(KILL_GRACE)
+                if slot.process.is_alive():
+                    slot.process.kill()
+                    slot.process.join()
+                self.processes.pop(slot.process.pid, None)
+                slot.process, slot.state = None, EMPTY
+
+    def close(self) -> None:
+        for process in self.retiring:
+            process.join()
+        self.retiring.clear()
+        for slot in self.all:
+            if slot.conn is not None:
+                slot.conn.close()
+                slot.conn = None
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def waitables(self) -> tuple[dict[Any, Slot], dict[int, Optional[Slot]]]:
+        """Pipes to read, by slot; process sentinels, by slot (``None``: a retired process)."""
+        conns: dict[Any, Slot] = {}
+        sentinels: dict[int, Optional[Slot]] = {}
+        for slot in self.all:
+            if slot.state is not EMPTY:
+                if slot.conn is not None:
+                    conns[slot.conn] = slot
+                sentinels[slot.process.sentinel] = slot
+        for process in self.retiring:
+            sentinels[process.sentinel] = None
+        return conns, sentinels
+
+
+def room_for_prefetch(conn: multiprocessing.connection.Connection) -> int:
+    """Widen the parent's send buffer to a worker; the largest Run that may be sent ahead.
+
+    The prefetch rule: a busy worker does not read its pipe, so a Run sent ahead must fit
+    in the socket buffer beside the one the worker is reading, or the send would wait for
+    the worker while the worker waits for us to read its results.  A quarter of the buffer
+    always fits.  0 (never send ahead) if the connection is not a socket."""
+    fd = os.dup(conn.fileno())
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return 0
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            pass  # keep the default
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)) // 4
+    finally:
+        sock.close()
+
+
+def may_send_ahead(slot: Slot) -> bool:
+    """``slot`` may be sent its next piece now: it runs an untimed piece (a timed one needs
+    its progress cell per piece) and holds nothing ahead yet."""
+    current = slot.piece
+    return (
+        slot.state is BUSY
+        and slot.next_piece is None
+        and current is not None
+        and current.job.timeout is None
+    )
