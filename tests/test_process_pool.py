@@ -18,6 +18,7 @@ import pickle
 import sys
 import threading
 import time
+import weakref
 from collections import Counter as Tally
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from pathlib import Path
@@ -995,6 +996,39 @@ def test_workers_exit_when_executor_is_garbage_collected() -> None:
         thread.join(BLOCK_LIMIT)
         assert not thread.is_alive()
     assert not pids & set(ph.pool_processes())
+
+
+class _Resource:
+    """Stands for something an initializer receives that must be released (a queue's
+    semaphore, say): weakly referenceable, so the test sees when it is freed."""
+
+
+def _fail_with(_: Any) -> None:
+    raise OSError("no device")
+
+
+@pytest.mark.parametrize("initializer", [ph.install, _fail_with], ids=["ok", "failing"])
+def test_a_shut_down_pool_frees_its_initargs_without_the_garbage_collector(
+    initializer: Callable[..., None],
+) -> None:
+    # The stdlib's resource-tracker test counts on this: a queue passed in initargs is
+    # unlinked as soon as the executor goes, not at some later garbage collection.
+    resource = _Resource()
+    resource_ref = weakref.ref(resource)
+    gc.disable()
+    try:
+        ex = PPE(2, FORK, initializer, ({"resource": resource},))
+        try:
+            ex.submit(ph.square, 3).result(BLOCK_LIMIT)
+        except mt.WorkerInitError:
+            assert initializer is _fail_with
+        ex.shutdown()
+        executor_ref = weakref.ref(ex)
+        del ex, resource
+        assert executor_ref() is None, "a reference cycle keeps the executor alive"
+        assert resource_ref() is None, "a reference cycle keeps the initargs alive"
+    finally:
+        gc.enable()
 
 
 @pytest.mark.timeout(30)

@@ -47,4 +47,15 @@ Who touches what: callers add to the backlog and start never-started slots (so `
 grows the pool synchronously, as the stdlib does) under the pool's lock; once a slot has
 started only the dispatcher thread touches it, and only the dispatcher reads and writes the
 pipes.
+
+Races, and where they are settled:
+
+- a future cancelled while queued is skipped when its piece is taken (``Job.claim``); once
+  sent it runs, unless ``cancel_running`` stops its worker (``Courier.stop_cancelled``);
+- a worker dies with work outstanding: its pipe is drained first, so results it sent
+  before dying count; then ``blame.judge_death`` decides from its cell what is charged;
+- a timed item overruns: it fails at once and the worker is stopped; results of earlier
+  items still arriving are kept, later ones dropped and re-run (``Dispatcher._overrun``);
+- ``terminate()`` signals the workers from the caller's thread; the dispatcher, seeing a
+  death while termination is requested, aborts everything instead of judging a crash.
 """

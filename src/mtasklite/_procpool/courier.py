@@ -9,9 +9,10 @@ promotes ``next_piece``.  Only the dispatcher thread calls this class.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Optional
 
-from ..errors import DeserializationError
+from ..errors import DeserializationError, WorkerInitError
+from ..stateful import describe_worker
 from . import blame, wire
 from .control import PoolControl
 from .jobs import Piece, RunEncoder, Span
@@ -27,9 +28,6 @@ from .slots import (
     may_send_ahead,
 )
 
-#: what to do when a worker's initialisation fails: (slot, error, the spec failed)
-InitFailedHandler = Callable[[Slot, BaseException, bool], None]
-
 
 class Courier:
     """Sends pieces to slots (``dispatch``, ``send_ahead``) and handles what slots send back
@@ -40,14 +38,12 @@ class Courier:
         config: PoolConfig,
         control: PoolControl,
         slots: SlotTable,
-        on_init_failed: InitFailedHandler,
     ):
         self.control = control
         self.backlog = control.backlog
         self.slots = slots
         self.max_tasks = config.max_tasks
         self.encoder = RunEncoder(control.backlog)
-        self.on_init_failed = on_init_failed
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -200,7 +196,7 @@ class Courier:
         streaming = piece is not None and piece.job.timeout is not None
         remedy = blame.unreadable_results(piece is not None, streaming, unreported)
         if remedy is blame.Remedy.INIT_FAILED:
-            self.on_init_failed(slot, exc, slot.spec is not None)
+            break_pool(self.control, self.slots, init_error(slot, exc, slot.spec is not None))
             return
         assert piece is not None
         error = DeserializationError(
@@ -259,3 +255,19 @@ class Courier:
                 # job is cancelled.  The slot respawns when its process is reaped.
                 slot.piece = None
                 slot.stop_at(kill_at)
+
+
+def break_pool(control: PoolControl, slots: SlotTable, error: BaseException) -> None:
+    """Fail every queued and running future with ``error`` and stop all workers (the first
+    time the pool breaks; later calls do nothing)."""
+    if control.mark_broken(error):
+        control.backlog.abort(error, cancel_queued=False)
+        slots.abort(error)
+
+
+def init_error(
+    slot: Slot, error: Optional[BaseException], in_spec: bool, exitcode: Optional[int] = None
+) -> WorkerInitError:
+    """The error that breaks the pool when ``slot``'s worker could not initialise."""
+    spec = describe_worker(slot.spec) if in_spec and slot.spec is not None else None
+    return blame.init_error(slot.index, spec, error, exitcode)

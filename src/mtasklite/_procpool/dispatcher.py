@@ -12,11 +12,9 @@ from concurrent.futures._base import LOGGER
 from concurrent.futures.process import BrokenProcessPool
 from typing import Optional
 
-from .._futures import cancel_dropped
-from ..stateful import describe_worker
-from . import blame
+from . import blame, wire
 from .control import PoolControl
-from .courier import Courier
+from .courier import Courier, break_pool, init_error
 from .jobs import Span, copy_error, set_exception
 from .slots import (
     BUSY,
@@ -42,9 +40,10 @@ class Dispatcher:
         self.control = control
         self.backlog = control.backlog
         self.slots = SlotTable(config)
-        self.courier = Courier(config, control, self.slots, self._init_failed)
+        self.courier = Courier(config, control, self.slots)
         self.poller = Poller()
         self.terminated = False  # terminate() has been acted on
+        self.prefetch = config.prefetch
 
     # -- called from caller threads, under the pool's lock ------------------------------------
 
@@ -86,7 +85,7 @@ class Dispatcher:
                 if control.take_stop_requests():
                     courier.stop_cancelled()
                 courier.dispatch()
-                if self.config.prefetch:
+                if self.prefetch:
                     courier.send_ahead()
                 if self._finished():
                     break
@@ -195,13 +194,7 @@ class Dispatcher:
             ahead = remains.next_piece
             self.backlog.requeue(ahead.job, [Span(ahead.start, ahead.stop)])
         verdict = blame.judge_death(self._death(slot, remains, init_failure is not None))
-        if verdict.breaks is blame.Breakage.INIT:
-            if init_failure is not None:
-                self._init_failed(slot, init_failure.error, init_failure.in_spec)
-            else:
-                self._init_failed(slot, None, slot.spec is not None, remains.process.exitcode)
-            return
-        self._apply(slot, remains, verdict)
+        self._apply(slot, remains, verdict, init_failure)
 
     def _death(self, slot: Slot, remains: Remains, init_failed: bool) -> blame.Death:
         """What is known of the death of ``slot``'s process, for blame.judge_death."""
@@ -226,22 +219,34 @@ class Dispatcher:
             deaths_in_a_row=slot.deaths_in_a_row,
         )
 
-    def _apply(self, slot: Slot, remains: Remains, verdict: blame.Verdict) -> None:
+    def _apply(
+        self,
+        slot: Slot,
+        remains: Remains,
+        verdict: blame.Verdict,
+        init_failure: Optional[wire.InitFailed],
+    ) -> None:
         process, piece = remains.process, remains.piece
         slot.deaths_in_a_row = verdict.deaths_in_a_row
+        if verdict.breaks is blame.Breakage.INIT:
+            if init_failure is not None:
+                self._break(init_error(slot, init_failure.error, init_failure.in_spec))
+            else:
+                self._break(init_error(slot, None, slot.spec is not None, process.exitcode))
+            return
         if verdict.breaks is blame.Breakage.CRASH:
             assert piece is not None
-            error = blame.broken_by_crash()
-            set_exception(piece.job.future, copy_error(error))  # no longer held by the slot
-            self._break(error)
+            broken = blame.broken_by_crash()
+            set_exception(piece.job.future, copy_error(broken))  # no longer held by the slot
+            self._break(broken)
             return
         if verdict.breaks is blame.Breakage.DEATHS:
             self._break(blame.deaths_error(slot.index, verdict.deaths_in_a_row, process.exitcode))
             return
         if piece is not None:
             if verdict.charged is not None:
-                error = blame.crash_error(slot.index, process.pid, process.exitcode, verdict.during)
-                piece.job.fail_item(verdict.charged, error)
+                crash = blame.crash_error(slot.index, process.pid, process.exitcode, verdict.during)
+                piece.job.fail_item(verdict.charged, crash)
             self.backlog.requeue(piece.job, verdict.requeue)
         if verdict.respawn:
             with self.control.lock:
@@ -249,38 +254,12 @@ class Dispatcher:
 
     # -- failure and exit ---------------------------------------------------------------------
 
-    def _init_failed(
-        self,
-        slot: Slot,
-        error: Optional[BaseException],
-        in_spec: bool,
-        exitcode: Optional[int] = None,
-    ) -> None:
-        spec = describe_worker(slot.spec) if in_spec and slot.spec is not None else None
-        self._break(blame.init_error(slot.index, spec, error, exitcode))
-
     def _terminate(self) -> None:
+        """Act on terminate(): queued futures are cancelled, running ones fail."""
         self.terminated = True
-        self._abort_all(blame.terminated_error())
+        error = blame.terminated_error()
+        self.backlog.abort(error, cancel_queued=True)
+        self.slots.abort(error)
 
     def _break(self, error: BaseException) -> None:
-        """Fail every queued and running future with ``error`` and stop all workers."""
-        if self.control.mark_broken(error):
-            self._abort_all(error, cancel_queued=False)
-
-    def _abort_all(self, error: BaseException, cancel_queued: bool = True) -> None:
-        """Stop every worker; queued futures are cancelled (or failed with ``error``),
-        running ones fail with ``error``."""
-        for piece in self.backlog.drain():
-            job = piece.job
-            if not job.started and cancel_queued:
-                cancel_dropped(job.future)
-            elif job.started or job.future.set_running_or_notify_cancel():
-                job.started = True
-                set_exception(job.future, copy_error(error))
-        for slot in self.slots.all:
-            for held in (slot.piece, slot.next_piece):
-                if held is not None:
-                    set_exception(held.job.future, copy_error(error))
-            slot.piece = slot.next_piece = None
-        self.slots.terminate_all()
+        break_pool(self.control, self.slots, error)

@@ -247,11 +247,18 @@ class Backlog:
                 cancel_dropped(piece.job.future)
         self._pieces = kept
 
-    def drain(self) -> list[Piece]:
-        """Take every piece at once."""
+    def abort(self, error: BaseException, cancel_queued: bool) -> None:
+        """Empty the backlog: jobs never started are cancelled (``cancel_queued``) or fail
+        with a copy of ``error``, like those already running."""
         with self._lock:
             pieces, self._pieces = list(self._pieces), deque()
-        return pieces
+        for piece in pieces:
+            job = piece.job
+            if not job.started and cancel_queued:
+                cancel_dropped(job.future)
+            elif job.started or job.future.set_running_or_notify_cancel():
+                job.started = True
+                set_exception(job.future, copy_error(error))
 
 
 class RunEncoder:

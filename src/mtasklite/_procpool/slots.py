@@ -23,7 +23,7 @@ from typing import Any, Callable, Deque, NamedTuple, Optional
 from ..stateful import WorkerLike, spec_for
 from . import wire
 from .child import worker_main
-from .jobs import Piece
+from .jobs import Piece, copy_error, set_exception
 
 #: seconds between SIGTERM and SIGKILL when stopping a worker
 KILL_GRACE = 0.2
@@ -245,6 +245,16 @@ class SlotTable:
             if slot.process is not None and slot.state is not EMPTY:
                 slot.stop_at(kill_at)
         self.idle.clear()
+
+    def abort(self, error: BaseException) -> None:
+        """Fail the futures of every piece the slots hold with a copy of ``error``, and
+        stop every worker."""
+        for slot in self.all:
+            for held in (slot.piece, slot.next_piece):
+                if held is not None:
+                    set_exception(held.job.future, copy_error(error))
+            slot.piece = slot.next_piece = None
+        self.terminate_all()
 
     def escalate(self, now: float) -> None:
         """SIGKILL the workers whose grace after SIGTERM is over."""
