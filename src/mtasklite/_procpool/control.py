@@ -61,6 +61,8 @@ class PoolControl:
         self.lock = threading.Lock()
         self.backlog = Backlog()
         self.wake = WakeupPipe()
+        #: make the dispatcher look at its queue and flags (any thread, lock held or not)
+        self.wakeup: Callable[[], None] = self.wake.wakeup
         self.idle_workers = threading.Semaphore(0)  # a freed worker releases it, submit takes
         self.shutting_down = False
         self.terminate_requested = False  # terminate(): stop all work now
@@ -72,10 +74,6 @@ class PoolControl:
         self._owner = weakref.ref(owner, lambda _: self.wakeup())
         self._on_broken = on_broken
         _live_controls.add(self)
-
-    def wakeup(self) -> None:
-        """Make the dispatcher look at its queue and flags (any thread, lock held or not)."""
-        self.wake.wakeup()
 
     def should_stop(self) -> bool:
         """No more work will come: finish what is queued, then exit."""
