@@ -176,6 +176,11 @@ class Backlog:
 
     Guarantee: each operation is atomic (one lock), and pieces put back go to the front, in
     the order given, so re-run work goes before new work.
+
+    Unbounded, like the stdlib's pending work items: ``submit`` never blocks, and ``imap``
+    bounds what it submits with its own window.  Pieces leave it only for a slot that can
+    run them at once (or the one Run a busy slot may hold ahead), so a queued future can
+    still be cancelled.
     """
 
     def __init__(self) -> None:
