@@ -15,7 +15,14 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 from typing_extensions import Literal
 
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
-from .windowing import ChunkResult, ResultIterator, check_imap_args, make_result_iterator
+from .windowing import (
+    AdaptiveChunkSize,
+    ChunkResult,
+    ResultIterator,
+    check_imap_args,
+    make_result_iterator,
+    submits_everything,
+)
 
 __all__ = ["StatefulExecutorMixin", "check_timeout"]
 
@@ -50,6 +57,8 @@ class StatefulExecutorMixin:
     _task_timeout: Optional[float]
     #: chunksize ``imap`` uses when the caller does not say
     _default_chunksize: Optional[int] = 1
+    #: how ``chunksize=None`` sizes chunks on this executor
+    _adaptive_sizer: type[AdaptiveChunkSize] = AdaptiveChunkSize
     #: whether one chunk can carry a per-item time limit (else timed imap sends single items)
     _chunks_take_timeouts: bool = False
     #: ``imap``'s default window for single items, per worker
@@ -209,6 +218,10 @@ class StatefulExecutorMixin:
             buffersize = per_worker * self._max_workers
         check_imap_args(iterables, chunksize, buffersize, task_timeout)
         engine = self._one_by_one_engine
+        if engine is not None and chunksize is None and submits_everything(iterables, buffersize):
+            # Every item is submitted before one is measured, so adaptive chunks would hold
+            # one item each: the one-item engine does exactly that, for less.
+            chunksize = 1
         if engine is not None and chunksize == 1 and task_timeout is None:
             return engine(
                 self,
@@ -232,4 +245,5 @@ class StatefulExecutorMixin:
             return_exceptions=return_exceptions,
             workers=self._max_workers,
             indexed=indexed,
+            adaptive=self._adaptive_sizer,
         )

@@ -33,6 +33,7 @@ from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from ._futures import cancel_dropped
+from ._thread_chunks import ThreadChunkSize
 from ._thread_imap import drained_imap
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import StatefulExecutorMixin, check_timeout
@@ -316,6 +317,10 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
     the default limit, in seconds, for every task.
     """
 
+    # Chunks sized from measured durations by default: an item over half a millisecond
+    # still gets a task of its own (see _thread_chunks); chunksize=1 selects the drainers.
+    _default_chunksize = None
+    _adaptive_sizer = ThreadChunkSize
     _items_in_flight_per_worker = 64  # a pending item is a small cell (see _thread_imap)
     _one_by_one_engine = staticmethod(drained_imap)  # drainers, not a future per item
     #: set when queued work is dropped (broken pool, ``cancel_futures``): imap drainers

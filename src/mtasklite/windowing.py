@@ -50,6 +50,7 @@ __all__ = [
     "interrupted",
     "make_result_iterator",
     "run_chunk",
+    "submits_everything",
 ]
 
 T = TypeVar("T")
@@ -563,6 +564,15 @@ def _check_positive(name: str, value: Optional[int]) -> None:
         raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
 
+def submits_everything(iterables: tuple[Iterable[Any], ...], buffersize: Optional[int]) -> bool:
+    """Whether a window of ``buffersize`` tasks takes the whole input at its first fill, so
+    adaptive chunks are sized before anything is measured: one item each."""
+    if buffersize is None:
+        return True
+    total = _total_length(iterables)
+    return total is not None and buffersize >= total
+
+
 def check_imap_args(
     iterables: tuple[Iterable[Any], ...],
     chunksize: Optional[int],
@@ -592,20 +602,22 @@ def make_result_iterator(
     workers: int = 1,
     eager: bool = False,
     indexed: bool = False,
+    adaptive: type[AdaptiveChunkSize] = AdaptiveChunkSize,
 ) -> ResultIterator[Any]:
     """Build the result iterator all ``imap`` flavours return.
 
     ``buffersize=None`` means unbounded (everything is submitted at once, like the stdlib
     ``map``); ``eager`` submits the first window now rather than on the first ``next()``;
     ``indexed`` yields ``(input position, output)`` pairs (for unordered consumers that need
-    to know which input an output belongs to).
+    to know which input an output belongs to); ``adaptive`` is the sizer ``chunksize=None``
+    uses (an executor whose hand-off is cheaper aims at shorter chunks).
     """
     check_imap_args(iterables, chunksize, buffersize, task_timeout)
     total = _total_length(iterables)
     sizer: Optional[ChunkSizer]
     if chunksize is None:
-        sizer = AdaptiveChunkSize(workers, total)
-        if buffersize is None or (total is not None and buffersize >= total):
+        sizer = adaptive(workers, total)
+        if submits_everything(iterables, buffersize):
             sizer.inflight_limit = math.inf  # asked to submit everything at once: no probing
     elif chunksize == 1:
         sizer = None
