@@ -143,7 +143,8 @@ class StatefulExecutorMixin:
 
         At most ``buffersize`` tasks (chunks, when chunking) are submitted and not yet yielded;
         the default is four chunks, or 16 single items (64 on threads), per worker.
-        ``chunksize=None`` sizes chunks from measured task durations.  ``timeout`` is an
+        ``chunksize=None`` (the default) sizes chunks from measured task durations; on
+        threads an item over half a millisecond still gets a task of its own.  ``timeout`` is an
         overall deadline as in :meth:`map`; ``task_timeout`` limits each item.  The result has
         ``len()`` exactly when every input has one.
         """
