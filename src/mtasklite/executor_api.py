@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
-
-from typing_extensions import Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence, TypeVar
 
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
 from .windowing import (

@@ -11,9 +11,7 @@ from __future__ import annotations
 import collections.abc
 import threading
 from concurrent.futures import Executor
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
-
-from typing_extensions import Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence, TypeVar, Union
 
 from .constants import (
     ArgumentPassing,
