@@ -22,7 +22,6 @@ Races, and who settles them (all under the watchdog's lock):
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import os
 import queue
 import threading
@@ -203,6 +202,8 @@ def _short_args(args: tuple[Any, ...], limit: int = 60) -> str:
 
 def _raise_in_thread(thread: threading.Thread, exc_type: Optional[type[BaseException]]) -> None:
     """Best effort: make ``exc_type`` pending in ``thread`` (``None`` clears a pending one)."""
+    import ctypes  # here, not at the top: only timeouts need it, and it costs ~2 ms to load
+
     set_async = getattr(ctypes.pythonapi, "PyThreadState_SetAsyncExc", None)
     if set_async is None or thread.ident is None:  # pragma: no cover - non-CPython
         return
