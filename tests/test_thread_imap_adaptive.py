@@ -17,7 +17,7 @@ import pytest
 import mtasklite as mt
 from mtasklite._thread_chunks import ThreadChunkSize
 from mtasklite.threads import pqdm
-from mtasklite.windowing import ChunkResult
+from mtasklite.windowing import ChunkResult, submits_everything
 
 ORDERED = pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
 
@@ -90,6 +90,14 @@ def test_a_sized_input_still_spreads_over_every_thread() -> None:
     # 4 chunks per worker at least, however cheap the items.
     sizer = ThreadChunkSize(workers=4, total=160)
     assert observed(sizer, 1e-7, 1) == 160 // (4 * 4)
+
+
+def test_a_window_submits_everything_only_when_it_holds_the_whole_sized_input() -> None:
+    assert submits_everything((range(10),), None)
+    assert submits_everything((range(10),), 10)
+    assert submits_everything((range(10), range(5)), 5)  # zip stops at the shortest
+    assert not submits_everything((range(10),), 9)
+    assert not submits_everything((iter(range(3)),), 100)  # unsized: never known to fit
 
 
 # --- the executor's default -------------------------------------------------------------------
