@@ -74,6 +74,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cast
 
 from . import _wire
+from ._cpu import usable_cpu_count
 from ._futures import cancel_dropped
 from ._process_worker import worker_main
 from .errors import (
@@ -82,6 +83,7 @@ from .errors import (
     TaskTimeoutError,
     WorkerCrashedError,
     WorkerInitError,
+    abrupt_exit_cause,
 )
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import WorkerLike, describe_worker, resolve_workers, spec_for
@@ -915,6 +917,7 @@ class _Dispatcher:
                 "A process in the process pool was terminated abruptly while the future was "
                 "running or pending."
             )
+            error.__cause__ = abrupt_exit_cause(process.pid, process.exitcode)
             _set_exception(job.future, _copy_error(error))  # no longer held by the slot
             self._break(error)
             return True
@@ -1205,6 +1208,11 @@ class _Channels:
             dispatcher.thread.join()
 
 
+#: ``_force_shutdown`` operations: the ``Process`` method that signals a worker (3.14's names)
+_TERMINATE = "terminate"
+_KILL = "kill"
+
+
 class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
     """``ProcessPoolExecutor`` on owned worker slots: stateful workers, crash isolation,
     per-task timeouts and lazy, adaptively chunked ``imap``.
@@ -1237,7 +1245,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         # The stdlib __init__ is deliberately not called: it builds queues we do not use.
         specs, max_workers = resolve_workers(worker, max_workers)
         if max_workers is None:
-            max_workers = os.cpu_count() or 1
+            max_workers = usable_cpu_count()
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
@@ -1398,6 +1406,32 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         Running tasks' futures fail with ``BrokenProcessPool``; workers get SIGTERM, then
         SIGKILL after a short grace.  The executor is shut down afterwards.
         """
+        self._stop_workers(_TERMINATE, wait)
+
+    def terminate_workers(self) -> None:
+        """Python 3.14's ``terminate_workers()``, on every Python: :meth:`terminate` without
+        waiting.
+
+        Queued tasks are cancelled, running ones fail with ``BrokenProcessPool``, every live
+        worker gets SIGTERM (SIGKILL after a short grace) and is not replaced; ``submit``
+        raises ``RuntimeError`` afterwards.  Nothing is signalled if no worker ever started.
+        """
+        self._force_shutdown(operation=_TERMINATE)
+
+    def kill_workers(self) -> None:
+        """Python 3.14's ``kill_workers()``, on every Python: as :meth:`terminate_workers`,
+        but the workers get SIGKILL at once."""
+        self._force_shutdown(operation=_KILL)
+
+    def _force_shutdown(self, operation: str) -> None:
+        # The stdlib's name and contract (3.14): one entry point, unknown operations refused.
+        if operation not in (_TERMINATE, _KILL):
+            raise ValueError(f"Unsupported operation: {operation!r}")
+        self._stop_workers(operation, wait=False)
+
+    def _stop_workers(self, operation: str, wait: bool) -> None:
+        """Abort all work and signal every worker (``operation``: the ``Process`` method that
+        sends the signal); the dispatcher takes the deaths for the stop, not for crashes."""
         dispatcher = self._dispatcher
         with self._shutdown_lock:
             self._shutdown_thread = True
@@ -1408,8 +1442,8 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             # dispatcher wakes up (it escalates to SIGKILL and reaps them).
             for process in list(self._processes.values()):
                 try:
-                    process.terminate()
-                except OSError:  # pragma: no cover - already reaped
+                    getattr(process, operation)()
+                except (OSError, ValueError):  # pragma: no cover - already reaped or closed
                     pass
         thread = self._executor_manager_thread
         if wait and thread is not None and thread is not threading.current_thread():
