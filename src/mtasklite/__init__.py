@@ -6,6 +6,10 @@ workers (:func:`delayed_init`), lazy bounded ``imap`` over any iterable, and per
 """
 
 from .constants import ArgumentPassing, ExceptionBehaviour
+
+# Upstream's submodule of the same name, loaded here so that binding the decorator afterwards
+# wins: a submodule first imported later would replace ``mtasklite.delayed_init`` with itself.
+from .delayed_init import delayed_init
 from .errors import (
     DeferredExceptions,
     DeserializationError,
@@ -22,7 +26,6 @@ from .stateful import (
     DelayedInitClass,
     WorkerHandle,
     current_worker,
-    delayed_init,
     worker_index,
 )
 from .thread_pool import StatefulThreadExecutor, StatefulThreadPoolExecutor
