@@ -75,7 +75,7 @@ from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cas
 
 from . import _wire
 from ._cpu import usable_cpu_count
-from ._futures import cancel_dropped
+from ._futures import TaskFuture, cancel_dropped
 from ._process_worker import worker_main
 from .errors import (
     DeserializationError,
@@ -226,7 +226,7 @@ class _Slot:
         self.init_failure: Optional[_wire.InitFailed] = None  # reported, process not yet gone
 
 
-class _StoppableFuture(Future[Any]):
+class _StoppableFuture(TaskFuture[Any]):
     """A future whose ``cancel()`` also works while it runs (``cancel_running=True``): it is
     cancelled at once and the dispatcher stops the worker running it, as for a timeout."""
 
@@ -1327,7 +1327,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             if _global_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future[Any] = (
-                _StoppableFuture(dispatcher.request_stop) if self._cancel_running else Future()
+                _StoppableFuture(dispatcher.request_stop) if self._cancel_running else TaskFuture()
             )
             dispatcher.pending.append(
                 _Piece(_Job(future, fn, items, mode, timeout, is_call), 0, len(items))

@@ -34,7 +34,7 @@ from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from ._cpu import default_thread_workers
-from ._futures import cancel_dropped
+from ._futures import TaskFuture, cancel_dropped
 from ._thread_imap import drained_imap
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import StatefulExecutorMixin, check_timeout
@@ -383,7 +383,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
             self._check_accepting()
             if timeout is not None and self._watchdog is None:
                 self._watchdog = _Watchdog(self)
-            future: Future[Any] = Future()
+            future: Future[Any] = TaskFuture()
             self._work_queue.put(_WorkItem(future, fn, args, kwargs, timeout))
             self._adjust_thread_count()
             return future
