@@ -46,8 +46,8 @@ pytestmark = pytest.mark.timeout(30)
 #: every call must return or raise within this many seconds of the fault
 FAULT_LIMIT = 5.0
 
-KINDS = ["fork", "spawn", "threads"]
-PROCESS_KINDS = ["fork", "spawn"]
+KINDS = ["fork", "spawn", "forkserver", "threads"]
+PROCESS_KINDS = ["fork", "spawn", "forkserver"]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 PPE = mt.StatefulProcessPoolExecutor
 TPE = mt.StatefulThreadPoolExecutor
