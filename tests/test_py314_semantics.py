@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
 import sys
 import traceback
 import weakref
@@ -402,3 +403,30 @@ def test_map_does_not_keep_results_it_yielded(kind: str) -> None:
             del obj
             gc.collect()
             assert ref() is None
+
+
+# --- the default pool size (3.13+: os.process_cpu_count) -------------------------------------
+
+
+def test_default_sizes_count_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 3, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert PPE()._max_workers == 3
+    threads = TPE()
+    assert threads._max_workers == 7  # the stdlib's rule: CPUs + 4, at most 32
+    threads.shutdown()
+    monkeypatch.delattr(os, "process_cpu_count")  # before 3.13: os.cpu_count()
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert PPE()._max_workers == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "process_cpu_count"), reason="PYTHON_CPU_COUNT is 3.13+")
+def test_python_cpu_count_sets_the_default_pool_size() -> None:
+    code = "import mtasklite as mt; print(mt.StatefulProcessPoolExecutor()._max_workers)"
+    env = {**os.environ, "PYTHON_CPU_COUNT": "3"}
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
+    )
+    assert out.stdout.strip() == "3"
