@@ -75,6 +75,7 @@ from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cas
 
 from . import _wire
 from ._cpu import usable_cpu_count
+from ._force_stop import TERMINATE, ForceStopMixin
 from ._futures import TaskFuture, cancel_dropped
 from ._process_worker import worker_main
 from .errors import (
@@ -1208,12 +1209,7 @@ class _Channels:
             dispatcher.thread.join()
 
 
-#: ``_force_shutdown`` operations: the ``Process`` method that signals a worker (3.14's names)
-_TERMINATE = "terminate"
-_KILL = "kill"
-
-
-class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
+class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, ProcessPoolExecutor):
     """``ProcessPoolExecutor`` on owned worker slots: stateful workers, crash isolation,
     per-task timeouts and lazy, adaptively chunked ``imap``.
 
@@ -1406,28 +1402,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         Running tasks' futures fail with ``BrokenProcessPool``; workers get SIGTERM, then
         SIGKILL after a short grace.  The executor is shut down afterwards.
         """
-        self._stop_workers(_TERMINATE, wait)
-
-    def terminate_workers(self) -> None:
-        """Python 3.14's ``terminate_workers()``, on every Python: :meth:`terminate` without
-        waiting.
-
-        Queued tasks are cancelled, running ones fail with ``BrokenProcessPool``, every live
-        worker gets SIGTERM (SIGKILL after a short grace) and is not replaced; ``submit``
-        raises ``RuntimeError`` afterwards.  Nothing is signalled if no worker ever started.
-        """
-        self._force_shutdown(operation=_TERMINATE)
-
-    def kill_workers(self) -> None:
-        """Python 3.14's ``kill_workers()``, on every Python: as :meth:`terminate_workers`,
-        but the workers get SIGKILL at once."""
-        self._force_shutdown(operation=_KILL)
-
-    def _force_shutdown(self, operation: str) -> None:
-        # The stdlib's name and contract (3.14): one entry point, unknown operations refused.
-        if operation not in (_TERMINATE, _KILL):
-            raise ValueError(f"Unsupported operation: {operation!r}")
-        self._stop_workers(operation, wait=False)
+        self._stop_workers(TERMINATE, wait)
 
     def _stop_workers(self, operation: str, wait: bool) -> None:
         """Abort all work and signal every worker (``operation``: the ``Process`` method that
@@ -1438,7 +1413,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             dispatcher.shutting_down = True
             dispatcher.terminate_requested = True
             dispatcher.wakeup()
-            # SIGTERM now, from this thread: no worker may start another item while the
+            # Signal now, from this thread: no worker may start another item while the
             # dispatcher wakes up (it escalates to SIGKILL and reaps them).
             for process in list(self._processes.values()):
                 try:
