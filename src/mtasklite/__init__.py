@@ -17,6 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Upstream's ``mtasklite.delayed_init`` is also a submodule.  Loaded here, so that the
+# decorator is bound after it: a submodule first imported later would replace the
+# attribute ``mtasklite.delayed_init`` with the module itself.  (It loads nothing heavy.)
+from .delayed_init import delayed_init
+
 #: public name -> the submodule that defines it, imported when the name is first used
 _SUBMODULE_OF = {
     "ArgumentPassing": "constants",
@@ -38,7 +43,6 @@ _SUBMODULE_OF = {
     "DelayedInitClass": "stateful",
     "WorkerHandle": "stateful",
     "current_worker": "stateful",
-    "delayed_init": "stateful",
     "worker_index": "stateful",
     "StatefulThreadExecutor": "thread_pool",
     "StatefulThreadPoolExecutor": "thread_pool",
@@ -97,7 +101,6 @@ if TYPE_CHECKING:
         DelayedInitClass,
         WorkerHandle,
         current_worker,
-        delayed_init,
         worker_index,
     )
     from .thread_pool import StatefulThreadExecutor, StatefulThreadPoolExecutor

@@ -17,6 +17,7 @@ from .windowing import (
     AdaptiveChunkSize,
     ChunkResult,
     ResultIterator,
+    check_buffersize,
     check_imap_args,
     make_result_iterator,
     submits_everything,
@@ -176,6 +177,9 @@ class StatefulExecutorMixin:
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        check_buffersize(buffersize)  # before reading the input, as 3.14 does
+        if not iterables:
+            iterables = ((),)  # map(fn): no calls and an empty iterator, as the stdlib gives
         if self._task_timeout is not None and not self._chunks_take_timeouts:
             chunksize = 1  # a chunk cannot carry per-item limits here; keep the limit
         return make_result_iterator(

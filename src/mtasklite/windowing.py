@@ -573,6 +573,18 @@ def submits_everything(iterables: tuple[Iterable[Any], ...], buffersize: Optiona
     return total is not None and buffersize >= total
 
 
+def check_buffersize(buffersize: Optional[int]) -> None:
+    """Python 3.14's ``Executor.map`` rule for ``buffersize``, for every ``map`` and ``imap``:
+    anything but an integer or ``None`` is a ``TypeError``, an integer below 1 a ``ValueError``.
+    """
+    if buffersize is None:
+        return
+    if not isinstance(buffersize, int):
+        raise TypeError(f"buffersize must be an integer or None, got {buffersize!r}")
+    if buffersize < 1:
+        raise ValueError(f"buffersize must be None or > 0, got {buffersize!r}")
+
+
 def check_imap_args(
     iterables: tuple[Iterable[Any], ...],
     chunksize: Optional[int],
@@ -583,7 +595,7 @@ def check_imap_args(
     if not iterables:
         raise TypeError("imap() needs at least one iterable")
     _check_positive("chunksize", chunksize)
-    _check_positive("buffersize", buffersize)
+    check_buffersize(buffersize)
     if task_timeout is not None and not task_timeout > 0:
         raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
 
