@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import os
 import threading
 import time
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
+from ._cpu import usable_cpu_count
+from ._force_stop import TERMINATE, ForceStopMixin
+from ._futures import TaskFuture
 from ._procpool import wire
 from ._procpool.control import PoolControl, interpreter_exiting
 from ._procpool.dispatcher import Dispatcher
@@ -47,7 +49,7 @@ class _Channels:
             control.thread.join()
 
 
-class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
+class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, ProcessPoolExecutor):
     """``ProcessPoolExecutor`` on owned worker slots: stateful workers, crash isolation,
     per-task timeouts and lazy, adaptively chunked ``imap``.
 
@@ -79,7 +81,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         # The stdlib __init__ is deliberately not called: it builds queues we do not use.
         specs, max_workers = resolve_workers(worker, max_workers)
         if max_workers is None:
-            max_workers = os.cpu_count() or 1
+            max_workers = usable_cpu_count()
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
@@ -162,7 +164,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             else:
                 self._dispatcher.grow()
             future: Future[Any] = (
-                StoppableFuture(control.request_stop) if self._cancel_running else Future()
+                StoppableFuture(control.request_stop) if self._cancel_running else TaskFuture()
             )
             job = Job(future, fn, items, mode, timeout, is_call)
             control.backlog.add(Piece(job, 0, len(items)))
@@ -214,18 +216,23 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         Running tasks' futures fail with ``BrokenProcessPool``; workers get SIGTERM, then
         SIGKILL after a short grace.  The executor is shut down afterwards.
         """
+        self._stop_workers(TERMINATE, wait)
+
+    def _stop_workers(self, operation: str, wait: bool) -> None:
+        """Abort all work and signal every worker (``operation``: the ``Process`` method that
+        sends the signal); the dispatcher takes the deaths for the stop, not for crashes."""
         control = self._control
         with self._shutdown_lock:
             self._shutdown_thread = True
             control.shutting_down = True
             control.terminate_requested = True
             control.wakeup()
-            # SIGTERM now, from this thread: no worker may start another item while the
+            # Signal now, from this thread: no worker may start another item while the
             # dispatcher wakes up (it escalates to SIGKILL and reaps them).
             for process in list(self._processes.values()):
                 try:
-                    process.terminate()
-                except OSError:  # pragma: no cover - already reaped
+                    getattr(process, operation)()
+                except (OSError, ValueError):  # pragma: no cover - already reaped or closed
                     pass
         self._join_dispatcher(wait)
 

@@ -22,7 +22,12 @@ import signal
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, NamedTuple, Optional
 
-from ..errors import TaskTimeoutError, WorkerCrashedError, WorkerInitError
+from ..errors import (
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerInitError,
+    abrupt_exit_cause,
+)
 from . import wire
 from .jobs import Span
 from .slots import SlotState
@@ -209,11 +214,14 @@ def crash_error(slot: int, pid: int, exitcode: Optional[int], during: str) -> Wo
     )
 
 
-def broken_by_crash() -> BrokenProcessPool:
-    return BrokenProcessPool(
+def broken_by_crash(pid: int, exitcode: Optional[int]) -> BrokenProcessPool:
+    """``on_worker_crash="break"``: the stdlib's error, with 3.15's cause on every Python."""
+    error = BrokenProcessPool(
         "A process in the process pool was terminated abruptly while the future was "
         "running or pending."
     )
+    error.__cause__ = abrupt_exit_cause(pid, exitcode)
+    return error
 
 
 def deaths_error(slot: int, deaths: int, exitcode: Optional[int]) -> BrokenProcessPool:

@@ -236,7 +236,7 @@ class Dispatcher:
             return
         if verdict.breaks is blame.Breakage.CRASH:
             assert piece is not None
-            broken = blame.broken_by_crash()
+            broken = blame.broken_by_crash(process.pid, process.exitcode)
             set_exception(piece.job.future, copy_error(broken))  # no longer held by the slot
             self._break(broken)
             return

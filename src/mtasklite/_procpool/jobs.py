@@ -16,7 +16,7 @@ from collections import deque
 from concurrent.futures import Future, _base
 from typing import Any, Callable, Deque, Iterable, NamedTuple, Optional, Sequence
 
-from .._futures import cancel_dropped
+from .._futures import TaskFuture, cancel_dropped
 from ..errors import TaskPicklingError
 from ..windowing import ChunkResult
 from . import wire
@@ -40,7 +40,7 @@ def copy_error(error: BaseException) -> BaseException:
     return copy
 
 
-class StoppableFuture(Future[Any]):
+class StoppableFuture(TaskFuture[Any]):
     """A future whose ``cancel()`` also works while it runs (``cancel_running=True``): it is
     cancelled at once and the dispatcher stops the worker running it, as for a timeout."""
 
