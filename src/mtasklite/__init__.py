@@ -43,6 +43,7 @@ _SUBMODULE_OF = {
     "DelayedInitClass": "stateful",
     "WorkerHandle": "stateful",
     "current_worker": "stateful",
+    "delayed_init": "delayed_init",  # bound eagerly above; listed for completeness
     "worker_index": "stateful",
     "StatefulThreadExecutor": "thread_pool",
     "StatefulThreadPoolExecutor": "thread_pool",
