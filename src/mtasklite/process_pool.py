@@ -246,13 +246,19 @@ class _StoppableFuture(Future[Any]):
 
 
 def _set_result(future: Future[Any], value: Any) -> None:
-    if not future.done():
+    # No done() check first: a caller's cancel() (cancel_running) may land between the check
+    # and the set; the future keeps whichever outcome came first.
+    try:
         future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def _set_exception(future: Future[Any], error: BaseException) -> None:
-    if not future.done():
+    try:
         future.set_exception(error)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 class _Poller:
@@ -502,15 +508,18 @@ class _Dispatcher:
         self.wakeup()
 
     def _stop_cancelled(self) -> None:
+        dropped: list[Future[Any]] = []
         with self.lock:
             self.stop_requests = []
             kept: Deque[_Piece] = deque()
             for queued in self.pending:
                 if queued.job.future.cancelled():
-                    cancel_dropped(queued.job.future)
+                    dropped.append(queued.job.future)
                 else:
                     kept.append(queued)
             self.pending = kept
+        for future in dropped:  # outside the lock: this runs the futures' callbacks
+            cancel_dropped(future)
         kill_at = time.monotonic() + KILL_GRACE
         for slot in self.slots:
             piece = slot.piece
@@ -1420,6 +1429,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         dispatcher = self._dispatcher
+        dropped: list[Future[Any]] = []
         with self._shutdown_lock:
             self._shutdown_thread = True
             dispatcher.shutting_down = True
@@ -1435,9 +1445,13 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
                         grace -= 1
                         kept.append(piece)
                     else:
-                        cancel_dropped(piece.job.future)
+                        dropped.append(piece.job.future)
                 dispatcher.pending = kept
             dispatcher.wakeup()
+        # Cancelled after the lock is released: cancelling runs done-callbacks, which may
+        # submit, shut down, terminate or cancel (the lock is not reentrant).
+        for future in dropped:
+            cancel_dropped(future)
         thread = self._executor_manager_thread
         if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
