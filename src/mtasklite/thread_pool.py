@@ -467,17 +467,23 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
                 self._broken = f"{what} failed: {exc!r}; the thread pool is not usable anymore"
                 self._broken_cause = exc
                 self._stop_draining = True
+            queued = []
             while True:
                 try:
                     item = self._work_queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not None and item.future.set_running_or_notify_cancel():
-                    item.future.set_exception(self._broken_error())
+                if item is not None:
+                    queued.append(item.future)
             if self._shutdown:
                 self._work_queue.put(None)  # we may have drained shutdown's wake-up sentinel
+        # Failed after the lock is released: setting a future runs its done-callbacks.
+        for future in queued:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(self._broken_error())
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        dropped = []
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures:
@@ -488,9 +494,13 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
                     except queue.Empty:
                         break
                     if item is not None:
-                        cancel_dropped(item.future)
+                        dropped.append(item.future)
             self._work_queue.put(None)
             watchdog = self._watchdog
+        # Cancelled after the lock is released: cancelling runs done-callbacks, which may
+        # submit or shut down again (the lock is not reentrant).
+        for future in dropped:
+            cancel_dropped(future)
         if watchdog is not None:
             watchdog.stop()
         if wait:
