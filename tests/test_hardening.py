@@ -9,15 +9,11 @@ that returns in time) and leaves no worker behind (the ``guard`` fixture of the 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
@@ -25,11 +21,23 @@ import fault_helpers as fh
 import hardening_helpers as hh
 import mtasklite as mt
 from mtasklite.processes import pqdm as process_pqdm
-from test_faults import FAULT_LIMIT, PPE, TPE, Guard, guard  # noqa: F401  (guard: a fixture)
+from test_faults import FAULT_LIMIT, Guard
 
 pytestmark = pytest.mark.timeout(60)
 
 PROCESS_KINDS = ["fork", "spawn", "forkserver"]
+
+
+@pytest.fixture
+def guard(tmp_path: Path) -> Iterator[Guard]:
+    """The fault suite's bookkeeping: executors made through it are stopped at teardown, and
+    no worker process or pool thread may outlive the test."""
+    g = Guard(tmp_path)
+    try:
+        yield g
+    finally:
+        g.teardown()
+    g.check(timeout=10.0)
 
 
 def _returns_within(call: Callable[[], Any], seconds: float) -> tuple[bool, Any]:
@@ -211,3 +219,55 @@ def test_cancelling_running_asyncio_tasks_in_a_loop_never_breaks_the_pool(guard:
     assert asyncio.run(churn()) > 0
     assert ex.submit(fh.square, 7).result(FAULT_LIMIT) == 49
     ex.shutdown()
+
+
+# --- 3. a task that closes its inherited descriptors -----------------------------------------
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
+def test_task_closing_its_descriptors_never_freezes_the_pool(guard: Guard, kind: str) -> None:
+    ex = guard.make(kind, 2)
+    ex.wait_ready(FAULT_LIMIT)
+    started = time.monotonic()
+    closer = ex.submit_with_timeout(1.0, hh.close_fds_then_sleep, fh.HANG, guard.log)
+    assert fh.wait_for_lines(guard.log, 1)
+    # the other worker keeps serving while the closer runs on with its pipes gone
+    assert ex.submit(fh.square, 5).result(FAULT_LIMIT) == 25
+    assert time.monotonic() - started < 1.0 + FAULT_LIMIT
+    # its limit is enforced and reported as such, not as a crash
+    err = closer.exception(FAULT_LIMIT)
+    assert isinstance(err, mt.TaskTimeoutError), err
+    assert time.monotonic() - started < 1.0 + FAULT_LIMIT
+    # a task that closes them and returns cannot report back: it fails, nothing hangs
+    short = ex.submit(hh.close_fds_then_sleep, 0.0, guard.log)
+    assert isinstance(short.exception(FAULT_LIMIT), mt.WorkerCrashedError)
+    assert [ex.submit(fh.square, i).result(FAULT_LIMIT) for i in range(4)] == [0, 1, 4, 9]
+    returned, _ = _returns_within(ex.shutdown, FAULT_LIMIT)
+    assert returned
+
+
+# --- 4. a timed-out task that forked a child holding the worker's pipes ----------------------
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
+def test_worker_killed_after_a_timeout_is_replaced_though_its_child_holds_the_pipes(
+    guard: Guard, kind: str, tmp_path: Path
+) -> None:
+    pid_file = str(tmp_path / "grandchild")
+    ex = guard.make(kind, 1)
+    try:
+        forker = ex.submit_with_timeout(0.5, hh.fork_child_then_hang, pid_file, guard.release_file)
+        assert isinstance(forker.exception(FAULT_LIMIT), mt.TaskTimeoutError)
+        assert fh.wait_for_lines(pid_file, 1)
+        started = time.monotonic()
+        # the child lives on (up to 30 s, until released), yet the replacement starts now
+        assert ex.submit(fh.square, 3).result(FAULT_LIMIT) == 9
+        assert time.monotonic() - started < FAULT_LIMIT
+        assert fh.alive(int(fh.read_lines(pid_file)[0])), "the test needs the child alive"
+        returned, _ = _returns_within(ex.shutdown, FAULT_LIMIT)
+        assert returned, "shutdown() waited for the killed worker's child"
+    finally:
+        guard.let_go()
+        fh.wait_gone([int(pid) for pid in fh.read_lines(pid_file)], FAULT_LIMIT)

@@ -95,6 +95,12 @@ T = TypeVar("T")
 KILL_GRACE = 0.2
 #: a slot whose worker dies this many times in a row outside any task breaks the pool
 MAX_FRUITLESS_DEATHS = 3
+#: seconds between exit checks by pid of a worker whose death is expected (stopped, killed)
+#: or whose pipes hung up while it still ran (see ``_Dispatcher.poll_deaths``)
+DEATH_POLL = 0.02
+#: seconds between exit checks by pid of every worker while work is outstanding: a worker's
+#: sentinel and pipe stay open while a process it forked lives on, so they may never report
+SLOW_DEATH_POLL = 0.5
 
 _global_shutdown = False
 _live_dispatchers: weakref.WeakSet[_Dispatcher] = weakref.WeakSet()
@@ -313,6 +319,10 @@ class _Dispatcher:
         self.pending: Deque[_Piece] = deque()
         self.idle: Deque[_Slot] = deque()
         self.retiring: list[Any] = []  # stopped processes not yet reaped
+        # pids whose sentinel or pipe hung up while the process still ran (it closed its
+        # descriptors): no longer waited on (they stay readable), polled by pid instead
+        self.hung_up: set[int] = set()
+        self.next_slow_poll = 0.0
         self.progress = self.ctx.RawArray("d", 2 * max_workers)
         self.cells = memoryview(self.progress).cast("B").cast("d")
         self.wake_r = self.wake_w = -1  # the wakeup pipe, opened with the dispatcher thread
@@ -412,6 +422,7 @@ class _Dispatcher:
                 for obj in ready:
                     if obj in sentinels:
                         self._reap(sentinels[obj], obj)
+                self._poll_deaths()
                 self._enforce_deadlines()
         except BaseException as exc:  # pragma: no cover - a bug here must not hang callers
             LOGGER.critical("mtasklite dispatcher failed", exc_info=True)
@@ -425,14 +436,47 @@ class _Dispatcher:
         """Pipes to read, by slot; process sentinels, by slot (``None``: a retired process)."""
         conns: dict[Any, _Slot] = {}
         sentinels: dict[int, Optional[_Slot]] = {}
+        hung_up = self.hung_up
         for slot in self.slots:
-            if slot.state != EMPTY:
+            if slot.state != EMPTY and slot.process.pid not in hung_up:
                 if slot.conn is not None:
                     conns[slot.conn] = slot
                 sentinels[slot.process.sentinel] = slot
         for process in self.retiring:
-            sentinels[process.sentinel] = None
+            if process.pid not in hung_up:
+                sentinels[process.sentinel] = None
         return conns, sentinels
+
+    def _poll_deaths(self) -> None:
+        """Reap workers that exited without their sentinel saying so (checked by pid, never
+        blocking): expected deaths and hung-up pipes at once, any worker now and then."""
+        now = time.monotonic()
+        slow = now >= self.next_slow_poll
+        if slow:
+            self.next_slow_poll = now + SLOW_DEATH_POLL
+        for slot in self.slots:
+            process = slot.process
+            if process is None or slot.state == EMPTY:
+                continue
+            expected = slot.state in (KILLING, STOPPING) or process.pid in self.hung_up
+            if (expected or slow) and process.exitcode is not None:
+                self._reap(slot, process.sentinel)
+        for process in list(self.retiring):
+            if process.exitcode is not None:
+                self.retiring.remove(process)
+                self.hung_up.discard(process.pid)
+
+    def _death_poll_interval(self) -> Optional[float]:
+        """How soon ``_poll_deaths`` must run again (``None``: nothing to watch)."""
+        if self.retiring or any(
+            slot.state in (KILLING, STOPPING)
+            or (slot.process is not None and slot.process.pid in self.hung_up)
+            for slot in self.slots
+        ):
+            return DEATH_POLL
+        if any(slot.state in (STARTING, BUSY) for slot in self.slots):
+            return max(0.0, self.next_slow_poll - time.monotonic())
+        return None
 
     def _clear_wakeup(self) -> None:
         # Drain, then re-arm, both under the writers' lock: re-arming first would let a
@@ -467,7 +511,11 @@ class _Dispatcher:
                     when = start + timeout
             if when is not None and (nearest is None or when < nearest):
                 nearest = when
-        return None if nearest is None else max(0.0, nearest - now)
+        timeout = None if nearest is None else max(0.0, nearest - now)
+        poll = self._death_poll_interval()
+        if poll is not None and (timeout is None or poll < timeout):
+            return poll
+        return timeout
 
     def _running_item(self, slot: _Slot) -> Optional[int]:
         """Index (within the piece) of the item ``slot`` is running now, if it is running one
@@ -704,7 +752,11 @@ class _Dispatcher:
                 readable = False
                 data = conn.recv_bytes()
             except (EOFError, OSError):
-                return  # the worker is gone; its sentinel reports it
+                # The worker is gone (its sentinel reports it), or it closed its end while
+                # running on: stop waiting on a pipe that stays readable; watch its pid.
+                if slot.process is not None:
+                    self.hung_up.add(slot.process.pid)
+                return
             self._on_message(slot, data)
 
     def _on_message(self, slot: _Slot, data: bytes) -> None:
@@ -857,11 +909,10 @@ class _Dispatcher:
     # -- deaths, overruns, recycling ----------------------------------------------------------
 
     def _reap(self, slot: Optional[_Slot], sentinel: int) -> None:
-        if slot is None:  # a retired process exited
+        if slot is None:  # a retired process exited (or only closed its sentinel)
             for process in list(self.retiring):
                 if process.sentinel == sentinel:
-                    process.join()
-                    self.retiring.remove(process)
+                    self.hung_up.add(process.pid)  # reaped by pid in _poll_deaths
             return
         if slot.process is None or slot.process.sentinel != sentinel:
             return  # already reaped (and maybe restarted) in this round
@@ -871,7 +922,12 @@ class _Dispatcher:
             self._abort_all(BrokenProcessPool("the process pool was terminated"))
         self._drain(slot)
         process = slot.process
-        process.join()
+        if process.exitcode is None:
+            # The sentinel closed but the process runs on (a task closed its inherited
+            # descriptors): never block on one worker; _poll_deaths reaps it by pid.
+            self.hung_up.add(process.pid)
+            return
+        self.hung_up.discard(process.pid)
         self.processes.pop(process.pid, None)
         if slot.conn is not None:
             slot.conn.close()
