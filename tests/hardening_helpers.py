@@ -64,16 +64,23 @@ def count_then_nested_unreadable_on(x: int, target: int, log: str) -> Any:
     return {"item": [x, ph.RaiseOnUnpickleInParent(x)]} if x == target else x * 10
 
 
-class NotInParent:
-    """A result whose class the parent cannot find (its module attribute is gone there)."""
+class _NotInParent:
+    """A result whose class only workers can find (see :func:`define_not_in_parent`)."""
 
     def __init__(self, value: Any) -> None:
         self.value = value
 
 
+def define_not_in_parent() -> None:
+    """Pool initializer: publish ``NotInParent`` in this worker only (pickled by name, its
+    results then cannot be rebuilt in the parent, which never runs this)."""
+    _NotInParent.__qualname__ = "NotInParent"
+    globals()["NotInParent"] = _NotInParent
+
+
 def count_then_missing_class_on(x: int, target: int, log: str) -> Any:
     fh.append_line(log, str(x))
-    return NotInParent(x) if x == target else x * 10
+    return _NotInParent(x) if x == target else x * 10
 
 
 @mt.delayed_init

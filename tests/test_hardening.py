@@ -9,6 +9,10 @@ that returns in time) and leaves no worker behind (the ``guard`` fixture of the 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -20,6 +24,7 @@ import pytest
 import fault_helpers as fh
 import hardening_helpers as hh
 import mtasklite as mt
+from mtasklite.process_pool import describe_start_death, starting_death_is_a_crash
 from mtasklite.processes import pqdm as process_pqdm
 from test_faults import FAULT_LIMIT, Guard
 
@@ -152,14 +157,14 @@ def test_done_callbacks_may_use_the_executor_while_shutdown_cancels(
 
 @pytest.fixture
 def cancel_as_the_result_lands(monkeypatch: pytest.MonkeyPatch) -> list[Future[Any]]:
-    """Make the first few futures the dispatcher completes be cancelled by the "caller" just
+    """Make the first three futures the dispatcher completes be cancelled by the "caller" just
     before the dispatcher sets them (the interleaving the race produces); returns them."""
     raced: list[Future[Any]] = []
     original_result, original_exception = Future.set_result, Future.set_exception
 
     def race(fut: Future[Any]) -> None:
         if (
-            len(raced) < 4
+            len(raced) < 3  # the two submits and one imap chunk below
             and threading.current_thread().name.endswith("-dispatcher")
             and fut.running()
         ):
@@ -189,7 +194,7 @@ def test_cancel_landing_as_the_result_arrives_keeps_the_pool_healthy(
     chunked = ex.imap(fh.square, range(6), chunksize=3)
     with pytest.raises(cf.CancelledError):
         list(chunked)
-    assert len(cancel_as_the_result_lands) >= 3
+    assert len(cancel_as_the_result_lands) == 3
     assert all(f.cancelled() for f in cancel_as_the_result_lands)
     # the dispatcher survived: everything afterwards works
     assert [ex.submit(fh.square, i).result(FAULT_LIMIT) for i in range(4)] == [0, 1, 4, 9]
@@ -271,3 +276,93 @@ def test_worker_killed_after_a_timeout_is_replaced_though_its_child_holds_the_pi
     finally:
         guard.let_go()
         fh.wait_gone([int(pid) for pid in fh.read_lines(pid_file)], FAULT_LIMIT)
+
+
+# --- 6. a replacement killed while rebuilding its object -------------------------------------
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
+def test_replacement_killed_while_rebuilding_is_a_crash_the_pool_survives(
+    guard: Guard, kind: str, tmp_path: Path
+) -> None:
+    logs = [str(tmp_path / "builds0"), str(tmp_path / "builds1")]
+    ex = guard.make(kind, None, worker=[hh.SlowRebuild(log, guard.release_file) for log in logs])
+    ex.wait_ready(FAULT_LIMIT)
+    crashed = ex.submit(fh.crash_on, 1, 1, "exit")
+    assert isinstance(crashed.exception(FAULT_LIMIT), mt.WorkerCrashedError)
+    # its replacement is rebuilding (slowly): kill it there, as the OOM killer might
+    assert fh.wait_for(lambda: any(len(fh.read_lines(log)) == 2 for log in logs))
+    rebuilding = next(log for log in logs if len(fh.read_lines(log)) == 2)
+    os.kill(int(fh.read_lines(rebuilding)[1]), signal.SIGKILL)
+    # the pool is not broken: the healthy worker serves, a new replacement builds
+    assert ex.submit(fh.square, 3).result(FAULT_LIMIT) == 9
+    assert fh.wait_for_lines(rebuilding, 3)
+    guard.let_go()
+    ex.wait_ready(FAULT_LIMIT)
+    assert list(ex.imap(fh.square, range(10), chunksize=2)) == [x * x for x in range(10)]
+    ex.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("ever_ready", "is_crash"),
+    [(True, True), (False, False)],
+)
+def test_a_death_while_starting_is_a_crash_only_once_the_slot_has_been_ready(
+    ever_ready: bool, is_crash: bool
+) -> None:
+    assert starting_death_is_a_crash(ever_ready) is is_crash
+
+
+# --- 10. what a death while starting is reported as ------------------------------------------
+
+
+def test_start_death_message_says_what_happened() -> None:
+    plain = describe_start_death(0, 1, False, None, "spawn")
+    assert plain == (
+        "worker 0 died while starting (exit code 1), before running any task "
+        "(did its main module fail to import under spawn?)"
+    )
+    assert "initializer" not in plain
+    assert "main module" not in describe_start_death(2, -9, False, None, "fork")
+    # our code ran, with an initializer or a spec to blame
+    blamed = describe_start_death(1, 3, True, "the pool initializer in worker 1", "spawn")
+    assert blamed.startswith("the pool initializer in worker 1 failed: the worker died while")
+    assert "exit code 3" in blamed and "main module" not in blamed
+    # nothing of ours to blame: no initializer, no spec
+    assert describe_start_death(1, 3, True, None, "fork").startswith("worker 1 died while")
+
+
+MAIN_THAT_FAILS_IN_THE_CHILD = """
+import multiprocessing
+import sys
+
+if __name__ == "__mp_main__":  # how a spawned child imports this script
+    import a_module_only_the_parent_has  # noqa: F401
+
+if __name__ == "__main__":
+    import mtasklite as mt
+
+    ex = mt.StatefulProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
+    try:
+        ex.submit(abs, -1).result(30)
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+    ex.shutdown()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_spawned_worker_whose_main_module_fails_to_import_is_reported_as_such(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "main_fails_in_child.py"
+    script.write_text(MAIN_THAT_FAILS_IN_THE_CHILD)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("WorkerInitError worker 0 died while starting"), proc.stdout
+    assert "did its main module fail to import under spawn?" in proc.stdout
+    assert "initializer" not in proc.stdout
+

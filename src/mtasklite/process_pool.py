@@ -370,6 +370,9 @@ class _Dispatcher:
     def start_slot(self, slot: _Slot, die_with_parent: bool = True) -> None:
         """Start (or restart) ``slot``'s process.  Callers hold the lock."""
         parent_end, child_end = self.ctx.Pipe(duplex=True)
+        # Overwritten by the worker's first line of our code: a death before that happened
+        # while the process was still being set up (importing the main module, ...).
+        self.cells[2 * slot.index] = _wire.LAUNCHING
         process = self.ctx.Process(
             target=worker_main,
             name=f"{self.name}-worker-{slot.index}",
@@ -942,27 +945,37 @@ class _Dispatcher:
         if failure is not None:
             self._init_failed(slot, failure.error, failure.in_spec)
             return
-        if state == STARTING and not self._should_stop():
+        starting = state == STARTING and not self._should_stop()
+        if starting and not starting_death_is_a_crash(slot.ever_ready):
             self._init_failed(slot, None, slot.spec is not None, process.exitcode)
             return
         if piece is not None and self._lost_piece(slot, piece, state, process):
             slot.fruitless_deaths = 0
-        elif state in (IDLE, BUSY) and not self._should_stop():
-            # Died while idle or between items: nothing to blame, but a worker that keeps
-            # dying this way would be respawned for ever.
-            slot.fruitless_deaths += 1
-            if slot.fruitless_deaths >= MAX_FRUITLESS_DEATHS:
-                self._break(
-                    BrokenProcessPool(
-                        f"worker {slot.index} died {slot.fruitless_deaths} times in a row "
-                        f"outside any task (last: {_describe_exit(process.exitcode)}); the "
-                        "process pool is not usable anymore"
-                    )
-                )
-                return
+        elif (
+            starting or (state in (IDLE, BUSY) and not self._should_stop())
+        ) and self._fruitless_death(slot, process):
+            # Died while idle, between items or rebuilding a spec that built before (killed,
+            # say by the OOM killer): nothing to blame, so it is survived, but a worker that
+            # keeps dying this way would be respawned for ever.
+            return
         if (not self._should_stop() or self.pending) and self.broken is None:
             with self.lock:
                 self.start_slot(slot)
+
+    def _fruitless_death(self, slot: _Slot, process: Any) -> bool:
+        """Count a death that resolved no item; ``True`` if it broke the pool (too many in a
+        row: a worker that keeps dying would be respawned for ever)."""
+        slot.fruitless_deaths += 1
+        if slot.fruitless_deaths < MAX_FRUITLESS_DEATHS:
+            return False
+        self._break(
+            BrokenProcessPool(
+                f"worker {slot.index} died {slot.fruitless_deaths} times in a row "
+                f"outside any task (last: {_describe_exit(process.exitcode)}); the "
+                "process pool is not usable anymore"
+            )
+        )
+        return True
 
     def _lost_piece(self, slot: _Slot, piece: _Piece, state: int, process: Any) -> bool:
         """The worker died with ``piece`` outstanding: charge the item that killed it, re-queue
@@ -1087,12 +1100,16 @@ class _Dispatcher:
         else:
             what = f"the pool initializer in worker {slot.index}"
         if error is None:
-            reason = f"the worker died during initialisation ({_describe_exit(exitcode)})"
+            message = describe_start_death(
+                slot.index,
+                exitcode,
+                reached_our_code=self.cells[2 * slot.index] != _wire.LAUNCHING,
+                initialising=what if in_spec or self.initializer is not None else None,
+                start_method=self.ctx.get_start_method(),
+            )
         else:
-            reason = f"{error!r}"
-        failure = WorkerInitError(
-            f"{what} failed: {reason}; the process pool is not usable anymore"
-        )
+            message = f"{what} failed: {error!r}"
+        failure = WorkerInitError(f"{message}; the process pool is not usable anymore")
         failure.__cause__ = error
         self._break(failure)
 
@@ -1231,6 +1248,33 @@ def _copy_error(error: BaseException) -> BaseException:
     copy = type(error)(*error.args)
     copy.__cause__ = error.__cause__
     return copy
+
+
+def starting_death_is_a_crash(ever_ready: bool) -> bool:
+    """Whether a worker that died while starting, without reporting a failure, is a crash to
+    survive (respawn, within ``MAX_FRUITLESS_DEATHS`` in a row) rather than proof that the
+    slot cannot start (``WorkerInitError``): it is once some process of the slot got ready,
+    since its initializer and spec then demonstrably work (it was killed while rebuilding)."""
+    return ever_ready
+
+
+def describe_start_death(
+    index: int,
+    exitcode: Optional[int],
+    reached_our_code: bool,
+    initialising: Optional[str],
+    start_method: str,
+) -> str:
+    """What happened when worker ``index`` died while starting without reporting why.
+    ``initialising``: the initializer or spec build it was running, if it has one and had got
+    that far (``reached_our_code``: the worker's own code had started)."""
+    death = f"died while starting ({_describe_exit(exitcode)}), before running any task"
+    if reached_our_code and initialising is not None:
+        return f"{initialising} failed: the worker {death}"
+    text = f"worker {index} {death}"
+    if not reached_our_code and start_method in ("spawn", "forkserver"):
+        text += f" (did its main module fail to import under {start_method}?)"
+    return text
 
 
 def _describe_exit(exitcode: Optional[int]) -> str:
