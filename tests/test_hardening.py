@@ -9,6 +9,7 @@ that returns in time) and leaves no worker behind (the ``guard`` fixture of the 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import os
 import signal
 import subprocess
@@ -366,3 +367,52 @@ def test_spawned_worker_whose_main_module_fails_to_import_is_reported_as_such(
     assert "did its main module fail to import under spawn?" in proc.stdout
     assert "initializer" not in proc.stdout
 
+
+# --- 8. a result the parent cannot unpickle --------------------------------------------------
+
+
+UNREADABLE_TASKS = {
+    "reconstructor raises": hh.count_then_unreadable_on,
+    "nested in a container": hh.count_then_nested_unreadable_on,
+    "class missing in the parent": hh.count_then_missing_class_on,
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "case"),
+    [(kind, "reconstructor raises") for kind in PROCESS_KINDS]
+    + [("fork", "nested in a container"), ("spawn", "class missing in the parent")],
+)
+def test_unreadable_result_fails_only_its_item_and_nothing_runs_twice(
+    guard: Guard, kind: str, case: str
+) -> None:
+    task = UNREADABLE_TASKS[case]
+    # the workers define the class the missing-class case returns; the parent never does
+    init = {"initializer": hh.define_not_in_parent}
+    outcomes = list(
+        process_pqdm(
+            range(20),
+            functools.partial(task, target=7, log=guard.log),
+            n_jobs=2,
+            chunk_size=10,
+            mp_context=_ctx(kind),
+            disable=True,
+            **init,
+        )
+    )
+    err = outcomes[7]
+    assert isinstance(err, mt.DeserializationError), err
+    assert "could not be unpickled" in str(err)
+    assert outcomes[:7] + outcomes[8:] == [x * 10 for x in range(20) if x != 7]
+    runs = sorted(int(line) for line in fh.read_lines(guard.log))
+    assert runs == list(range(20)), "every item runs exactly once"
+    # imap raises at the bad item, after the ones before it
+    ex = guard.make(kind, 2, **init)
+    got = []
+    with pytest.raises(mt.DeserializationError):
+        for value in ex.imap(
+            functools.partial(task, target=3, log=guard.log), range(8), chunksize=8
+        ):
+            got.append(value)
+    assert got == [0, 10, 20]
+    ex.shutdown()

@@ -76,6 +76,7 @@ from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cas
 from . import _wire
 from ._futures import cancel_dropped
 from ._process_worker import worker_main
+from ._salvage import find_unrebuildable, salvage
 from .errors import (
     DeserializationError,
     TaskPicklingError,
@@ -766,7 +767,7 @@ class _Dispatcher:
         try:
             message = _wire.loads(data)
         except BaseException as exc:
-            self._unreadable_results(slot, exc)
+            self._unreadable_results(slot, exc, data)
             return
         del data
         if isinstance(message, _wire.Results):
@@ -839,18 +840,15 @@ class _Dispatcher:
             self.idle.append(slot)
         self.idle_semaphore.release()
 
-    def _unreadable_results(self, slot: _Slot, exc: BaseException) -> None:
+    def _unreadable_results(self, slot: _Slot, exc: BaseException, data: bytes) -> None:
         piece = slot.piece
         if piece is None:
             self._init_failed(slot, exc, in_spec=slot.spec is not None)
             return
+        if self._salvage_results(slot, data):
+            return
         streaming = piece.job.timeout is not None
-        error = DeserializationError(
-            f"a result from worker {slot.index} could not be unpickled: {exc!r}"
-        )
-        error.__cause__ = exc
-        if not streaming and self._split_piece(slot):
-            return  # re-run one by one, so only the item with the bad result fails
+        error = _unreadable_result_error(slot.index, exc)
         if streaming:  # exactly one item's result was in this message
             self._record(
                 slot,
@@ -858,8 +856,28 @@ class _Dispatcher:
                     [None], {0: error}, 0.0, slot.received + 1 >= (piece.stop - piece.start)
                 ),
             )
-        else:
+        else:  # never run again: the items have run, and may have had side effects
             self._finish_piece_with(slot, error, exc)
+
+    def _salvage_results(self, slot: _Slot, data: bytes) -> bool:
+        """Record a batch of results ``loads`` refused, failing only the items whose outcome
+        cannot be rebuilt here (nothing runs twice); ``False`` if it cannot be read even so."""
+        try:
+            message, stand_ins = salvage(data)
+        except Exception:
+            return False
+        if not isinstance(message, _wire.Results) or not stand_ins:
+            return False
+        values, errors = list(message.values), dict(message.errors or {})
+        for index, value in enumerate(values):
+            bad = find_unrebuildable(value)
+            if bad is None and index in errors:
+                bad = find_unrebuildable(errors[index])
+            if bad is not None:
+                values[index] = None
+                errors[index] = _unreadable_result_error(slot.index, bad.error)
+        self._record(slot, _wire.Results(values, errors or None, message.elapsed, message.last))
+        return True
 
     def _split_piece(self, slot: _Slot) -> bool:
         """Re-queue the unreported items of ``slot``'s piece one by one, if there are several,
@@ -1241,6 +1259,12 @@ def _pickling_problem(obj: object) -> Optional[BaseException]:
             pass
         return exc
     return None
+
+
+def _unreadable_result_error(index: int, cause: BaseException) -> DeserializationError:
+    error = DeserializationError(f"a result from worker {index} could not be unpickled: {cause!r}")
+    error.__cause__ = cause
+    return error
 
 
 def _copy_error(error: BaseException) -> BaseException:
