@@ -98,3 +98,10 @@ class SlowRebuild:
 
     def __call__(self, x: Any) -> Any:
         return x
+
+
+def release_then_raise_keyboard_interrupt(release_file: str) -> None:
+    """Let blocked tasks go (see :func:`fault_helpers.hang_unless`), then raise
+    ``KeyboardInterrupt`` as a task's own outcome."""
+    Path(release_file).touch()
+    raise KeyboardInterrupt("raised by a task")

@@ -416,3 +416,51 @@ def test_unreadable_result_fails_only_its_item_and_nothing_runs_twice(
             got.append(value)
     assert got == [0, 10, 20]
     ex.shutdown()
+
+
+# --- 7. a KeyboardInterrupt a task raised is not a Ctrl-C ------------------------------------
+
+
+def _consume(ex: Any, how: str) -> list[Any]:
+    fn, items, targets = hh.raise_keyboard_interrupt_on, range(10), [3] * 10
+    if how == "map":
+        return list(ex.map(fn, items, targets))
+    if how == "imap":
+        return list(ex.imap(fn, items, targets, chunksize=1))
+    return list(ex.imap(fn, items, targets, chunksize=None))
+
+
+@pytest.mark.parametrize("kind", ["fork", "spawn", "threads"])
+@pytest.mark.parametrize("how", ["map", "imap", "adaptive imap"])
+def test_keyboard_interrupt_raised_by_a_task_is_reraised_and_the_pool_stays_usable(
+    guard: Guard, kind: str, how: str
+) -> None:
+    ex = guard.make(kind, 2)
+    with pytest.raises(KeyboardInterrupt, match="raised by task 3"):
+        _consume(ex, how)
+    assert ex.submit(fh.square, 3).result(FAULT_LIMIT) == 9
+    assert list(ex.imap(fh.square, range(6), chunksize=2)) == [0, 1, 4, 9, 16, 25]
+    ex.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["fork", "spawn"])
+def test_task_keyboard_interrupt_leaving_with_waits_for_running_work(
+    guard: Guard, kind: str
+) -> None:
+    # Only a real Ctrl-C stops the workers on leaving ``with``; a task's own interrupt
+    # leaves it like any other exception: shutdown(wait=True), running work completes.
+    ex = guard.make(kind, 2)
+    with pytest.raises(KeyboardInterrupt, match="raised by a task"), ex:
+        running = ex.submit(fh.hang_unless, "running", guard.log, guard.release_file)
+        assert fh.wait_for_lines(guard.log, 1)
+        ex.submit(hh.release_then_raise_keyboard_interrupt, guard.release_file).result()
+    assert running.result(0) == "running"
+
+
+def test_task_keyboard_interrupt_in_pool_immediate_mode_keeps_the_pool() -> None:
+    with mt.Pool(
+        hh.raise_keyboard_interrupt_on, 2, argument_type="args", exception_behavior="immediate"
+    ) as pool:
+        with pytest.raises(KeyboardInterrupt, match="raised by task 3"):
+            list(pool([(x, 3) for x in range(8)]))
+        assert list(pool([(x, -1) for x in range(4)])) == [0, 10, 20, 30]

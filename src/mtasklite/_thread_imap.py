@@ -52,6 +52,7 @@ from .windowing import (
     SizedResultIterator,
     _total_length,
     interrupted,
+    task_outcome,
 )
 
 __all__ = ["drained_imap"]
@@ -326,7 +327,7 @@ def _outcome(cell: _Cell, return_exceptions: bool) -> Any:
         return cell.value
     if return_exceptions:
         return error
-    raise error
+    raise task_outcome(error)
 
 
 # The generators yield straight from _outcome: no local of theirs keeps a result alive while

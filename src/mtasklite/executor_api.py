@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 from typing_extensions import Literal
 
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
-from .windowing import ChunkResult, ResultIterator, check_imap_args, make_result_iterator
+from .windowing import ChunkResult, ResultIterator, check_imap_args, is_ctrl_c, make_result_iterator
 
 __all__ = ["StatefulExecutorMixin", "check_timeout"]
 
@@ -96,7 +96,7 @@ class StatefulExecutorMixin:
     submit.__doc__ = Executor.submit.__doc__
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        if is_ctrl_c(exc_val):
             self._stop_now()
         else:
             self.shutdown(wait=True)

@@ -26,6 +26,7 @@ from .executor_api import StatefulExecutorMixin
 from .process_pool import StatefulProcessPoolExecutor
 from .stateful import WorkerLike
 from .thread_pool import StatefulThreadPoolExecutor
+from .windowing import is_ctrl_c, task_outcome
 
 __all__ = ["Pool", "PoolResults", "SizedPoolResults", "is_exception"]
 
@@ -90,10 +91,10 @@ class PoolResults(Iterator[Any]):
     def __next__(self) -> Any:
         try:
             return next(self._source)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # Ctrl-C may land in the progress bar's frame rather than in the wait for a
             # result: stop the workers here too, so no further item starts.
-            if self._on_interrupt is not None:
+            if self._on_interrupt is not None and is_ctrl_c(exc):
                 self._on_interrupt()
             raise
 
@@ -108,11 +109,7 @@ class PoolResults(Iterator[Any]):
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
-        if (
-            exc_type is not None
-            and issubclass(exc_type, KeyboardInterrupt)
-            and self._on_interrupt is not None
-        ):
+        if is_ctrl_c(exc_val) and self._on_interrupt is not None:
             self._on_interrupt()  # Ctrl-C in the loop body: do not wait for running work
         self.close()
         return False
@@ -293,7 +290,7 @@ class Pool:
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        if is_ctrl_c(exc_val):
             self.terminate()
         else:
             self.close()
@@ -325,7 +322,7 @@ def _apply_exception_mode(
             for value in results:
                 if isinstance(value, BaseException):
                     close()  # stop reading input, cancel what has not started
-                    raise value
+                    raise task_outcome(value)
                 yield value
         else:
             failures: list[tuple[int, BaseException]] = []

@@ -86,7 +86,7 @@ from .errors import (
 )
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import WorkerLike, describe_worker, resolve_workers, spec_for
-from .windowing import ChunkResult
+from .windowing import ChunkResult, task_outcome
 
 __all__ = ["StatefulProcessExecutor", "StatefulProcessPoolExecutor"]
 
@@ -919,8 +919,8 @@ class _Dispatcher:
             error = job.errors.get(0)
             if error is None:
                 _set_result(job.future, job.values[0])
-            else:
-                _set_exception(job.future, error)
+            else:  # a KeyboardInterrupt from the task is its outcome, not a Ctrl-C here
+                _set_exception(job.future, task_outcome(error))
         else:
             result = ChunkResult(job.values, job.errors or None, job.elapsed, job.nbytes)
             _set_result(job.future, result)

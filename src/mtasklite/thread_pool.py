@@ -45,7 +45,7 @@ from .stateful import (
     set_thread_context,
     spec_for,
 )
-from .windowing import ChunkResult, run_chunk
+from .windowing import ChunkResult, run_chunk, task_outcome
 
 __all__ = ["StatefulThreadExecutor", "StatefulThreadPoolExecutor"]
 
@@ -217,7 +217,7 @@ def _run_item(item: _WorkItem, index: int, watchdog: Optional[_Watchdog]) -> boo
         try:
             result = item.fn(*item.args, **item.kwargs)
         except BaseException as exc:
-            future.set_exception(exc)
+            future.set_exception(task_outcome(exc))  # its KeyboardInterrupt is no Ctrl-C
         else:
             future.set_result(result)
         return True
@@ -241,7 +241,7 @@ def _run_item(item: _WorkItem, index: int, watchdog: Optional[_Watchdog]) -> boo
     if error is None:
         future.set_result(result)
     else:
-        future.set_exception(error)
+        future.set_exception(task_outcome(error))
     return True
 
 

@@ -17,6 +17,7 @@ import concurrent.futures
 import itertools
 import math
 import queue
+import sys
 import time
 import weakref
 from collections import deque
@@ -48,8 +49,10 @@ __all__ = [
     "imap",
     "imap_unordered",
     "interrupted",
+    "is_ctrl_c",
     "make_result_iterator",
     "run_chunk",
+    "task_outcome",
 ]
 
 T = TypeVar("T")
@@ -404,7 +407,7 @@ def _single_output(fut: Future[Any], deadline: Optional[float], return_exception
         return fut.result()
     if return_exceptions:
         return error
-    raise error
+    raise task_outcome(error)
 
 
 def _pop_output(
@@ -460,8 +463,29 @@ class Interruptible(Protocol):
     def interrupt_target(self) -> Any: ...
 
 
+#: set on a KeyboardInterrupt that a task raised and we hand on to the consumer
+_TASK_OUTCOME = "_mtasklite_task_outcome"
+
+
+def task_outcome(error: BaseException) -> BaseException:
+    """``error``, a task's own outcome about to be raised to the consumer, marked so that a
+    ``KeyboardInterrupt`` a task raised is not taken for the user's Ctrl-C."""
+    if isinstance(error, KeyboardInterrupt):
+        error.__dict__[_TASK_OUTCOME] = True
+    return error
+
+
+def is_ctrl_c(exc: Optional[BaseException]) -> bool:
+    """Whether ``exc`` is a Ctrl-C that reached this process (a ``KeyboardInterrupt`` from
+    the signal), not one a task raised and the pool handed back as the task's outcome."""
+    return isinstance(exc, KeyboardInterrupt) and not exc.__dict__.get(_TASK_OUTCOME, False)
+
+
 def interrupted(window: Interruptible) -> None:
-    """Ctrl-C reached an ``imap`` generator: stop its window and tell the executor."""
+    """Ctrl-C reached an ``imap`` generator: stop its window and tell the executor.  Does
+    nothing for a task's own ``KeyboardInterrupt``: the pool stays usable, as the stdlib's."""
+    if not is_ctrl_c(sys.exc_info()[1]):
+        return
     # Ctrl-C while waiting: cancel what has not started and let the executor stop the rest
     # (the process pool terminates its workers: one Ctrl-C must be enough).
     window.cancel_all()
@@ -504,7 +528,7 @@ def _ordered(
             yield values
             del values
             if error is not None:
-                raise error
+                raise task_outcome(error)
         if window.input_error is not None:
             raise window.input_error
     except KeyboardInterrupt:
@@ -538,7 +562,7 @@ def _unordered(
             yield values
             del values
             if error is not None:
-                raise error
+                raise task_outcome(error)
         if window.input_error is not None:
             raise window.input_error
     except KeyboardInterrupt:
