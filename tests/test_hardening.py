@@ -464,3 +464,53 @@ def test_task_keyboard_interrupt_in_pool_immediate_mode_keeps_the_pool() -> None
         with pytest.raises(KeyboardInterrupt, match="raised by task 3"):
             list(pool([(x, 3) for x in range(8)]))
         assert list(pool([(x, -1) for x in range(4)])) == [0, 10, 20, 30]
+
+
+# --- 9. unbounded pqdm / Pool chunk adaptively -----------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["pqdm default", "Pool(bounded=False)", "Pool(bounded=True)"])
+def test_unbounded_runs_chunk_adaptively_like_bounded_ones(
+    monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
+    chunk_sizes: list[int] = []
+    submit_chunk = mt.StatefulProcessPoolExecutor._submit_chunk
+
+    def counting(self: Any, fn: Any, items: Any, star: bool, timeout: Any) -> Any:
+        chunk_sizes.append(len(items))
+        return submit_chunk(self, fn, items, star, timeout)
+
+    monkeypatch.setattr(mt.StatefulProcessPoolExecutor, "_submit_chunk", counting)
+    items = range(20_000)
+    if entry == "pqdm default":  # pqdm's default is bounded=False
+        out = list(process_pqdm(items, fh.square, n_jobs=2, mp_context=_ctx("fork"), disable=True))
+    else:
+        bounded = entry == "Pool(bounded=True)"
+        with mt.Pool(fh.square, 2, bounded=bounded, mp_context=_ctx("fork")) as pool:
+            out = list(pool(items))
+    assert out == [x * x for x in items]
+    assert sum(chunk_sizes) == len(items)
+    # one task per item was 20000 tasks; adaptive sizing needs a few dozen at most (the cap
+    # alone, total / (4 x workers) = 2500 items, allows 8)
+    assert len(chunk_sizes) <= 100, f"{len(chunk_sizes)} chunks: {chunk_sizes[:10]}..."
+    assert max(chunk_sizes) > 100
+
+
+def test_unbounded_sizer_goes_all_in_only_once_the_estimate_has_settled() -> None:
+    from mtasklite.windowing import AdaptiveChunkSize, ChunkResult
+
+    def sample(seconds: float, count: int) -> ChunkResult:
+        return ChunkResult([None] * count, None, seconds)
+
+    bounded = AdaptiveChunkSize(2, 200_000)
+    unbounded = AdaptiveChunkSize(2, 200_000, unbounded=True)
+    assert bounded.inflight_limit == unbounded.inflight_limit == 2  # probing: one per worker
+    # one slow early sample: trusted, but not yet a reason to send out everything at its size
+    for sizer in (bounded, unbounded):
+        sizer.observe(sample(0.002, 1), 1)
+    assert bounded.inflight_limit == float("inf")  # the window's buffersize bounds it
+    assert unbounded.inflight_limit == 2 * AdaptiveChunkSize.UNSETTLED_CHUNKS_PER_WORKER
+    # fast chunks follow; the size grows as when bounded, then everything goes out
+    while unbounded.inflight_limit != float("inf"):
+        unbounded.observe(sample(0.01, unbounded.size), unbounded.size)
+    assert unbounded.size >= 100  # the slow sample alone gave 4

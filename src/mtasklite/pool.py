@@ -150,7 +150,8 @@ class Pool:
     first failure, ``"deferred"`` raises :class:`~mtasklite.DeferredExceptions` with every
     failure at the end, ``"ignore"`` yields exceptions in place of results.
 
-    ``bounded=False`` submits a sized input all at once; otherwise at most
+    ``bounded=False`` submits a sized input all at once (adaptive chunks are sized first,
+    from the first chunks' measured times); otherwise at most
     ``chunk_prefill_ratio`` tasks per worker (default 4) of ``chunk_size`` items each are in
     flight (``chunk_size=None``: adaptive for processes, 1 for threads).  Unsized inputs
     always run bounded.  ``task_timeout`` limits each item; ``join_timeout`` bounds how long
