@@ -46,13 +46,13 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable, Deque, Iterable, Iterator, Optional
 
+from ._outcomes import task_outcome
 from .windowing import (
     _INTERRUPT_POLL,
     ResultIterator,
     SizedResultIterator,
     _total_length,
     interrupted,
-    task_outcome,
 )
 
 __all__ = ["drained_imap"]

@@ -14,8 +14,9 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 
 from typing_extensions import Literal
 
+from ._outcomes import is_ctrl_c
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
-from .windowing import ChunkResult, ResultIterator, check_imap_args, is_ctrl_c, make_result_iterator
+from .windowing import ChunkResult, ResultIterator, check_imap_args, make_result_iterator
 
 __all__ = ["StatefulExecutorMixin", "check_timeout"]
 

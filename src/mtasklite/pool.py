@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 
 from typing_extensions import Literal
 
+from ._outcomes import is_ctrl_c, task_outcome
 from .constants import (
     ArgumentPassing,
     ExceptionBehaviour,
@@ -26,7 +27,6 @@ from .executor_api import StatefulExecutorMixin
 from .process_pool import StatefulProcessPoolExecutor
 from .stateful import WorkerLike
 from .thread_pool import StatefulThreadPoolExecutor
-from .windowing import is_ctrl_c, task_outcome
 
 __all__ = ["Pool", "PoolResults", "SizedPoolResults", "is_exception"]
 

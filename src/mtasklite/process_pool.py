@@ -75,6 +75,7 @@ from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cas
 
 from . import _wire
 from ._futures import cancel_dropped
+from ._outcomes import task_outcome
 from ._process_worker import worker_main
 from ._salvage import find_unrebuildable, salvage
 from .errors import (
@@ -86,7 +87,7 @@ from .errors import (
 )
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import WorkerLike, describe_worker, resolve_workers, spec_for
-from .windowing import ChunkResult, task_outcome
+from .windowing import ChunkResult
 
 __all__ = ["StatefulProcessExecutor", "StatefulProcessPoolExecutor"]
 

@@ -33,6 +33,7 @@ from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from ._futures import cancel_dropped
+from ._outcomes import task_outcome
 from ._thread_imap import drained_imap
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import StatefulExecutorMixin, check_timeout
@@ -45,7 +46,7 @@ from .stateful import (
     set_thread_context,
     spec_for,
 )
-from .windowing import ChunkResult, run_chunk, task_outcome
+from .windowing import ChunkResult, run_chunk
 
 __all__ = ["StatefulThreadExecutor", "StatefulThreadPoolExecutor"]
 

@@ -37,6 +37,8 @@ from typing import (
     Union,
 )
 
+from ._outcomes import is_ctrl_c, task_outcome
+
 __all__ = [
     "AdaptiveChunkSize",
     "ChunkResult",
@@ -49,10 +51,8 @@ __all__ = [
     "imap",
     "imap_unordered",
     "interrupted",
-    "is_ctrl_c",
     "make_result_iterator",
     "run_chunk",
-    "task_outcome",
 ]
 
 T = TypeVar("T")
@@ -493,24 +493,6 @@ class Interruptible(Protocol):
     def cancel_all(self) -> None: ...
 
     def interrupt_target(self) -> Any: ...
-
-
-#: set on a KeyboardInterrupt that a task raised and we hand on to the consumer
-_TASK_OUTCOME = "_mtasklite_task_outcome"
-
-
-def task_outcome(error: BaseException) -> BaseException:
-    """``error``, a task's own outcome about to be raised to the consumer, marked so that a
-    ``KeyboardInterrupt`` a task raised is not taken for the user's Ctrl-C."""
-    if isinstance(error, KeyboardInterrupt):
-        error.__dict__[_TASK_OUTCOME] = True
-    return error
-
-
-def is_ctrl_c(exc: Optional[BaseException]) -> bool:
-    """Whether ``exc`` is a Ctrl-C that reached this process (a ``KeyboardInterrupt`` from
-    the signal), not one a task raised and the pool handed back as the task's outcome."""
-    return isinstance(exc, KeyboardInterrupt) and not exc.__dict__.get(_TASK_OUTCOME, False)
 
 
 def interrupted(window: Interruptible) -> None:
