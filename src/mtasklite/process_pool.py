@@ -98,7 +98,7 @@ KILL_GRACE = 0.2
 #: a slot whose worker dies this many times in a row outside any task breaks the pool
 MAX_FRUITLESS_DEATHS = 3
 #: seconds between exit checks by pid of a worker whose death is expected (stopped, killed)
-#: or whose pipes hung up while it still ran (see ``_Dispatcher.poll_deaths``)
+#: or whose pipes hung up while it still ran (see ``_Dispatcher._poll_deaths``)
 DEATH_POLL = 0.02
 #: seconds between exit checks by pid of every worker while work is outstanding: a worker's
 #: sentinel and pipe stay open while a process it forked lives on, so they may never report
