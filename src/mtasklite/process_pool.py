@@ -46,6 +46,10 @@ Races, and how they are settled:
   the late item on is dropped and re-queued.
 - A worker dies holding a ``next_piece``: that piece never started, so it is re-queued
   whole and nothing of it is charged.
+- A sentinel or pipe hangs up while its process still runs (a task closed its descriptors),
+  or stays open after the process died (a process it forked holds it): a death is confirmed
+  by pid (``Process.exitcode``, a non-blocking waitpid), polled often while a death is
+  expected and now and then while work is outstanding; the dispatcher never joins a worker.
 - A future is cancelled while queued: the dispatcher skips it when it pops it
   (``set_running_or_notify_cancel``); once sent, it runs (with ``cancel_running=True`` the
   worker is stopped instead).  Futures the pool drops itself are cancelled *and* notified,
