@@ -12,6 +12,7 @@ import math
 from concurrent.futures import Executor, Future
 from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence, TypeVar
 
+from ._outcomes import is_ctrl_c
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
 from .windowing import (
     AdaptiveChunkSize,
@@ -104,7 +105,7 @@ class StatefulExecutorMixin:
     submit.__doc__ = Executor.submit.__doc__
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        if is_ctrl_c(exc_val):
             self._stop_now()
         else:
             self.shutdown(wait=True)
