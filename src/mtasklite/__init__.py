@@ -5,6 +5,7 @@ The two executors subclass the stdlib ones, so code written for ``ThreadPoolExec
 workers (:func:`delayed_init`), lazy bounded ``imap`` over any iterable, and per-task timeouts.
 """
 
+from ._aimap import AsyncResultIterator
 from .constants import ArgumentPassing, ExceptionBehaviour
 from .errors import (
     DeferredExceptions,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentPassing",
+    "AsyncResultIterator",
     "DeferredExceptions",
     "DelayedInit",
     "DelayedInitClass",
