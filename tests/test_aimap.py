@@ -571,3 +571,46 @@ def test_window_steps_unordered_and_one_by_one() -> None:
     assert values == [] and isinstance(error, OSError)
     window.cancel_all()
     assert submitter.chunks[1][1].cancelled() and not window.in_flight()
+
+
+# --- Dask ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[Any]:
+    distributed = pytest.importorskip("distributed")
+    # In-process workers: cheap to start, and enough to drive the executor's futures.
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    )
+    with cluster, distributed.Client(cluster) as client:
+        yield client
+
+
+def test_dask_executor_streams_and_cancels(dask_client: Any, pools: Pools) -> None:
+    from mtasklite.dask import StatefulDaskExecutor
+
+    ex = StatefulDaskExecutor(dask_client)
+    source = Counting()
+
+    async def main() -> None:
+        assert await collect(ex.aimap(fh.square, PullLog(stop=30).items())) == [
+            x * x for x in range(30)
+        ]
+        unordered = await collect(ex.aimap_unordered(fh.square, range(30), chunksize=4))
+        assert sorted(unordered) == [x * x for x in range(30)]
+        async with blocked_stream(ex, pools, iter(source)) as results:
+            consumer = asyncio.ensure_future(results.__anext__())
+            await until_started(pools, 2)
+            consumer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await consumer
+
+    try:
+        run(main())
+        assert source.pulled == WINDOW
+        pools.let_go()
+        assert ex.submit(fh.square, 3).result(LIMIT) == 9  # queued behind what still runs
+        assert len(pools.started()) < WINDOW, "every queued task ran after the cancellation"
+    finally:
+        ex.shutdown(wait=True)
