@@ -93,20 +93,21 @@ class _Recorder:
 class _Waker:
     """Wakes the consumer waiting on the loop when a task finishes (in any thread).
 
-    It holds neither the iterator nor the window: a future's callback must not keep an
-    abandoned iteration alive.
+    A finisher wakes the loop only while the consumer waits, and only if no wake-up is queued
+    already; the consumer publishes its waiter *before* it checks for a result one last time,
+    and a finisher marks its future done *before* it looks for the waiter, so under the GIL
+    one of the two sees the other.  It holds neither the iterator nor the window: a future's
+    callback must not keep an abandoned iteration alive.
     """
 
     def __init__(self) -> None:
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.waiter: Optional[asyncio.Future[None]] = None
-        # A wake-up is queued on the loop and has not run: later finishers skip theirs,
-        # since the queued one runs after they finished and the consumer re-checks then.
-        self.queued = False
+        self.queued = False  # a wake-up is queued on the loop and has not run yet
 
     def task_done(self, _: Future[Any]) -> None:
         loop = self.loop
-        if self.queued or loop is None:
+        if self.waiter is None or self.queued or loop is None:
             return
         self.queued = True
         try:
@@ -263,17 +264,17 @@ class AsyncResultIterator(AsyncIterator[T]):
 
             timer = waker.loop.call_later(delay, expire)
         try:
-            while not window.ready():
+            while True:
+                waker.waiter = waker.loop.create_future()  # published first: see _Waker
+                if window.ready():
+                    break
                 if self._closed:
                     raise StopAsyncIteration
                 if expired:
                     raise concurrent.futures.TimeoutError()
-                waker.waiter = waker.loop.create_future()
-                try:
-                    await waker.waiter
-                finally:
-                    waker.waiter = None
+                await waker.waiter
         finally:
+            waker.waiter = None
             if timer is not None:
                 timer.cancel()
             self._paused_at = time.monotonic()
