@@ -597,8 +597,7 @@ def test_window_steps_unordered_and_one_by_one() -> None:
 @pytest.fixture(scope="module")
 def dask_client() -> Iterator[Any]:
     distributed = pytest.importorskip("distributed")
-    # A worker process, as in test_dask: in-process workers would load Dask's worker
-    # machinery here, which changes how exceptions pickle in process pools forked later.
+    # One worker process with two threads, as test_dask makes them (tasks arrive pickled).
     cluster = distributed.LocalCluster(
         n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
     )
