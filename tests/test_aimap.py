@@ -518,6 +518,26 @@ def test_a_second_consumer_at_once_is_refused(pools: Pools) -> None:
     run(main())
 
 
+def test_aclose_from_another_task_ends_a_waiting_consumer(pools: Pools) -> None:
+    ex = pools.make("threads")
+
+    async def main() -> None:
+        # A window of two on two threads: both tasks run, none is queued, so no cancelled
+        # future wakes the consumer; aclose() itself must.
+        results = ex.aimap(
+            fh.hang_unless, range(10), [pools.log] * 10, [pools.release_file] * 10, buffersize=2
+        )
+        consumer = asyncio.ensure_future(collect(results))
+        await until_started(pools, 2)
+        await results.aclose()
+        assert await asyncio.wait_for(consumer, LIMIT) == []  # ended, not stuck
+
+    run(main())
+    pools.let_go()
+    ex.shutdown(wait=True)
+    assert sorted(pools.started()) == [0, 1]
+
+
 # --- the window's stepping protocol (deterministic: futures completed by hand) ----------------
 
 
