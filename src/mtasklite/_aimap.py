@@ -5,12 +5,13 @@ module drives the very same window from :mod:`~mtasklite.windowing`, one step at
 the loop is never blocked waiting for a result; no thread waits on the loop's behalf; and
 cancelling or leaving the iteration stops reading input and cancels the queued tasks.
 
-How: every task's future gets a done-callback that wakes the loop through
-``loop.call_soon_threadsafe`` (at most one wake-up pending at a time); the consumer's
-``__anext__`` suspends on a loop future until the window's next result is ready, then takes
-it without waiting.  Async inputs are read on the loop into a buffer just before each refill,
-exactly as many items as that refill may pull (:meth:`wants`), so the window reads them as
-lazily as it reads an ordinary iterator.  A consumer running through results that are
+How: every task's future gets a done-callback that, while the consumer waits, wakes the
+loop through ``loop.call_soon_threadsafe`` (at most one wake-up pending at a time); the
+consumer's ``__anext__`` suspends on a loop future until the window's next result is ready,
+then takes it without waiting.  Async inputs are read on the loop into a buffer just before
+each refill, exactly as many items as that refill may pull (the window's ``wants()``), so the
+window reads them as lazily as it reads an ordinary iterator; ordinary inputs are read on the
+loop too, as ``imap`` reads them.  A consumer running through results that are
 already there lets the loop run other tasks every ``_SLICE`` seconds.
 """
 
