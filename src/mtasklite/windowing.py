@@ -52,6 +52,7 @@ __all__ = [
     "imap_unordered",
     "interrupted",
     "make_result_iterator",
+    "open_window",
     "run_chunk",
     "submits_everything",
 ]
@@ -410,6 +411,77 @@ class _Window:
         self.fifo.clear()
         self.pending.clear()
 
+    # -- stepping without blocking, for a driver that waits elsewhere (aimap: an event loop)
+
+    def wants(self) -> float:
+        """The most input items the next :meth:`fill` may pull (``inf``: no bound)."""
+        if self.exhausted:
+            return 0
+        room = self.limit - len(self.fifo) - len(self.pending)
+        if self.sizer is None:
+            return max(0, room)
+        room = min(room, self.sizer.inflight_limit - len(self.fifo) - len(self.pending))
+        return max(0, room) * self.sizer.size
+
+    def in_flight(self) -> bool:
+        return bool(self.fifo or self.pending)
+
+    def ready(self) -> bool:
+        """Whether :meth:`take_outputs` has a finished task to report (it never waits)."""
+        if self.ordered:
+            return bool(self.fifo) and self.fifo[0][0].done()
+        return not self.done.empty()
+
+    def take_outputs(self) -> tuple[list[Any], Optional[BaseException]]:
+        """The next finished task's outputs in input order, and the error to raise after
+        them; only once :meth:`ready`."""
+        if self.ordered:
+            fut, count = self.fifo.popleft()
+        else:
+            fut = self.done.get_nowait()
+            count, _ = self.pending.pop(fut)
+        if self.sizer is not None:
+            return _chunk_batch(self, fut, count, False)
+        error = fut.exception(timeout=0)
+        return ([], error) if error is not None else ([fut.result()], None)
+
+
+def open_window(
+    submitter: Submitter,
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    *,
+    ordered: bool,
+    chunksize: Optional[int],
+    buffersize: Optional[int],
+    task_timeout: Optional[float],
+    workers: int,
+    adaptive: type[AdaptiveChunkSize] = AdaptiveChunkSize,
+) -> _Window:
+    """Check the arguments and set up one iteration (its window and chunk sizer).
+
+    ``buffersize=None`` means unbounded (everything is submitted at once, like the stdlib
+    ``map``); ``adaptive`` is the sizer ``chunksize=None`` uses (an executor whose hand-off
+    is cheaper aims at shorter chunks).
+    """
+    check_imap_args(iterables, chunksize, buffersize, task_timeout)
+    total = _total_length(iterables)
+    sizer: Optional[ChunkSizer]
+    # Unbounded: everything is to be submitted at once.  With adaptive chunks it is read at
+    # once, but goes out as chunks get sized (at the starting size of one item, the whole
+    # input would be one task per item).
+    unbounded = total is not None and (buffersize is None or buffersize >= total)
+    if chunksize is None:
+        sizer = adaptive(workers, total, unbounded)
+    elif chunksize == 1:
+        sizer = None
+    else:
+        sizer = FixedChunkSize(chunksize)
+    window = _Window(submitter, fn, iterables, sizer, task_timeout, buffersize, ordered)
+    if chunksize is None and unbounded:
+        window.read_input_now()
+    return window
+
 
 def _wait_exception(fut: Future[Any], deadline: Optional[float]) -> Optional[BaseException]:
     """The future's exception (or ``None``); ``TimeoutError`` once ``deadline`` passes."""
@@ -662,22 +734,19 @@ def make_result_iterator(
     to know which input an output belongs to); ``adaptive`` is the sizer ``chunksize=None``
     uses (an executor whose hand-off is cheaper aims at shorter chunks).
     """
-    check_imap_args(iterables, chunksize, buffersize, task_timeout)
+    window = open_window(
+        submitter,
+        fn,
+        iterables,
+        ordered=ordered,
+        chunksize=chunksize,
+        buffersize=buffersize,
+        task_timeout=task_timeout,
+        workers=workers,
+        adaptive=adaptive,
+    )
+    flatten = window.sizer is not None
     total = _total_length(iterables)
-    sizer: Optional[ChunkSizer]
-    # Unbounded: everything is to be submitted at once.  With adaptive chunks it is read at
-    # once, but goes out as chunks get sized (at the starting size of one item, the whole
-    # input would be one task per item).
-    unbounded = total is not None and (buffersize is None or buffersize >= total)
-    if chunksize is None:
-        sizer = adaptive(workers, total, unbounded)
-    elif chunksize == 1:
-        sizer = None
-    else:
-        sizer = FixedChunkSize(chunksize)
-    window = _Window(submitter, fn, iterables, sizer, task_timeout, buffersize, ordered)
-    if chunksize is None and unbounded:
-        window.read_input_now()
     deadline = None if timeout is None else time.monotonic() + timeout
     if eager:
         window.fill()
@@ -685,8 +754,8 @@ def make_result_iterator(
     generator = run(window, deadline, return_exceptions, indexed)
     on_close = window.cancel_all if eager else None
     if total is None:
-        return ResultIterator(generator, on_close, flatten=sizer is not None)
-    return SizedResultIterator(generator, total, on_close, flatten=sizer is not None)
+        return ResultIterator(generator, on_close, flatten=flatten)
+    return SizedResultIterator(generator, total, on_close, flatten=flatten)
 
 
 def imap(
