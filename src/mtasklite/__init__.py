@@ -24,6 +24,7 @@ from .delayed_init import delayed_init
 
 #: public name -> the submodule that defines it, imported when the name is first used
 _SUBMODULE_OF = {
+    "AsyncResultIterator": "_aimap",
     "ArgumentPassing": "constants",
     "ExceptionBehaviour": "constants",
     "DeferredExceptions": "errors",
@@ -43,6 +44,7 @@ _SUBMODULE_OF = {
     "DelayedInitClass": "stateful",
     "WorkerHandle": "stateful",
     "current_worker": "stateful",
+    "delayed_init": "delayed_init",  # bound eagerly above; listed for completeness
     "worker_index": "stateful",
     "StatefulThreadExecutor": "thread_pool",
     "StatefulThreadPoolExecutor": "thread_pool",
@@ -54,6 +56,7 @@ _SUBMODULE_OF = {
 
 __all__ = [
     "ArgumentPassing",
+    "AsyncResultIterator",
     "DeferredExceptions",
     "DelayedInit",
     "DelayedInitClass",
@@ -84,6 +87,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ._aimap import AsyncResultIterator
     from .constants import ArgumentPassing, ExceptionBehaviour
     from .errors import (
         DeferredExceptions,

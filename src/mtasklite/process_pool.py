@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from ._cpu import usable_cpu_count
 from ._force_stop import TERMINATE, ForceStopMixin
-from ._futures import TaskFuture
+from ._futures import TaskFuture, cancel_dropped
 from ._procpool import wire
 from ._procpool.control import PoolControl, interpreter_exiting
 from ._procpool.dispatcher import Dispatcher
@@ -241,14 +241,19 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         control = self._control
+        dropped: list[Future[Any]] = []
         with self._shutdown_lock:
             self._shutdown_thread = True
             control.shutting_down = True
             if cancel_futures:
                 # Like the stdlib, whose call queue already holds (and runs) a few items
                 # beyond the running ones: the next ``max_workers`` queued tasks still run.
-                control.backlog.cancel_unstarted(grace=self._max_workers)
+                dropped = control.backlog.cancel_unstarted(grace=self._max_workers)
             control.wakeup()
+        # Cancelled after the lock is released: cancelling runs done-callbacks, which may
+        # submit, shut down, terminate or cancel (the lock is not reentrant).
+        for future in dropped:
+            cancel_dropped(future)
         self._join_dispatcher(wait)
 
     shutdown.__doc__ = ProcessPoolExecutor.shutdown.__doc__

@@ -33,6 +33,7 @@ def death(**changes: Any) -> Death:
         phase=wire.IDLE,
         running=None,
         init_failed=False,
+        ever_ready=False,
         winding_down=False,
         pool_broken=False,
         work_waiting=False,
@@ -155,6 +156,16 @@ def test_a_death_during_initialisation_breaks_the_pool_unless_it_is_winding_down
     assert not stopping.respawn, "nothing is left to run"
 
 
+def test_a_death_while_rebuilding_a_spec_that_built_before_is_survived_as_a_crash() -> None:
+    rebuilding = death(state=SlotState.STARTING, unreported=None, ever_ready=True)
+    verdict = judge_death(rebuilding)
+    assert (verdict.breaks, verdict.respawn, verdict.deaths_in_a_row) == (None, True, 1)
+    last = judge_death(rebuilding._replace(deaths_in_a_row=blame.MAX_DEATHS_IN_A_ROW - 1))
+    assert last.breaks is Breakage.DEATHS, "a slot that keeps dying while rebuilding breaks"
+    reported = judge_death(rebuilding._replace(init_failed=True))
+    assert reported.breaks is Breakage.INIT, "a reported failure is never survived"
+
+
 def test_break_on_crash_breaks_on_a_death_in_a_task_but_not_on_an_overrun() -> None:
     assert judge_death(death(break_on_crash=True, running=4)).breaks is Breakage.CRASH
     assert judge_death(death(break_on_crash=True, unreported=None)).breaks is None
@@ -226,18 +237,17 @@ def test_every_unreported_item_is_charged_or_rerun_exactly_once(case: Death) -> 
 
 
 @pytest.mark.parametrize(
-    ("has_piece", "streaming", "unreported", "remedy"),
+    ("has_piece", "streaming", "remedy"),
     [
-        (False, False, 0, Remedy.INIT_FAILED),
-        (True, True, 3, Remedy.FAIL_ONE),
-        (True, False, 3, Remedy.SPLIT),
-        (True, False, 1, Remedy.FAIL_REST),
+        (False, False, Remedy.INIT_FAILED),
+        (True, True, Remedy.FAIL_ONE),
+        (True, False, Remedy.FAIL_REST),
     ],
 )
-def test_an_unreadable_result_fails_only_the_item_it_belongs_to(
-    has_piece: bool, streaming: bool, unreported: int, remedy: Remedy
+def test_an_unreadable_result_fails_its_items_and_never_runs_them_again(
+    has_piece: bool, streaming: bool, remedy: Remedy
 ) -> None:
-    assert blame.unreadable_results(has_piece, streaming, unreported) is remedy
+    assert blame.unreadable_results(has_piece, streaming) is remedy
 
 
 def test_an_unreadable_run_is_split_to_find_the_item_that_cannot_be_unpickled() -> None:
@@ -270,13 +280,29 @@ def test_exits_are_described_in_words(exitcode: Optional[int], text: str) -> Non
 
 def test_an_init_error_says_whether_the_spec_or_the_initializer_failed_and_why() -> None:
     cause = ValueError("no model")
-    spec = blame.init_error(0, "Model('x')", cause, None)
+    spec = blame.init_error(blame.initialising(0, "Model('x')"), cause)
     assert isinstance(spec, WorkerInitError)
     assert str(spec).startswith("building worker 0 (Model('x')) failed: ValueError('no model')")
     assert spec.__cause__ is cause
-    died = blame.init_error(2, None, None, 1)
-    assert "the pool initializer in worker 2 failed" in str(died)
-    assert "died during initialisation (exit code 1)" in str(died)
+    initializer = blame.init_error(blame.initialising(2, None), cause)
+    assert str(initializer).startswith("the pool initializer in worker 2 failed")
+
+
+def test_a_death_while_starting_says_how_far_the_worker_got() -> None:
+    what = blame.initialising(1, None)
+    died = blame.start_death_error(1, 3, True, what, "spawn")
+    assert isinstance(died, WorkerInitError)
+    assert str(died).startswith("the pool initializer in worker 1 failed: the worker died")
+    early = str(blame.start_death_error(0, 1, False, what, "spawn"))
+    assert early.startswith("worker 0 died while starting (exit code 1)")
+    assert "main module fail to import under spawn" in early
+
+
+def test_workers_exits_are_checked_often_when_expected_now_and_then_with_work() -> None:
+    assert blame.death_poll_interval(True, True, 0.3) == blame.DEATH_POLL
+    assert blame.death_poll_interval(False, True, 0.3) == 0.3
+    assert blame.death_poll_interval(False, True, -1.0) == 0.0
+    assert blame.death_poll_interval(False, False, 0.3) is None, "idle workers: sleep"
 
 
 def test_a_timeout_error_shows_the_call_shortened() -> None:

@@ -35,7 +35,8 @@ runs them in order, so no message needs a task id.
 
 Modules, each importing only those above it:
 
-- ``wire``: messages, progress cells, (un)pickling;  ``child``: the worker process's loop.
+- ``wire``: messages, progress cells, (un)pickling;  ``child``: the worker process's loop;
+  ``salvage``: what can still be read of a batch of results that does not unpickle.
 - ``jobs``: job, piece, backlog, pickling a piece into a Run.
 - ``slots``: slot states, the slot table (start, stop, retire, reap), the prefetch rule.
 - ``blame``: pure functions from what happened to a verdict, and the errors they raise.
@@ -57,5 +58,8 @@ Races, and where they are settled:
 - a timed item overruns: it fails at once and the worker is stopped; results of earlier
   items still arriving are kept, later ones dropped and re-run (``Dispatcher._overrun``);
 - ``terminate()`` signals the workers from the caller's thread; the dispatcher, seeing a
-  death while termination is requested, aborts everything instead of judging a crash.
+  death while termination is requested, aborts everything instead of judging a crash;
+- a sentinel or pipe hangs up while its process runs on (a task closed its descriptors), or
+  stays open after the process died (a process it forked holds it): a death is confirmed by
+  pid (``Dispatcher._poll_deaths``), and the dispatcher never blocks on one worker.
 """

@@ -11,8 +11,12 @@ The rules, in short:
   or pickling its results), the items run again, tracked or one by one, so that a crash
   that repeats names its item, and one that does not repeat is survived;
 - a piece sent ahead never started: it goes back whole, charged nothing;
-- a death during initialisation, or too many deaths in a row that resolved nothing, break
-  the pool (a respawned worker would only die again).
+- a death during initialisation breaks the pool (a respawned worker would only die again),
+  unless some process of the slot got ready before: its initializer and spec then work, so
+  a death while rebuilding (the OOM killer, say) is survived, like a death between items;
+- too many deaths in a row that resolved nothing break the pool;
+- a death is confirmed by pid, not by a sentinel or pipe alone: a task may close those while
+  its process runs on, and a process it forked may hold them open after it died.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, NamedTuple, Optional
 
 from ..errors import (
+    DeserializationError,
     TaskTimeoutError,
     WorkerCrashedError,
     WorkerInitError,
@@ -35,6 +40,12 @@ from .wire import RECEIVING, SENDING, UNTRACKED
 
 #: a slot whose worker dies this many times in a row outside any task breaks the pool
 MAX_DEATHS_IN_A_ROW = 3
+#: seconds between exit checks by pid of a worker whose death is expected (stopped, killed)
+#: or whose pipes hung up while it still ran
+DEATH_POLL = 0.02
+#: seconds between exit checks by pid of every worker while work is outstanding: a worker's
+#: sentinel and pipe stay open while a process it forked lives on, so they may never report
+SLOW_DEATH_POLL = 0.5
 
 WHILE_RUNNING = "while running this task"
 WHILE_PICKLING = "while receiving this task or sending its result"
@@ -60,6 +71,19 @@ def item_deadline(
     return running, (now if running is None else started) + timeout
 
 
+def death_poll_interval(
+    expecting_death: bool, work_outstanding: bool, until_slow_poll: float
+) -> Optional[float]:
+    """How soon to check workers' exits by pid again (``None``: no need).  Often while a
+    death is expected or a worker hung up its pipes; now and then while work is outstanding
+    (a death its sentinel never reports); not at all when every worker is idle."""
+    if expecting_death:
+        return DEATH_POLL
+    if work_outstanding:
+        return max(0.0, until_slow_poll)
+    return None
+
+
 # --- deaths -------------------------------------------------------------------------------
 
 
@@ -82,6 +106,7 @@ class Death(NamedTuple):
     phase: float  # the progress cell
     running: Optional[int]  # the item the cell says was running, if it names one
     init_failed: bool  # the worker reported InitFailed before exiting
+    ever_ready: bool  # some process of this slot got ready before
     winding_down: bool  # shutting down, terminated or broken
     pool_broken: bool
     work_waiting: bool  # the backlog holds work (a piece sent ahead is back in it already)
@@ -100,7 +125,8 @@ class Verdict(NamedTuple):
 
 def judge_death(death: Death) -> Verdict:
     """The verdict on a worker process found dead (see the module docstring)."""
-    if death.init_failed or (death.state is SlotState.STARTING and not death.winding_down):
+    starting = death.state is SlotState.STARTING and not death.winding_down
+    if death.init_failed or (starting and not starting_death_is_a_crash(death.ever_ready)):
         return Verdict((), None, "", Breakage.INIT, death.deaths_in_a_row, False)
     crashed_in_task = death.unreported is not None and death.state is not SlotState.KILLING
     if death.break_on_crash and crashed_in_task:  # the job fails with the whole pool
@@ -111,9 +137,9 @@ def judge_death(death: Death) -> Verdict:
     breaks = None
     if resolved:
         deaths = 0
-    elif death.state in (SlotState.IDLE, SlotState.BUSY) and not death.winding_down:
-        # Died while idle or between items: nothing to blame, but a worker that keeps
-        # dying this way would be respawned for ever.
+    elif starting or (death.state in (SlotState.IDLE, SlotState.BUSY) and not death.winding_down):
+        # Died while idle, between items or rebuilding a spec that built before: nothing to
+        # blame, but a worker that keeps dying this way would be respawned for ever.
         deaths += 1
         if deaths >= MAX_DEATHS_IN_A_ROW:
             breaks = Breakage.DEATHS
@@ -123,6 +149,14 @@ def judge_death(death: Death) -> Verdict:
         and (not death.winding_down or death.work_waiting or bool(requeue))
     )
     return Verdict(requeue, charged, during, breaks, deaths, respawn)
+
+
+def starting_death_is_a_crash(ever_ready: bool) -> bool:
+    """Whether a worker that died while starting, without reporting a failure, is a crash to
+    survive (respawn, within ``MAX_DEATHS_IN_A_ROW``) rather than proof that the slot cannot
+    start (``WorkerInitError``): it is once some process of the slot got ready, since its
+    initializer and spec then demonstrably work (it was killed while rebuilding)."""
+    return ever_ready
 
 
 def _judge_piece(death: Death) -> tuple[Optional[int], str, tuple[Span, ...], bool]:
@@ -164,14 +198,14 @@ class Remedy(enum.Enum):
     INIT_FAILED = "the worker broke before running anything: break the pool"
 
 
-def unreadable_results(has_piece: bool, streaming: bool, unreported: int) -> Remedy:
-    """A message from a worker could not be unpickled.  With several items unreported in a
-    batch, they re-run one by one so that only the item with the bad result fails."""
+def unreadable_results(has_piece: bool, streaming: bool) -> Remedy:
+    """A message from a worker could not be unpickled, even item by item (see
+    ``salvage``).  Its items have run, and may have had side effects: never run again."""
     if not has_piece:
         return Remedy.INIT_FAILED
     if streaming:  # exactly one item's result was in this message
         return Remedy.FAIL_ONE
-    return Remedy.SPLIT if unreported > 1 else Remedy.FAIL_REST
+    return Remedy.FAIL_REST
 
 
 def unreadable_run(unreported: int) -> Remedy:
@@ -231,25 +265,56 @@ def deaths_error(slot: int, deaths: int, exitcode: Optional[int]) -> BrokenProce
     )
 
 
-def init_error(
-    slot: int,
-    spec: Optional[str],
-    error: Optional[BaseException],
-    exitcode: Optional[int],
-) -> WorkerInitError:
-    """``spec``: the description of the worker spec that failed to build, ``None`` if the
-    pool initializer failed.  ``error``: what it raised (``None``: the process died)."""
+def initialising(slot: int, spec: Optional[str]) -> str:
+    """What worker ``slot`` runs while starting: building ``spec`` (its description), or the
+    pool initializer when there is no spec."""
     if spec is not None:
-        what = f"building worker {slot} ({spec})"
-    else:
-        what = f"the pool initializer in worker {slot}"
-    if error is None:
-        reason = f"the worker died during initialisation ({describe_exit(exitcode)})"
-    else:
-        reason = f"{error!r}"
-    failure = WorkerInitError(f"{what} failed: {reason}; the process pool is not usable anymore")
+        return f"building worker {slot} ({spec})"
+    return f"the pool initializer in worker {slot}"
+
+
+def init_error(what: str, error: BaseException) -> WorkerInitError:
+    """``what`` (see :func:`initialising`) raised ``error``: the pool breaks."""
+    failure = WorkerInitError(f"{what} failed: {error!r}; the process pool is not usable anymore")
     failure.__cause__ = error
     return failure
+
+
+def start_death_error(
+    slot: int,
+    exitcode: Optional[int],
+    reached_our_code: bool,
+    what: Optional[str],
+    start_method: str,
+) -> WorkerInitError:
+    """Worker ``slot`` died while starting without saying why: the pool breaks."""
+    message = describe_start_death(slot, exitcode, reached_our_code, what, start_method)
+    return WorkerInitError(f"{message}; the process pool is not usable anymore")
+
+
+def describe_start_death(
+    index: int,
+    exitcode: Optional[int],
+    reached_our_code: bool,
+    initialising: Optional[str],
+    start_method: str,
+) -> str:
+    """What happened when worker ``index`` died while starting without reporting why.
+    ``initialising``: the initializer or spec build it was running, if it has one and had got
+    that far (``reached_our_code``: the worker's own code had started)."""
+    death = f"died while starting ({describe_exit(exitcode)}), before running any task"
+    if reached_our_code and initialising is not None:
+        return f"{initialising} failed: the worker {death}"
+    text = f"worker {index} {death}"
+    if not reached_our_code and start_method in ("spawn", "forkserver"):
+        text += f" (did its main module fail to import under {start_method}?)"
+    return text
+
+
+def unreadable_result_error(slot: int, cause: BaseException) -> DeserializationError:
+    error = DeserializationError(f"a result from worker {slot} could not be unpickled: {cause!r}")
+    error.__cause__ = cause
+    return error
 
 
 def timeout_error(

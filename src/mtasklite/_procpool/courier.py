@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from .._futures import cancel_dropped
 from ..errors import DeserializationError, WorkerInitError
 from ..stateful import describe_worker
 from . import blame, wire
 from .control import PoolControl
 from .jobs import Piece, RunEncoder, Span
+from .salvage import find_unrebuildable, salvage
 from .slots import (
     BUSY,
     IDLE,
@@ -128,14 +130,18 @@ class Courier:
                 readable = False
                 data = conn.recv_bytes()
             except (EOFError, OSError):
-                return  # the worker is gone; its sentinel reports it
+                # The worker is gone (its sentinel reports it), or it closed its end while
+                # running on: stop waiting on a pipe that stays readable; watch its pid.
+                if slot.process is not None:
+                    self.slots.hung_up.add(slot.process.pid)
+                return
             self._on_message(slot, data)
 
     def _on_message(self, slot: Slot, data: bytes) -> None:
         try:
             message = wire.loads(data)
         except BaseException as exc:
-            self._unreadable_results(slot, exc)
+            self._unreadable_results(slot, exc, data)
             return
         del data
         if isinstance(message, wire.Results):
@@ -190,26 +196,40 @@ class Courier:
             with self.control.lock:
                 self.slots.start(slot)
 
-    def _unreadable_results(self, slot: Slot, exc: BaseException) -> None:
+    def _unreadable_results(self, slot: Slot, exc: BaseException, data: bytes) -> None:
         piece = slot.piece
-        unreported = 0 if piece is None else piece.stop - slot.unreported
-        streaming = piece is not None and piece.job.timeout is not None
-        remedy = blame.unreadable_results(piece is not None, streaming, unreported)
-        if remedy is blame.Remedy.INIT_FAILED:
+        if piece is None:
             break_pool(self.control, self.slots, init_error(slot, exc, slot.spec is not None))
             return
-        assert piece is not None
-        error = DeserializationError(
-            f"a result from worker {slot.index} could not be unpickled: {exc!r}"
-        )
-        error.__cause__ = exc
-        if remedy is blame.Remedy.SPLIT:
-            self._split_piece(slot)
-        elif remedy is blame.Remedy.FAIL_ONE:
+        if self._salvage_results(slot, data):
+            return
+        remedy = blame.unreadable_results(True, piece.job.timeout is not None)
+        error = blame.unreadable_result_error(slot.index, exc)
+        if remedy is blame.Remedy.FAIL_ONE:
             last = slot.received + 1 >= piece.stop - piece.start
             self.record(slot, wire.Results([None], {0: error}, 0.0, last))
         else:
             self._finish_piece_with(slot, error, exc)
+
+    def _salvage_results(self, slot: Slot, data: bytes) -> bool:
+        """Record a batch of results ``loads`` refused, failing only the items whose outcome
+        cannot be rebuilt here (nothing runs twice); ``False`` if it cannot be read even so."""
+        try:
+            message, stand_ins = salvage(data)
+        except Exception:
+            return False
+        if not isinstance(message, wire.Results) or not stand_ins:
+            return False
+        values, errors = list(message.values), dict(message.errors or {})
+        for index, value in enumerate(values):
+            bad = find_unrebuildable(value)
+            if bad is None and index in errors:
+                bad = find_unrebuildable(errors[index])
+            if bad is not None:
+                values[index] = None
+                errors[index] = blame.unreadable_result_error(slot.index, bad.error)
+        self.record(slot, wire.Results(values, errors or None, message.elapsed, message.last))
+        return True
 
     def _unreadable_run(self, slot: Slot, cause: BaseException) -> None:
         piece = slot.piece
@@ -246,7 +266,8 @@ class Courier:
     def stop_cancelled(self) -> None:
         """Callers cancelled running futures (``cancel_running``): drop what is queued of
         them and stop the workers running them."""
-        self.backlog.drop_cancelled()
+        for future in self.backlog.drop_cancelled():
+            cancel_dropped(future)  # no lock held: this runs the future's callbacks
         kill_at = time.monotonic() + KILL_GRACE
         for slot in self.slots.all:
             piece = slot.piece
@@ -265,9 +286,8 @@ def break_pool(control: PoolControl, slots: SlotTable, error: BaseException) -> 
         slots.abort(error)
 
 
-def init_error(
-    slot: Slot, error: Optional[BaseException], in_spec: bool, exitcode: Optional[int] = None
-) -> WorkerInitError:
-    """The error that breaks the pool when ``slot``'s worker could not initialise."""
+def init_error(slot: Slot, error: BaseException, in_spec: bool) -> WorkerInitError:
+    """The error that breaks the pool when ``slot``'s worker reported that its spec
+    (``in_spec``) or the pool initializer raised ``error``."""
     spec = describe_worker(slot.spec) if in_spec and slot.spec is not None else None
-    return blame.init_error(slot.index, spec, error, exitcode)
+    return blame.init_error(blame.initialising(slot.index, spec), error)

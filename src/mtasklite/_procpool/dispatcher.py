@@ -12,6 +12,7 @@ from concurrent.futures._base import LOGGER
 from concurrent.futures.process import BrokenProcessPool
 from typing import Optional
 
+from ..stateful import describe_worker
 from . import blame, wire
 from .control import PoolControl
 from .courier import Courier, break_pool, init_error
@@ -43,6 +44,7 @@ class Dispatcher:
         self.courier = Courier(config, control, self.slots)
         self.poller = Poller()
         self.terminated = False  # terminate() has been acted on
+        self.next_slow_poll = 0.0  # when to check every worker's exit by pid next
         self.prefetch = config.prefetch
 
     # -- called from caller threads, under the pool's lock ------------------------------------
@@ -101,6 +103,7 @@ class Dispatcher:
                 for obj in ready:
                     if obj in sentinels:
                         self._reap(sentinels[obj], obj)
+                self._poll_deaths()
                 self._enforce_deadlines()
         except BaseException as exc:  # pragma: no cover - a bug here must not hang callers
             LOGGER.critical("mtasklite dispatcher failed", exc_info=True)
@@ -128,7 +131,13 @@ class Dispatcher:
                     _, when = blame.item_deadline(phase, slot.received, started, timeout, now)
             if when is not None and (nearest is None or when < nearest):
                 nearest = when
-        return None if nearest is None else max(0.0, nearest - now)
+        timeout = None if nearest is None else max(0.0, nearest - now)
+        poll = blame.death_poll_interval(
+            self.slots.expects_death(), self.slots.work_outstanding(), self.next_slow_poll - now
+        )
+        if poll is not None and (timeout is None or poll < timeout):
+            return poll
+        return timeout
 
     def _finished(self) -> bool:
         """Winding down with nothing left to run: stop the workers; ``True`` once all are
@@ -178,9 +187,27 @@ class Dispatcher:
 
     # -- deaths -------------------------------------------------------------------------------
 
+    def _poll_deaths(self) -> None:
+        """Reap workers that exited without their sentinel saying so (checked by pid, never
+        blocking): expected deaths and hung-up pipes at once, any worker now and then."""
+        now = time.monotonic()
+        slow = now >= self.next_slow_poll
+        if slow:
+            self.next_slow_poll = now + blame.SLOW_DEATH_POLL
+        hung_up = self.slots.hung_up
+        for slot in self.slots.all:
+            process = slot.process
+            if process is None or slot.state is EMPTY:
+                continue
+            expected = slot.state is KILLING or slot.state is STOPPING or process.pid in hung_up
+            if (expected or slow) and process.exitcode is not None:
+                self._reap(slot, process.sentinel)
+        self.slots.collect_exited()
+
     def _reap(self, slot: Optional[Slot], sentinel: int) -> None:
-        if slot is None:  # a retired process exited
-            self.slots.reap_retired(sentinel)
+        """``sentinel`` fired (or a poll found the process gone): judge the death."""
+        if slot is None:  # a retired process exited (or only closed its sentinel)
+            self.slots.sentinel_fired(sentinel)
             return
         if slot.process is None or slot.process.sentinel != sentinel:
             return  # already reaped (and maybe restarted) in this round
@@ -188,6 +215,11 @@ class Dispatcher:
             # terminate() signalled the workers itself: this death is not a crash.
             self._terminate()
         self.courier.drain(slot)
+        if slot.process.exitcode is None:
+            # The sentinel closed but the process runs on (a task closed its inherited
+            # descriptors): never block on one worker; _poll_deaths reaps it by pid.
+            self.slots.hung_up.add(slot.process.pid)
+            return
         init_failure, slot.init_failure = slot.init_failure, None
         remains = self.slots.clear_dead(slot)
         if remains.next_piece is not None:  # never started: back to the queue, uncharged
@@ -212,6 +244,7 @@ class Dispatcher:
             phase=phase,
             running=running,
             init_failed=init_failed,
+            ever_ready=slot.ever_ready,
             winding_down=self.control.should_stop(),
             pool_broken=self.control.broken is not None,
             work_waiting=bool(self.backlog),
@@ -232,7 +265,7 @@ class Dispatcher:
             if init_failure is not None:
                 self._break(init_error(slot, init_failure.error, init_failure.in_spec))
             else:
-                self._break(init_error(slot, None, slot.spec is not None, process.exitcode))
+                self._break(self._start_death_error(slot, process.exitcode))
             return
         if verdict.breaks is blame.Breakage.CRASH:
             assert piece is not None
@@ -253,6 +286,18 @@ class Dispatcher:
                 self.slots.start(slot)
 
     # -- failure and exit ---------------------------------------------------------------------
+
+    def _start_death_error(self, slot: Slot, exitcode: Optional[int]) -> BaseException:
+        """Slot ``slot``'s worker died while starting, without reporting why."""
+        spec = None if slot.spec is None else describe_worker(slot.spec)
+        has_code = slot.spec is not None or self.config.initializer is not None
+        return blame.start_death_error(
+            slot.index,
+            exitcode,
+            reached_our_code=self.slots.cells.phase(slot.index) != wire.LAUNCHING,
+            what=blame.initialising(slot.index, spec) if has_code else None,
+            start_method=self.config.ctx.get_start_method(),
+        )
 
     def _terminate(self) -> None:
         """Act on terminate(): queued futures are cancelled, running ones fail."""

@@ -13,23 +13,30 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from concurrent.futures import Future, _base
+from concurrent.futures import Future, InvalidStateError, _base
 from typing import Any, Callable, Deque, Iterable, NamedTuple, Optional, Sequence
 
 from .._futures import TaskFuture, cancel_dropped
+from .._outcomes import task_outcome
 from ..errors import TaskPicklingError
 from ..windowing import ChunkResult
 from . import wire
 
 
 def set_result(future: Future[Any], value: Any) -> None:
-    if not future.done():
+    # No done() check first: a caller's cancel() (cancel_running) may land between the check
+    # and the set; the future keeps whichever outcome came first.
+    try:
         future.set_result(value)
+    except InvalidStateError:
+        pass
 
 
 def set_exception(future: Future[Any], error: BaseException) -> None:
-    if not future.done():
+    try:
         future.set_exception(error)
+    except InvalidStateError:
+        pass
 
 
 def copy_error(error: BaseException) -> BaseException:
@@ -140,8 +147,8 @@ class Job:
             error = self.errors.get(0)
             if error is None:
                 set_result(self.future, self.values[0])
-            else:
-                set_exception(self.future, error)
+            else:  # a KeyboardInterrupt from the task is its outcome, not a Ctrl-C here
+                set_exception(self.future, task_outcome(error))
         else:
             result = ChunkResult(self.values, self.errors or None, self.elapsed, self.nbytes)
             set_result(self.future, result)
@@ -224,14 +231,16 @@ class Backlog:
                 if piece.start < piece.stop:
                     self._pieces.appendleft(piece)
 
-    def drop_cancelled(self) -> None:
-        """Drop the pieces whose future was cancelled while queued."""
+    def drop_cancelled(self) -> list[Future[Any]]:
+        """Drop the pieces whose future was cancelled while queued; their futures are
+        returned, for the caller to notify once it holds no lock (see ``cancel_dropped``)."""
         with self._lock:
-            self._keep(lambda piece: not piece.job.future.cancelled())
+            return self._keep(lambda piece: not piece.job.future.cancelled())
 
-    def cancel_unstarted(self, grace: int) -> None:
-        """``shutdown(cancel_futures=True)``: cancel the jobs that never started, except the
-        first ``grace`` pieces (the stdlib's call queue also runs a few beyond the running)."""
+    def cancel_unstarted(self, grace: int) -> list[Future[Any]]:
+        """``shutdown(cancel_futures=True)``: drop the jobs that never started, except the
+        first ``grace`` pieces (the stdlib's call queue also runs a few beyond the running).
+        Their futures are returned, for the caller to cancel once it holds no lock."""
         left = [grace]
 
         def keep(piece: Piece) -> bool:
@@ -241,16 +250,18 @@ class Backlog:
             return left[0] >= 0
 
         with self._lock:
-            self._keep(keep)
+            return self._keep(keep)
 
-    def _keep(self, wanted: Callable[[Piece], bool]) -> None:
+    def _keep(self, wanted: Callable[[Piece], bool]) -> list[Future[Any]]:
         kept: Deque[Piece] = deque()
+        dropped: list[Future[Any]] = []
         for piece in self._pieces:
             if wanted(piece):
                 kept.append(piece)
             else:
-                cancel_dropped(piece.job.future)
+                dropped.append(piece.job.future)
         self._pieces = kept
+        return dropped
 
     def abort(self, error: BaseException, cancel_queued: bool) -> None:
         """Empty the backlog: jobs never started are cancelled (``cancel_queued``) or fail

@@ -147,6 +147,9 @@ class SlotTable:
         self.idle: Deque[Slot] = deque()  # ready for a piece, in the order they became so
         self.retiring: list[Any] = []  # stopped processes not yet reaped
         self.fresh = 0  # slots started at least once (callers start them in index order)
+        # pids whose sentinel or pipe hung up while the process still ran (it closed its
+        # descriptors): no longer waited on (they stay readable), checked by pid instead
+        self.hung_up: set[int] = set()
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -160,6 +163,9 @@ class SlotTable:
         """Start (or restart) ``slot``'s process.  Callers hold the pool's lock."""
         config = self.config
         parent_end, child_end = config.ctx.Pipe(duplex=True)
+        # Overwritten by the worker's first line of our code: a death before that happened
+        # while the process was still being set up (importing the main module, ...).
+        self.cells.set_phase(slot.index, wire.LAUNCHING)
         process = config.ctx.Process(
             target=worker_main,
             name=f"{config.name}-worker-{slot.index}",
@@ -215,17 +221,27 @@ class SlotTable:
         self.retiring.append(process)
         slot.process, slot.conn, slot.state = None, None, EMPTY
 
-    def reap_retired(self, sentinel: int) -> None:
-        for process in list(self.retiring):
+    def sentinel_fired(self, sentinel: int) -> None:
+        """A retired process's sentinel fired: it exited, or only closed its descriptors;
+        either way :meth:`collect_exited` finds out by pid."""
+        for process in self.retiring:
             if process.sentinel == sentinel:
-                process.join()
+                self.hung_up.add(process.pid)
+
+    def collect_exited(self) -> None:
+        """Forget the retired processes that have exited (checked by pid, never blocking)."""
+        for process in list(self.retiring):
+            if process.exitcode is not None:
+                process.join()  # returns at once: it has exited
                 self.retiring.remove(process)
+                self.hung_up.discard(process.pid)
 
     def clear_dead(self, slot: Slot) -> Remains:
-        """The process of ``slot`` has exited: join it, close its pipe and make the slot
-        EMPTY; what it held is returned for the dispatcher to judge."""
+        """The process of ``slot`` has exited (its ``exitcode`` is known): close its pipe and
+        make the slot EMPTY; what it held is returned for the dispatcher to judge."""
         process = slot.process
-        process.join()
+        process.join()  # returns at once: it has exited
+        self.hung_up.discard(process.pid)
         self.processes.pop(process.pid, None)
         if slot.conn is not None:
             slot.conn.close()
@@ -285,17 +301,33 @@ class SlotTable:
     # -- waiting ------------------------------------------------------------------------------
 
     def waitables(self) -> tuple[dict[Any, Slot], dict[int, Optional[Slot]]]:
-        """Pipes to read, by slot; process sentinels, by slot (``None``: a retired process)."""
+        """Pipes to read, by slot; process sentinels, by slot (``None``: a retired process).
+        Hung-up pipes and sentinels are left out: they would stay readable."""
         conns: dict[Any, Slot] = {}
         sentinels: dict[int, Optional[Slot]] = {}
+        hung_up = self.hung_up
         for slot in self.all:
-            if slot.state is not EMPTY:
+            if slot.state is not EMPTY and slot.process.pid not in hung_up:
                 if slot.conn is not None:
                     conns[slot.conn] = slot
                 sentinels[slot.process.sentinel] = slot
         for process in self.retiring:
-            sentinels[process.sentinel] = None
+            if process.pid not in hung_up:
+                sentinels[process.sentinel] = None
         return conns, sentinels
+
+    def expects_death(self) -> bool:
+        """Some process is about to exit (stopped, killed, retired) or hung up its pipes."""
+        return bool(self.retiring) or any(
+            slot.state is KILLING
+            or slot.state is STOPPING
+            or (slot.process is not None and slot.process.pid in self.hung_up)
+            for slot in self.all
+        )
+
+    def work_outstanding(self) -> bool:
+        """Some worker is starting or running work (and could die unseen)."""
+        return any(slot.state is STARTING or slot.state is BUSY for slot in self.all)
 
 
 def room_for_prefetch(conn: multiprocessing.connection.Connection) -> int:

@@ -31,6 +31,7 @@ IDLE = -1.0  # waiting for work
 RECEIVING = -2.0  # reading and unpickling a Run
 SENDING = -3.0  # pickling and sending a batch of results
 UNTRACKED = -4.0  # running a Run's items without naming each one (see ``Run.track``)
+LAUNCHING = -5.0  # set by the parent before a start; the worker's code has not run yet
 
 
 # --- parent -> worker -----------------------------------------------------------------------
@@ -111,6 +112,9 @@ class ProgressCells:
         STARTED); the worker's hot loop writes it directly."""
         base = CELL_SIZE * slot
         return self._doubles[base : base + CELL_SIZE]
+
+    def set_phase(self, slot: int, phase: float) -> None:
+        self._doubles[CELL_SIZE * slot + PHASE] = phase
 
     def phase(self, slot: int) -> float:
         return float(self._doubles[CELL_SIZE * slot + PHASE])
