@@ -90,13 +90,10 @@ class PoolControl:
             self.stop_requests.append(future)
         self.wakeup()
 
-    def take_stop_requests(self) -> bool:
-        """Whether a running future was cancelled since the last call."""
-        if not self.stop_requests:
-            return False
+    def clear_stop_requests(self) -> None:
+        """The dispatcher is about to stop the workers of every cancelled running future."""
         with self.lock:
             self.stop_requests = []
-        return True
 
     def mark_broken(self, error: BaseException) -> bool:
         """Record that the pool is broken (``False`` if it already was) and tell the owner."""

@@ -84,7 +84,8 @@ class Dispatcher:
             while True:
                 if control.terminate_requested and not self.terminated:
                     self._terminate()
-                if control.take_stop_requests():
+                if control.stop_requests:
+                    control.clear_stop_requests()
                     courier.stop_cancelled()
                 courier.dispatch()
                 if self.prefetch:
@@ -132,9 +133,7 @@ class Dispatcher:
             if when is not None and (nearest is None or when < nearest):
                 nearest = when
         timeout = None if nearest is None else max(0.0, nearest - now)
-        poll = blame.death_poll_interval(
-            self.slots.expects_death(), self.slots.work_outstanding(), self.next_slow_poll - now
-        )
+        poll = blame.death_poll_interval(*self.slots.death_watch(), self.next_slow_poll - now)
         if poll is not None and (timeout is None or poll < timeout):
             return poll
         return timeout
@@ -158,9 +157,10 @@ class Dispatcher:
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
-        self.slots.escalate(now)
         cells = self.slots.cells
         for slot in self.slots.all:
+            if slot.state is KILLING:
+                slot.escalate(now)
             if slot.state is not BUSY or slot.piece is None:
                 continue
             timeout = slot.piece.job.timeout
@@ -202,7 +202,8 @@ class Dispatcher:
             expected = slot.state is KILLING or slot.state is STOPPING or process.pid in hung_up
             if (expected or slow) and process.exitcode is not None:
                 self._reap(slot, process.sentinel)
-        self.slots.collect_exited()
+        if self.slots.retiring:
+            self.slots.collect_exited()
 
     def _reap(self, slot: Optional[Slot], sentinel: int) -> None:
         """``sentinel`` fired (or a poll found the process gone): judge the death."""

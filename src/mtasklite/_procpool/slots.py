@@ -115,6 +115,12 @@ class Slot:
         assert self.piece is not None
         return self.piece.start + self.received
 
+    def escalate(self, now: float) -> None:
+        """KILLING: SIGKILL once the grace after SIGTERM is over."""
+        if now >= self.kill_at and self.process is not None:
+            self.process.kill()
+            self.kill_at = float("inf")
+
     def stop_at(self, kill_at: float) -> None:
         """SIGTERM now; the dispatcher sends SIGKILL at ``kill_at`` if it is still alive."""
         self.state, self.kill_at = KILLING, kill_at
@@ -272,13 +278,6 @@ class SlotTable:
             slot.piece = slot.next_piece = None
         self.terminate_all()
 
-    def escalate(self, now: float) -> None:
-        """SIGKILL the workers whose grace after SIGTERM is over."""
-        for slot in self.all:
-            if slot.state is KILLING and now >= slot.kill_at and slot.process is not None:
-                slot.process.kill()
-                slot.kill_at = float("inf")
-
     def reap_all_blocking(self) -> None:
         for slot in self.all:
             if slot.process is not None:
@@ -316,18 +315,20 @@ class SlotTable:
                 sentinels[process.sentinel] = None
         return conns, sentinels
 
-    def expects_death(self) -> bool:
-        """Some process is about to exit (stopped, killed, retired) or hung up its pipes."""
-        return bool(self.retiring) or any(
-            slot.state is KILLING
-            or slot.state is STOPPING
-            or (slot.process is not None and slot.process.pid in self.hung_up)
-            for slot in self.all
-        )
-
-    def work_outstanding(self) -> bool:
-        """Some worker is starting or running work (and could die unseen)."""
-        return any(slot.state is STARTING or slot.state is BUSY for slot in self.all)
+    def death_watch(self) -> tuple[bool, bool]:
+        """(a process is about to exit (stopped, killed, retired) or hung up its pipes; a
+        worker is starting or running work and could die unseen), for the death poll."""
+        expecting, outstanding = bool(self.retiring), False
+        hung_up = self.hung_up
+        for slot in self.all:
+            state = slot.state
+            if state is KILLING or state is STOPPING:
+                expecting = True
+            elif state is STARTING or state is BUSY:
+                outstanding = True
+            if slot.process is not None and slot.process.pid in hung_up:
+                expecting = True
+        return expecting, outstanding
 
 
 def room_for_prefetch(conn: multiprocessing.connection.Connection) -> int:
