@@ -116,7 +116,8 @@ class Dispatcher:
             self.control.close()
 
     def _wait_timeout(self) -> Optional[float]:
-        """Seconds until the nearest deadline (an item's limit or a SIGKILL escalation)."""
+        """Seconds until the nearest deadline: an item's limit, a SIGKILL escalation or the
+        next exit check by pid."""
         now = time.monotonic()
         nearest = None
         cells = self.slots.cells
