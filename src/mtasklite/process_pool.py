@@ -84,7 +84,7 @@ from .errors import (
     WorkerInitError,
 )
 from .executor_api import StatefulExecutorMixin, check_timeout
-from .stateful import WorkerLike, describe_worker, resolve_workers, spec_for
+from .stateful import SentByValue, WorkerLike, describe_worker, resolve_workers, spec_for
 from .windowing import ChunkResult
 
 __all__ = ["StatefulProcessExecutor", "StatefulProcessPoolExecutor"]
@@ -1133,18 +1133,36 @@ def _room_for_prefetch(conn: multiprocessing.connection.Connection) -> int:
         sock.close()
 
 
-def _check_specs_picklable(specs: Sequence[WorkerLike], method: str) -> None:
-    """Fail fast, naming the worker, when a spec cannot reach a spawned worker process."""
+_CLOUDPICKLE_HINT = (
+    "; lambdas, closures and classes defined in a function need cloudpickle: "
+    "pip install 'mtasklite[cloudpickle]'"
+)
+
+
+def _portable_specs(specs: Sequence[WorkerLike], method: str) -> list[WorkerLike]:
+    """``specs`` made sendable to spawned workers: what plain pickle cannot send goes by value
+    with cloudpickle, as task functions do; fail fast, naming the worker, if neither can."""
+    portable: list[WorkerLike] = []
     for index, spec in enumerate(specs):
         try:
             _wire.dumps(spec)
         except RuntimeError:
             pass  # multiprocessing objects that pickle only while spawning (an Event): fine
         except Exception as exc:
-            raise TypeError(
-                f"worker {index} ({describe_worker(spec)}) cannot be pickled to start a "
-                f"{method!r} worker process: {exc}"
-            ) from exc
+            try:
+                data = _wire.cloud_dumps(spec)
+            except Exception:
+                data = None
+            if data is None:
+                hint = "" if _wire.has_cloudpickle() else _CLOUDPICKLE_HINT
+                raise TypeError(
+                    f"worker {index} ({describe_worker(spec)}) cannot be pickled to start a "
+                    f"{method!r} worker process: {exc}{hint}"
+                ) from exc
+            portable.append(SentByValue(spec, data))
+            continue
+        portable.append(spec)
+    return portable
 
 
 def _pickling_problem(obj: object) -> Optional[BaseException]:
@@ -1262,7 +1280,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
                 f"on_worker_crash must be 'isolate' or 'break', got {on_worker_crash!r}"
             )
         if specs is not None and mp_context.get_start_method(allow_none=False) != "fork":
-            _check_specs_picklable(specs, mp_context.get_start_method(allow_none=False))
+            specs = _portable_specs(specs, mp_context.get_start_method(allow_none=False))
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._initializer = initializer  # type: ignore[assignment]

@@ -7,16 +7,25 @@ it through :func:`current_worker` or the executor's ``worker`` handle.
 
 from __future__ import annotations
 
+import collections
 import functools
+import inspect
+import pickle
 import sys
 import threading
-from typing import Any, Callable, Generic, Optional, Sequence, TypeVar, Union, cast
+import types
+import uuid
+import warnings
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar, Union, cast, overload
 
 from typing_extensions import ParamSpec
+
+from ._spec_class import constructing, is_constructing, meta_for, rebuild_class
 
 __all__ = [
     "DelayedInit",
     "DelayedInitClass",
+    "DelayedInitFactory",
     "WorkerHandle",
     "current_worker",
     "delayed_init",
@@ -29,34 +38,63 @@ T = TypeVar("T")
 #: What ``worker=`` accepts per worker: a spec, or any plain (stateless) callable.
 WorkerLike = Callable[..., Any]
 
+#: how many specs' instances a worker keeps for specs called as functions (least recently
+#: used dropped first): a loop making a new spec per task must not grow a worker forever
+SPECS_KEPT_PER_WORKER = 16
+
 
 class DelayedInit(Generic[T]):
     """A recorded constructor call: ``Tokenizer("en")`` on a ``@delayed_init`` class.
 
-    Pickling it sends only the class reference and the arguments, never an instance.  Calling
-    it directly builds one instance (once, lazily) and calls it, so worker code also runs
-    serially without a pool.
+    Pickling it sends only the class reference and the arguments, never an instance.  Where a
+    function is expected it behaves as the object it describes, with one object per worker:
+    called inside a pool worker it calls that worker's own instance (built on first use and
+    kept, so calls never overlap, exactly as ``ex.worker`` with ``worker=spec``); called
+    anywhere else it builds one instance (once, lazily) and calls it, so worker code also
+    runs serially without a pool.  A worker keeps the instances of its
+    ``SPECS_KEPT_PER_WORKER`` most recently used specs.
     """
 
-    __slots__ = ("_factory", "_instance", "_lock", "args", "kwargs")
+    __slots__ = ("_constructor", "_factory", "_instance", "_lock", "_token", "args", "kwargs")
 
-    def __init__(self, factory: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]):
+    def __init__(
+        self,
+        factory: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        constructor: Optional[str] = None,
+        token: Optional[int] = None,
+    ):
         self._factory = factory
+        self._constructor = constructor
         self.args = args
         self.kwargs = kwargs
         self._instance: Optional[T] = None
         self._lock = threading.Lock()
+        # Identity across pickling: every copy of this spec shares one instance per worker.
+        self._token = token if token is not None else uuid.uuid4().int
 
     @property
     def cls(self) -> Callable[..., T]:
-        """The wrapped class (or factory) this spec builds."""
+        """The class (or factory) this spec builds."""
+        if isinstance(self._factory, type):
+            return self._factory
         return getattr(self._factory, "__wrapped__", self._factory)
 
     def build(self) -> T:
         """Build and return a *new* instance (each pool worker calls this once)."""
-        return self.cls(*self.args, **self.kwargs)
+        factory = self._factory
+        if not isinstance(factory, DelayedInitClass):
+            return self.cls(*self.args, **self.kwargs)
+        with constructing(factory):
+            if self._constructor is not None:
+                return getattr(factory, self._constructor)(*self.args, **self.kwargs)  # type: ignore[no-any-return]
+            return factory(*self.args, **self.kwargs)  # type: ignore[no-any-return]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ctx = get_context()
+        if ctx is not None:
+            return ctx.instance_for(self)(*args, **kwargs)
         instance = self._instance
         if instance is None:
             with self._lock:
@@ -65,50 +103,120 @@ class DelayedInit(Generic[T]):
                 instance = self._instance
         return instance(*args, **kwargs)  # type: ignore[operator]
 
+    def __getattr__(self, name: str) -> Any:
+        # Static checkers type a spec as an instance of its class: say why it is not one.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"{self!r} is a @delayed_init spec, not an instance, so it has no attribute "
+            f"{name!r}: each worker builds its own instance (reach it with "
+            "mt.current_worker() inside a task); spec.build() builds one here"
+        )
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (DelayedInit, (self._factory, self.args, self.kwargs))
+        return (
+            DelayedInit,
+            (self._factory, self.args, self.kwargs, self._constructor, self._token),
+        )
 
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args]
         parts += [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        return f"{getattr(self.cls, '__qualname__', self.cls)!s}({', '.join(parts)})"
+        name = str(getattr(self.cls, "__qualname__", self.cls))
+        if self._constructor is not None:
+            name = f"{name}.{self._constructor}"
+        return f"{name}({', '.join(parts)})"
 
 
-class DelayedInitClass(Generic[P, T]):
-    """What ``@delayed_init`` turns a class into: calling it records a :class:`DelayedInit`."""
+def _record_constructor_call(
+    owner: type, constructor: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> DelayedInit[Any]:
+    return DelayedInit(owner, args, kwargs, constructor)
+
+
+class DelayedInitClass(type):
+    """The metaclass ``@delayed_init`` gives a class: calling the class records a
+    :class:`DelayedInit` spec instead of building an instance.
+
+    Everything else is the plain class: class attributes, ``super()``, ``isinstance`` and
+    ``issubclass``, pickling by reference.  Classmethods that return an instance
+    (alternative constructors such as ``from_name``) record specs too; the worker runs them.
+    """
+
+    def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kw: Any):
+        super().__init__(name, bases, namespace, **kw)
+
+        def build_now(*args: Any, **kwargs: Any) -> Any:
+            with constructing(cls):
+                return cls(*args, **kwargs)
+
+        # ``Model.__wrapped__(...)`` builds a real instance at once; it also gives
+        # ``inspect.signature(Model)`` (and so ``help``) the constructor's parameters.
+        build_now.__name__ = "__wrapped__"
+        build_now.__qualname__ = f"{cls.__qualname__}.__wrapped__"
+        build_now.__doc__ = f"Build a real {name} instance now (not a spec)."
+        signature = _constructor_signature(cls)
+        if signature is not None:
+            build_now.__signature__ = signature  # type: ignore[attr-defined]
+        type.__setattr__(cls, "__wrapped__", build_now)
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if is_constructing(cls):
+            return super().__call__(*args, **kwargs)
+        return DelayedInit(cls, args, kwargs)
+
+
+class DelayedInitFactory(Generic[P, T]):
+    """What ``@delayed_init`` turns a factory *function* into: calls record specs."""
 
     __wrapped__: Callable[P, T]
     __qualname__: str
 
-    def __init__(self, cls: Callable[P, T]):
-        # Copy only the identity attributes: updating __dict__ (update_wrapper's default) would
-        # pull the class's own methods, e.g. a custom __reduce__, onto this decorator object.
-        functools.update_wrapper(self, cls, updated=())
-        self.__wrapped__ = cls
+    def __init__(self, factory: Callable[P, T]):
+        # Copy only the identity attributes, not the wrapped object's __dict__.
+        functools.update_wrapper(self, factory, updated=())
+        self.__wrapped__ = factory
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> DelayedInit[T]:
         return DelayedInit(cast("Callable[..., T]", self), args, kwargs)
 
-    def __instancecheck__(self, obj: object) -> bool:
-        return isinstance(obj, self.__wrapped__)  # type: ignore[arg-type]
-
     def __reduce__(self) -> Union[str, tuple[Any, ...]]:
         # Pickle by reference to the decorated module-level name when it resolves to us (the
-        # original class is shadowed by this object, so pickling *it* by name would fail).
+        # original function is shadowed by this object, so pickling *it* by name would fail).
         module = sys.modules.get(self.__module__)
         found: Any = module
         for part in self.__qualname__.split("."):
             found = getattr(found, part, None)
         if found is self:
             return str(self.__qualname__)
-        return (DelayedInitClass, (self.__wrapped__,))
+        return (DelayedInitFactory, (self.__wrapped__,))
 
     def __repr__(self) -> str:
         return f"<delayed_init {self.__module__}.{self.__qualname__}>"
 
 
-def delayed_init(cls: Callable[P, T]) -> DelayedInitClass[P, T]:
+C = TypeVar("C", bound=type)
+
+
+@overload
+def delayed_init(cls: C) -> C: ...
+
+
+@overload
+def delayed_init(cls: Callable[P, T]) -> Callable[P, T]: ...
+
+
+def delayed_init(cls: Callable[P, T]) -> Any:
     """Class decorator: constructor calls return picklable specs instead of instances.
+
+    The class stays a class (attributes, classmethods, ``super()``, ``isinstance``,
+    ``issubclass`` and subclasses work as before); only calling it changes.  Its
+    classmethods that return an instance (no return annotation, or one naming the class,
+    ``Self`` or a type variable) become alternative constructors: ``Model.from_name("x")``
+    is a spec whose worker runs ``from_name``.  Annotate a helper classmethod's other return
+    type to call it directly.  ``Model.__wrapped__(...)`` builds a real instance at once
+    (for a custom ``__reduce__``).  Type checkers see the plain class, so a spec is typed as
+    an instance of it; it supports calling, not attribute access.
 
     >>> @delayed_init
     ... class Counter:
@@ -121,18 +229,66 @@ def delayed_init(cls: Callable[P, T]) -> DelayedInitClass[P, T]:
     >>> spec(1), spec(1)         # called directly: built once, then reused
     (12, 13)
     """
+    if isinstance(cls, type):
+        return _delayed_class(cls)
     if not callable(cls):
         raise TypeError(f"delayed_init expects a class or factory, got {cls!r}")
-    return DelayedInitClass(cls)
+    return DelayedInitFactory(cls)
+
+
+def _delayed_class(cls: type) -> type:
+    if isinstance(cls, DelayedInitClass):
+        return cls  # already delayed (or a subclass of a delayed class)
+    return rebuild_class(cls, meta_for(DelayedInitClass, type(cls)), _record_constructor_call)
+
+
+def _constructor_signature(cls: type) -> Optional[inspect.Signature]:
+    """The signature of calling ``cls``, read from its ``__init__`` or ``__new__``."""
+    for name in ("__init__", "__new__"):
+        method = getattr(cls, name)
+        if method is getattr(object, name):
+            continue
+        try:
+            signature = inspect.signature(method)
+        except (TypeError, ValueError):
+            return None
+        parameters = list(signature.parameters.values())[1:]  # drop self / cls
+        return signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty)
+    return inspect.Signature()
+
+
+class SentByValue:
+    """A worker spec that plain pickle cannot send (a lambda, a closure, a local class),
+    carried to spawned worker processes as cloudpickle bytes; it unpickles as the spec itself.
+    """
+
+    __slots__ = ("data", "spec")
+
+    def __init__(self, spec: WorkerLike, data: bytes):
+        self.spec = spec
+        self.data = data
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.spec(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.data,))
+
+    def __repr__(self) -> str:
+        return repr(self.spec)
 
 
 def build_worker(spec: WorkerLike) -> Any:
     """The per-worker object for ``spec``: a fresh instance of a spec, or a plain callable as is."""
+    if isinstance(spec, SentByValue):
+        spec = spec.spec
     return spec.build() if isinstance(spec, DelayedInit) else spec
 
 
 def describe_worker(spec: WorkerLike) -> str:
     """A short human name for error messages."""
+    if isinstance(spec, SentByValue):
+        spec = spec.spec
     if isinstance(spec, DelayedInit):
         return repr(spec)
     return getattr(spec, "__qualname__", None) or repr(spec)
@@ -148,11 +304,28 @@ def describe_worker(spec: WorkerLike) -> str:
 class WorkerContext:
     """Who the calling worker is: its index and the object built from its spec."""
 
-    __slots__ = ("index", "instance")
+    __slots__ = ("_spec_instances", "index", "instance")
 
     def __init__(self, index: int, instance: Any):
         self.index = index
         self.instance = instance
+        self._spec_instances: Optional[collections.OrderedDict[int, Any]] = None
+
+    def instance_for(self, spec: DelayedInit[Any]) -> Any:
+        """This worker's own instance of ``spec`` (a spec called as a function), built once."""
+        cache = self._spec_instances
+        if cache is None:
+            cache = self._spec_instances = collections.OrderedDict()
+        token = spec._token
+        instance = cache.get(token)
+        if instance is None:
+            instance = spec.build()
+            cache[token] = instance
+            if len(cache) > SPECS_KEPT_PER_WORKER:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(token)
+        return instance
 
 
 _thread_context = threading.local()
@@ -242,6 +415,46 @@ def resolve_workers(
             "or a list of them)"
         )
     return [worker], max_workers
+
+
+def warn_shared_instances(specs: Optional[list[WorkerLike]], workers: int) -> None:
+    """Warn when worker threads would share one stateful object (an instance, not a spec).
+
+    A thread pool hands a plain object to its workers as is, so one instance given for
+    several workers gets overlapping calls; ``@delayed_init`` gives each worker its own.
+    """
+    if specs is None:
+        return
+    shared = specs * workers if len(specs) == 1 else specs
+    seen: set[int] = set()
+    for spec in shared:
+        if not _is_plain_instance(spec):
+            continue
+        if id(spec) in seen:
+            warnings.warn(
+                f"worker= gives one object ({type(spec).__name__} instance) to several worker "
+                "threads, which will call it at the same time; decorate its class with "
+                "@mtasklite.delayed_init so that each worker builds its own",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        seen.add(id(spec))
+
+
+def _is_plain_instance(obj: object) -> bool:
+    """An object with state of its own (not a function, class, spec or handle)."""
+    stateless = (
+        types.FunctionType,
+        types.BuiltinFunctionType,
+        types.MethodType,
+        functools.partial,
+        type,
+        DelayedInit,
+        SentByValue,
+        WorkerHandle,
+    )
+    return not isinstance(obj, stateless) and bool(getattr(obj, "__dict__", None))
 
 
 def spec_for(specs: Optional[list[WorkerLike]], index: int) -> Optional[WorkerLike]:

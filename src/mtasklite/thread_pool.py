@@ -44,6 +44,7 @@ from .stateful import (
     resolve_workers,
     set_thread_context,
     spec_for,
+    warn_shared_instances,
 )
 from .windowing import ChunkResult, run_chunk
 
@@ -339,6 +340,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
     ):
         specs, max_workers = resolve_workers(worker, max_workers)
         super().__init__(max_workers, thread_name_prefix, initializer, initargs)
+        warn_shared_instances(specs, self._max_workers)
         self._worker_specs = specs
         self._task_timeout = check_timeout("task_timeout", task_timeout)
         self._broken_cause: Optional[BaseException] = None

@@ -1,0 +1,84 @@
+"""Importable classes and functions for the first-hour tests (spawned workers import them)."""
+
+from __future__ import annotations
+
+import abc
+import os
+import threading
+from typing import Any
+
+import mtasklite as mt
+
+#: constructor calls made in *this* process (each worker process has its own)
+BUILT: list[str] = []
+_built_lock = threading.Lock()
+
+
+class Base:
+    def __init__(self) -> None:
+        self.based = True
+
+    def describe(self) -> str:
+        return "base"
+
+
+@mt.delayed_init
+class Model(Base):
+    """A stateful worker that notices overlapping calls and counts its builds."""
+
+    DEFAULT = "small"
+
+    def __init__(self, name: str, scale: int = 1) -> None:
+        super(Model, self).__init__()  # noqa: UP008  # the explicit form: Model is the class
+        with _built_lock:
+            BUILT.append(name)
+        self.name = name
+        self.scale = scale
+        self.calls = 0
+        self._busy = threading.Lock()
+
+    def describe(self) -> str:
+        return f"model+{super().describe()}"
+
+    @classmethod
+    def from_name(cls, name: str) -> Model:
+        """An alternative constructor, as ``from_pretrained`` is."""
+        return cls(name.upper(), scale=10)
+
+    @classmethod
+    def known_names(cls) -> list[str]:
+        return [cls.DEFAULT, "large"]
+
+    def __call__(self, x: int) -> tuple[int, int, str, int]:
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("two calls overlapped on one Model instance")
+        try:
+            self.calls += 1
+            return os.getpid(), id(self), self.name, x * self.scale
+        finally:
+            self._busy.release()
+
+
+@mt.delayed_init
+class Abstract(abc.ABC):
+    __slots__ = ("k",)
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    @abc.abstractmethod
+    def __call__(self, x: int) -> int: ...
+
+
+@mt.delayed_init
+class Concrete(Abstract):
+    __slots__ = ()
+
+    def __call__(self, x: int) -> int:
+        return self.k * x
+
+
+def builds_here(_: Any = None) -> list[str]:
+    """The constructor calls made in the calling worker process."""
+    with _built_lock:
+        return list(BUILT)
