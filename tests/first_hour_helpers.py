@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import os
 import threading
+import time
 from typing import Any
 
 import mtasklite as mt
@@ -82,3 +83,10 @@ def builds_here(_: Any = None) -> list[str]:
     """The constructor calls made in the calling worker process."""
     with _built_lock:
         return list(BUILT)
+
+
+def nap_on_three(x: int) -> int:
+    """Hangs on item 3 until its worker process is stopped (a timed task that overruns)."""
+    if x == 3:
+        time.sleep(3600)  # sleep-ok: stopped by the task timeout, never waited for
+    return x

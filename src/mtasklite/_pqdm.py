@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from tqdm.auto import tqdm as tqdm_auto
 
 from .constants import ArgumentPassing, ExceptionBehaviour
+from .constants import exception_behaviour as parse_exception_behaviour
 from .pool import Pool, PoolResults, SizedPoolResults
 from .stateful import WorkerLike
 
@@ -22,7 +24,6 @@ _EXPLICIT = frozenset(
         "argument_type",
         "bounded",
         "exception_behaviour",
-        "exception_behavior",
         "tqdm_class",
         "use_threads",
     }
@@ -48,17 +49,19 @@ def run_pqdm(
         raise TypeError(f"pqdm() got {', '.join(map(repr, repeated))} twice (as a named argument)")
     pool_kwargs = {name: kwargs[name] for name in _POOL_OPTIONS.intersection(kwargs)}
     tqdm_kwargs = {name: value for name, value in kwargs.items() if name not in pool_kwargs}
+    _check_tqdm_kwargs(tqdm_class, tqdm_kwargs)
+    alias = pool_kwargs.pop("exception_behavior", None)  # Pool's spelling, also accepted
     pool = Pool(
         worker_or_worker_arr,
         n_jobs,
         argument_type,
-        exception_behaviour,
+        exception_behaviour if alias is None else _merge_spellings(exception_behaviour, alias),
         bounded,
         use_threads=use_threads,
         **pool_kwargs,
     )
     try:
-        results = pool._run(input_iterable, close_pool=True)
+        results = pool._run(input_iterable, close_pool=True, inner=True)
         length = len(results) if isinstance(results, SizedPoolResults) else None
         tqdm_kwargs.setdefault("total", length)
         bar = tqdm_class(results, **tqdm_kwargs)
@@ -74,6 +77,57 @@ def run_pqdm(
     if length is None:
         return PoolResults(source, close, pool.terminate)
     return SizedPoolResults(source, close, length, pool.terminate)
+
+
+def _merge_spellings(
+    behaviour: Union[ExceptionBehaviour, str], behavior: Union[ExceptionBehaviour, str]
+) -> ExceptionBehaviour:
+    """pqdm's ``exception_behaviour`` (default ``"ignore"``) with Pool's ``exception_behavior``."""
+    ours, theirs = parse_exception_behaviour(behaviour), parse_exception_behaviour(behavior)
+    if ours is not ExceptionBehaviour.IGNORE and ours is not theirs:
+        raise TypeError(
+            f"exception_behaviour={ours.value!r} and exception_behavior={theirs.value!r} "
+            "disagree; pass one of the two spellings"
+        )
+    return theirs
+
+
+def _check_tqdm_kwargs(tqdm_class: Any, tqdm_kwargs: dict[str, Any]) -> None:
+    """Refuse a keyword that neither pqdm, the pool nor ``tqdm_class`` takes, under our name
+    (tqdm would raise its own ``TqdmKeyError``, or ignore it when disabled)."""
+    accepted = _named_parameters(tqdm_class)
+    unknown = sorted(name for name in tqdm_kwargs if accepted is not None and name not in accepted)
+    if not unknown:
+        return
+    known = sorted(_EXPLICIT | _POOL_OPTIONS | (accepted or frozenset()))
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(
+        f"pqdm() got unexpected keyword argument(s) {', '.join(hints)}: not an option of pqdm, "
+        f"of mtasklite.Pool or of {getattr(tqdm_class, '__name__', tqdm_class)}"
+    )
+
+
+def _named_parameters(target: Any) -> Optional[frozenset[str]]:
+    """Keyword names ``target`` (a class or a function) accepts; ``None`` if it takes any."""
+    names: set[str] = set()
+    chain = [klass.__init__ for klass in getattr(target, "__mro__", ())
+             if "__init__" in klass.__dict__ and klass is not object]  # fmt: skip
+    for function in chain or [target]:
+        try:
+            parameters = inspect.signature(function).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        names.update(p.name for p in parameters if p.kind in _NAMED_KINDS and p.name != "self")
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return frozenset(names)
+    # Every __init__ passes **kwargs on: what is left reaches object.__init__, which takes none
+    return frozenset(names) if chain else None
+
+
+_NAMED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 class PqdmFunction:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections.abc
 import threading
+import warnings
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
@@ -24,7 +25,7 @@ from .constants import (
 from .errors import DeferredExceptions
 from .executor_api import StatefulExecutorMixin
 from .process_pool import StatefulProcessPoolExecutor
-from .stateful import WorkerLike
+from .stateful import NamedWorkerHandle, WorkerLike, workers_name
 from .thread_pool import StatefulThreadPoolExecutor
 
 __all__ = ["Pool", "PoolResults", "SizedPoolResults", "is_exception"]
@@ -42,6 +43,7 @@ class _StarArgs:
 
     def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
+        self.__qualname__ = getattr(fn, "__qualname__", type(fn).__qualname__)  # for messages
 
     def __call__(self, item: Any) -> Any:
         if not isinstance(item, collections.abc.Iterable):
@@ -57,6 +59,7 @@ class _KeywordArgs:
 
     def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
+        self.__qualname__ = getattr(fn, "__qualname__", type(fn).__qualname__)  # for messages
 
     def __call__(self, item: Any) -> Any:
         if not isinstance(item, collections.abc.Mapping):
@@ -83,26 +86,63 @@ class PoolResults(Iterator[Any]):
         self._source = source
         self._on_close = on_close
         self._on_interrupt = on_interrupt
+        self._read = 0
+        #: "not started" until the first ``next()``; ``None`` when nobody should be warned
+        #: about a drop (an inner result that another PoolResults iterates)
+        self._state: Optional[str] = "not started"
 
     def __iter__(self) -> PoolResults:
         return self
 
     def __next__(self) -> Any:
         try:
-            return next(self._source)
+            value = next(self._source)
+        except StopIteration:
+            if self._state != "closed":
+                self._state = "finished"
+            raise
         except KeyboardInterrupt:
             # Ctrl-C may land in the progress bar's frame rather than in the wait for a
             # result: stop the workers here too, so no further item starts.
+            self._state = "interrupted"
             if self._on_interrupt is not None:
                 self._on_interrupt()
             raise
+        except BaseException:
+            self._state = "stopped by an exception"
+            raise
+        self._read += 1
+        self._state = "running"
+        return value
 
     def close(self) -> None:
         """Stop the run now (idempotent)."""
+        if self._state != "finished":
+            self._state = "closed"
         close = getattr(self._source, "close", None)
         if close is not None:
             close()
         self._on_close()
+
+    def __repr__(self) -> str:
+        length = getattr(self, "_length", None)
+        read = f"{self._read} of {length}" if length is not None else str(self._read)
+        return (
+            f"<{type(self).__name__}: lazy, {read} results read, {self._state}; "
+            "iterate it once (list(results), for ...) to run the items>"
+        )
+
+    def __del__(self) -> None:
+        # Like an un-awaited coroutine: a run dropped before it started did nothing.
+        if getattr(self, "_state", None) == "not started":
+            warnings.warn(
+                f"{type(self).__name__} dropped before it was iterated: its items never ran "
+                "and no exception was raised (pqdm and Pool results are lazy: iterate them, "
+                "e.g. list(pqdm(...)), or use them in a for loop or a with block)",
+                RuntimeWarning,
+                stacklevel=2,
+                source=self,
+            )
 
     def __enter__(self) -> PoolResults:
         return self
@@ -160,6 +200,10 @@ class Pool:
     closing waits for the workers before stopping them.  ``mp_context``, ``initializer``,
     ``initargs`` and ``max_tasks_per_child`` go to the process executor; ``client`` (a Dask
     ``distributed.Client``) runs the pool on a Dask cluster instead.
+    ``exception_behaviour`` (pqdm's spelling) is accepted for ``exception_behavior``.
+
+    The results are lazy: nothing runs until they are iterated (a :class:`PoolResults`
+    dropped unread warns), and they can be iterated once.
     """
 
     def __init__(
@@ -181,9 +225,11 @@ class Pool:
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: Optional[int] = None,
         client: Any = None,
+        exception_behaviour: Union[ExceptionBehaviour, str, None] = None,
     ):
+        _check_n_jobs(n_jobs, worker_or_worker_arr)
         self.argument_type = argument_passing(argument_type)
-        self.exception_behavior = exception_behaviour(exception_behavior)
+        self.exception_behavior = _either_spelling(exception_behavior, exception_behaviour)
         self.bounded = bool(bounded)
         self.chunk_size = _positive_or_none("chunk_size", chunk_size)
         self.chunk_prefill_ratio = _positive_or_none("chunk_prefill_ratio", chunk_prefill_ratio)
@@ -210,6 +256,7 @@ class Pool:
                 worker=worker_or_worker_arr, task_timeout=task_timeout,
             )  # fmt: skip
         self.num_workers: int = self._executor._max_workers
+        self._worker_name = workers_name(worker_or_worker_arr)
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -217,9 +264,12 @@ class Pool:
         """Run the worker over ``input_iterable``; returns the lazy results."""
         return self._run(input_iterable, close_pool=False)
 
-    def _run(self, input_iterable: Iterable[Any], close_pool: bool) -> PoolResults:
+    def _run(
+        self, input_iterable: Iterable[Any], close_pool: bool, inner: bool = False
+    ) -> PoolResults:
         executor: Any = self._executor
-        fn: Callable[..., Any] = executor.worker
+        executor.worker  # noqa: B018  # raises if the executor has no worker objects
+        fn: Callable[..., Any] = NamedWorkerHandle(self._worker_name)
         if self.argument_type is ArgumentPassing.AS_ARGS:
             fn = _StarArgs(fn)
         elif self.argument_type is ArgumentPassing.AS_KWARGS:
@@ -249,9 +299,14 @@ class Pool:
                 self.close()
 
         source = _apply_exception_mode(results, behaviour, ordered, close)
-        if length is None:
-            return PoolResults(source, close, self.terminate)
-        return SizedPoolResults(source, close, length, self.terminate)
+        wrapped = (
+            PoolResults(source, close, self.terminate)
+            if length is None
+            else SizedPoolResults(source, close, length, self.terminate)
+        )
+        if inner:
+            wrapped._state = None  # its owner warns, if anyone
+        return wrapped
 
     def _buffersize(self) -> int:
         ratio = self.chunk_prefill_ratio if self.chunk_prefill_ratio is not None else 4
@@ -298,6 +353,35 @@ class Pool:
         else:
             self.close()
         return False
+
+
+def _check_n_jobs(n_jobs: Optional[int], workers: object) -> None:
+    """Refuse a bad ``n_jobs`` under its own name (the executor would say ``max_workers``)."""
+    if n_jobs is None:
+        return
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ValueError(f"n_jobs must be a positive integer or None, got {n_jobs!r}")
+    if isinstance(workers, (list, tuple)) and n_jobs != len(workers):
+        raise ValueError(
+            f"n_jobs={n_jobs} does not match the {len(workers)} workers given in "
+            "worker_or_worker_arr (omit n_jobs to use one worker per entry)"
+        )
+
+
+def _either_spelling(
+    behavior: Union[ExceptionBehaviour, str], behaviour: Union[ExceptionBehaviour, str, None]
+) -> ExceptionBehaviour:
+    """``exception_behavior`` (Pool's spelling) or ``exception_behaviour`` (pqdm's)."""
+    chosen = exception_behaviour(behavior)
+    if behaviour is None:
+        return chosen
+    other = exception_behaviour(behaviour)
+    if chosen is not ExceptionBehaviour.IMMEDIATE and chosen is not other:
+        raise TypeError(
+            f"exception_behavior={chosen.value!r} and exception_behaviour={other.value!r} "
+            "disagree; pass one of the two spellings"
+        )
+    return other
 
 
 def _positive_or_none(name: str, value: Optional[int]) -> Optional[int]:

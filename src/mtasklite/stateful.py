@@ -384,6 +384,32 @@ class WorkerHandle:
 WORKER_HANDLE = WorkerHandle()
 
 
+class NamedWorkerHandle(WorkerHandle):
+    """``ex.worker`` under the name of the user's worker, which messages show (a task that
+    timed out is ``work(3)``, not the handle)."""
+
+    def __init__(self, name: str):
+        self.__qualname__ = name
+
+    def __reduce__(self) -> tuple[Any, ...]:  # type: ignore[override]
+        return (NamedWorkerHandle, (self.__qualname__,))
+
+    def __repr__(self) -> str:
+        return f"<mtasklite worker handle for {self.__qualname__}>"
+
+
+def workers_name(worker: Union[WorkerLike, Sequence[WorkerLike]]) -> str:
+    """What to call the user's worker(s) in messages: the function or class name they share."""
+    workers = worker if isinstance(worker, (list, tuple)) else [worker]
+    names = set()
+    for one in workers:
+        target = one.spec if isinstance(one, SentByValue) else one
+        if isinstance(target, DelayedInit):
+            target = target.cls
+        names.add(str(getattr(target, "__qualname__", None) or type(target).__qualname__))
+    return names.pop() if len(names) == 1 else "worker"
+
+
 def resolve_workers(
     worker: Union[WorkerLike, Sequence[WorkerLike], None], max_workers: Optional[int]
 ) -> tuple[Optional[list[WorkerLike]], Optional[int]]:
