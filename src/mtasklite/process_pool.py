@@ -83,7 +83,7 @@ from .errors import (
     WorkerCrashedError,
     WorkerInitError,
 )
-from .executor_api import StatefulExecutorMixin, check_timeout
+from .executor_api import SHUTDOWN_MESSAGE, StatefulExecutorMixin, check_timeout
 from .stateful import SentByValue, WorkerLike, describe_worker, resolve_workers, spec_for
 from .windowing import ChunkResult
 
@@ -1333,7 +1333,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             if dispatcher.broken is not None:
                 raise _copy_error(dispatcher.broken)
             if self._shutdown_thread:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+                raise RuntimeError(SHUTDOWN_MESSAGE)
             if _global_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future[Any] = (

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 from ._futures import cancel_dropped
 from ._thread_imap import drained_imap
 from .errors import TaskTimeoutError, WorkerInitError
-from .executor_api import StatefulExecutorMixin, check_timeout
+from .executor_api import SHUTDOWN_MESSAGE, StatefulExecutorMixin, check_timeout
 from .stateful import (
     WorkerContext,
     WorkerLike,
@@ -376,7 +376,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
         if self._broken:
             raise self._broken_error()
         if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+            raise RuntimeError(SHUTDOWN_MESSAGE)
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
