@@ -8,7 +8,6 @@ exception modes (see :mod:`mtasklite.constants`).  The pqdm functions in
 
 from __future__ import annotations
 
-import collections.abc
 import threading
 import warnings
 from concurrent.futures import Executor
@@ -16,16 +15,23 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 
 from typing_extensions import Literal
 
+from ._pool_args import (
+    KeywordArgs,
+    StarArgs,
+    check_n_jobs,
+    either_spelling,
+    positive_or_none,
+)
+from ._worker_checks import NamedWorkerHandle, workers_name
 from .constants import (
     ArgumentPassing,
     ExceptionBehaviour,
     argument_passing,
-    exception_behaviour,
 )
 from .errors import DeferredExceptions
 from .executor_api import StatefulExecutorMixin
 from .process_pool import StatefulProcessPoolExecutor
-from .stateful import NamedWorkerHandle, WorkerLike, workers_name
+from .stateful import WorkerLike
 from .thread_pool import StatefulThreadPoolExecutor
 
 __all__ = ["Pool", "PoolResults", "SizedPoolResults", "is_exception"]
@@ -36,38 +42,6 @@ T = TypeVar("T")
 def is_exception(obj: object) -> bool:
     """Whether ``obj`` is an exception (how a failed item shows up in ``"ignore"`` mode)."""
     return isinstance(obj, BaseException)
-
-
-class _StarArgs:
-    """Calls ``fn(*item)``; a non-iterable item fails with a message naming the mode."""
-
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
-        self.__qualname__ = getattr(fn, "__qualname__", type(fn).__qualname__)  # for messages
-
-    def __call__(self, item: Any) -> Any:
-        if not isinstance(item, collections.abc.Iterable):
-            raise TypeError(
-                f"argument_type='args' needs an iterable of arguments per input item, got "
-                f"{type(item).__name__}: {item!r:.80}"
-            )
-        return self.fn(*item)
-
-
-class _KeywordArgs:
-    """Calls ``fn(**item)``; a non-mapping item fails with a message naming the mode."""
-
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
-        self.__qualname__ = getattr(fn, "__qualname__", type(fn).__qualname__)  # for messages
-
-    def __call__(self, item: Any) -> Any:
-        if not isinstance(item, collections.abc.Mapping):
-            raise TypeError(
-                f"argument_type='kwargs' needs a mapping of keyword arguments per input item, "
-                f"got {type(item).__name__}: {item!r:.80}"
-            )
-        return self.fn(**item)
 
 
 class PoolResults(Iterator[Any]):
@@ -227,12 +201,12 @@ class Pool:
         client: Any = None,
         exception_behaviour: Union[ExceptionBehaviour, str, None] = None,
     ):
-        _check_n_jobs(n_jobs, worker_or_worker_arr)
+        check_n_jobs(n_jobs, worker_or_worker_arr)
         self.argument_type = argument_passing(argument_type)
-        self.exception_behavior = _either_spelling(exception_behavior, exception_behaviour)
+        self.exception_behavior = either_spelling(exception_behavior, exception_behaviour)
         self.bounded = bool(bounded)
-        self.chunk_size = _positive_or_none("chunk_size", chunk_size)
-        self.chunk_prefill_ratio = _positive_or_none("chunk_prefill_ratio", chunk_prefill_ratio)
+        self.chunk_size = positive_or_none("chunk_size", chunk_size)
+        self.chunk_prefill_ratio = positive_or_none("chunk_prefill_ratio", chunk_prefill_ratio)
         self.is_unordered = bool(is_unordered)
         self.use_threads = bool(use_threads)
         self.task_timeout = task_timeout
@@ -271,9 +245,9 @@ class Pool:
         executor.worker  # noqa: B018  # raises if the executor has no worker objects
         fn: Callable[..., Any] = NamedWorkerHandle(self._worker_name)
         if self.argument_type is ArgumentPassing.AS_ARGS:
-            fn = _StarArgs(fn)
+            fn = StarArgs(fn)
         elif self.argument_type is ArgumentPassing.AS_KWARGS:
-            fn = _KeywordArgs(fn)
+            fn = KeywordArgs(fn)
         length = _length(input_iterable)
         # Unbounded is only possible when the input is sized: everything is submitted now.
         buffersize = max(1, length) if not self.bounded and length is not None else None
@@ -353,43 +327,6 @@ class Pool:
         else:
             self.close()
         return False
-
-
-def _check_n_jobs(n_jobs: Optional[int], workers: object) -> None:
-    """Refuse a bad ``n_jobs`` under its own name (the executor would say ``max_workers``)."""
-    if n_jobs is None:
-        return
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
-        raise ValueError(f"n_jobs must be a positive integer or None, got {n_jobs!r}")
-    if isinstance(workers, (list, tuple)) and n_jobs != len(workers):
-        raise ValueError(
-            f"n_jobs={n_jobs} does not match the {len(workers)} workers given in "
-            "worker_or_worker_arr (omit n_jobs to use one worker per entry)"
-        )
-
-
-def _either_spelling(
-    behavior: Union[ExceptionBehaviour, str], behaviour: Union[ExceptionBehaviour, str, None]
-) -> ExceptionBehaviour:
-    """``exception_behavior`` (Pool's spelling) or ``exception_behaviour`` (pqdm's)."""
-    chosen = exception_behaviour(behavior)
-    if behaviour is None:
-        return chosen
-    other = exception_behaviour(behaviour)
-    if chosen is not ExceptionBehaviour.IMMEDIATE and chosen is not other:
-        raise TypeError(
-            f"exception_behavior={chosen.value!r} and exception_behaviour={other.value!r} "
-            "disagree; pass one of the two spellings"
-        )
-    return other
-
-
-def _positive_or_none(name: str, value: Optional[int]) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-    return value
 
 
 def _apply_exception_mode(

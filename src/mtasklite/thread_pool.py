@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from ._futures import cancel_dropped
 from ._thread_imap import drained_imap
+from ._worker_checks import warn_shared_instances
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import SHUTDOWN_MESSAGE, StatefulExecutorMixin, check_timeout
 from .stateful import (
@@ -44,7 +45,6 @@ from .stateful import (
     resolve_workers,
     set_thread_context,
     spec_for,
-    warn_shared_instances,
 )
 from .windowing import ChunkResult, run_chunk
 
