@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Collection, Iterable, Optional, Sequence, TypeVar, Union, cast
 
 from tqdm.auto import tqdm as tqdm_auto
+from typing_extensions import Literal, Protocol, overload
 
 from .constants import ArgumentPassing, ExceptionBehaviour
 from .constants import exception_behaviour as parse_exception_behaviour
 from .pool import Pool, PoolResults, SizedPoolResults
 from .stateful import WorkerLike
 
-__all__ = ["PqdmFunction", "run_pqdm"]
+__all__ = ["Pqdm", "make_pqdm", "run_pqdm"]
+
+T = TypeVar("T")
 
 #: parameters pqdm names explicitly: passing them again through ``**kwargs`` is an error
 _EXPLICIT = frozenset(
@@ -42,7 +45,7 @@ def run_pqdm(
     tqdm_class: Any,
     use_threads: bool,
     kwargs: dict[str, Any],
-) -> PoolResults:
+) -> PoolResults[Any]:
     """Split ``kwargs`` between the pool and tqdm, start the pool, wrap its results in a bar."""
     repeated = sorted(_EXPLICIT.intersection(kwargs))
     if repeated:
@@ -130,16 +133,56 @@ def _named_parameters(target: Any) -> Optional[frozenset[str]]:
 _NAMED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
-class PqdmFunction:
-    """``pqdm`` bound to worker threads or processes: ``mtasklite.threads.pqdm`` and
-    ``mtasklite.processes.pqdm`` are its two instances."""
+#: the exception modes in which a failed item raises (the others yield the exception)
+_Raising = Literal[
+    "immediate", "deferred", ExceptionBehaviour.IMMEDIATE, ExceptionBehaviour.DEFERRED
+]
+_Keeping = Literal["ignore", ExceptionBehaviour.IGNORE]
+_Workers = Union[Callable[..., T], Sequence[Callable[..., T]]]
+_SINGLE = ArgumentPassing.AS_SINGLE_ARG
 
-    def __init__(self, use_threads: bool):
-        self._use_threads = use_threads
-        self.__doc__ = _PQDM_DOC.format(on="worker threads" if use_threads else "worker processes")
 
+class Pqdm(Protocol):
+    """The type of ``mtasklite.threads.pqdm`` and ``mtasklite.processes.pqdm``: a sized input
+    gives a sized result; in ``"ignore"`` mode (the default) items may be exceptions."""
+
+    @overload
     def __call__(
-        self,
+        self, input_iterable: Collection[Any], worker_or_worker_arr: _Workers[T],
+        n_jobs: Optional[int] = None, argument_type: Union[ArgumentPassing, str] = _SINGLE,
+        bounded: bool = False, exception_behaviour: _Keeping = ..., tqdm_class: Any = ...,
+        **kwargs: Any,
+    ) -> SizedPoolResults[Union[T, BaseException]]: ...  # fmt: skip
+
+    @overload
+    def __call__(
+        self, input_iterable: Collection[Any], worker_or_worker_arr: _Workers[T],
+        n_jobs: Optional[int] = None, argument_type: Union[ArgumentPassing, str] = _SINGLE,
+        bounded: bool = False, *, exception_behaviour: _Raising, tqdm_class: Any = ...,
+        **kwargs: Any,
+    ) -> SizedPoolResults[T]: ...  # fmt: skip
+
+    @overload
+    def __call__(
+        self, input_iterable: Iterable[Any], worker_or_worker_arr: _Workers[T],
+        n_jobs: Optional[int] = None, argument_type: Union[ArgumentPassing, str] = _SINGLE,
+        bounded: bool = False, *, exception_behaviour: _Raising, tqdm_class: Any = ...,
+        **kwargs: Any,
+    ) -> PoolResults[T]: ...  # fmt: skip
+
+    @overload
+    def __call__(
+        self, input_iterable: Iterable[Any], worker_or_worker_arr: _Workers[T],
+        n_jobs: Optional[int] = None, argument_type: Union[ArgumentPassing, str] = _SINGLE,
+        bounded: bool = False, exception_behaviour: Union[ExceptionBehaviour, str] = ...,
+        tqdm_class: Any = ..., **kwargs: Any,
+    ) -> PoolResults[Union[T, BaseException]]: ...  # fmt: skip
+
+
+def make_pqdm(use_threads: bool) -> Pqdm:
+    """``pqdm`` on worker threads or processes (``mtasklite.threads`` / ``.processes``)."""
+
+    def pqdm(
         input_iterable: Iterable[Any],
         worker_or_worker_arr: Union[WorkerLike, Sequence[WorkerLike]],
         n_jobs: Optional[int] = None,
@@ -148,7 +191,7 @@ class PqdmFunction:
         exception_behaviour: Union[ExceptionBehaviour, str] = ExceptionBehaviour.IGNORE,
         tqdm_class: Any = tqdm_auto,
         **kwargs: Any,
-    ) -> PoolResults:
+    ) -> PoolResults[Any]:
         return run_pqdm(
             input_iterable,
             worker_or_worker_arr,
@@ -157,9 +200,14 @@ class PqdmFunction:
             bounded,
             exception_behaviour,
             tqdm_class,
-            self._use_threads,
+            use_threads,
             kwargs,
         )
+
+    pqdm.__doc__ = _PQDM_DOC.format(on="worker threads" if use_threads else "worker processes")
+    pqdm.__module__ = "mtasklite.threads" if use_threads else "mtasklite.processes"
+    pqdm.__qualname__ = "pqdm"
+    return cast(Pqdm, pqdm)
 
 
 _PQDM_DOC = """Map a worker over ``input_iterable`` on {on}, with a tqdm progress bar.
@@ -171,5 +219,12 @@ _PQDM_DOC = """Map a worker over ``input_iterable`` on {on}, with a tqdm progres
     bounded), and failed items yield their exception by default (``exception_behaviour``:
     ``"ignore"``, ``"immediate"`` or ``"deferred"``).  Keyword arguments the pool accepts
     (``chunk_size``, ``chunk_prefill_ratio``, ``is_unordered``, ``task_timeout``,
-    ``join_timeout``, ``mp_context``, ...) go to :class:`~mtasklite.Pool`; the rest to tqdm.
+    ``join_timeout``, ``mp_context``, ...) go to :class:`~mtasklite.Pool`; the rest to tqdm;
+    an unknown keyword is a ``TypeError``.  ``exception_behavior`` (Pool's spelling) is
+    accepted too.  Nothing runs until the result is iterated, once (a result dropped unread
+    warns).  Raises ``ValueError`` for a bad ``n_jobs`` or mode; with ``"immediate"`` the
+    iteration raises the worker's exception, with ``"deferred"``
+    :class:`~mtasklite.DeferredExceptions`; the pool's own failures
+    (:class:`~mtasklite.TaskTimeoutError`, :class:`~mtasklite.WorkerCrashedError`, ...) are
+    handled the same way.
     """

@@ -11,9 +11,21 @@ from __future__ import annotations
 import threading
 import warnings
 from concurrent.futures import Executor
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    Generic,
+    Iterable,
+    Iterator,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+    overload,
+)
 
-from typing_extensions import Literal
+from typing_extensions import Literal, Self, TypeIs
 
 from ._pool_args import (
     KeywordArgs,
@@ -37,14 +49,15 @@ from .thread_pool import StatefulThreadPoolExecutor
 __all__ = ["Pool", "PoolResults", "SizedPoolResults", "is_exception"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
-def is_exception(obj: object) -> bool:
+def is_exception(obj: object) -> TypeIs[BaseException]:
     """Whether ``obj`` is an exception (how a failed item shows up in ``"ignore"`` mode)."""
     return isinstance(obj, BaseException)
 
 
-class PoolResults(Iterator[Any]):
+class PoolResults(Iterator[T]):
     """The lazy results of one :class:`Pool` run (or one pqdm call).
 
     Iterate it, or use it as a context manager: leaving ``with`` (or :meth:`close`) stops
@@ -53,7 +66,7 @@ class PoolResults(Iterator[Any]):
 
     def __init__(
         self,
-        source: Iterator[Any],
+        source: Iterator[T],
         on_close: Callable[[], None],
         on_interrupt: Optional[Callable[[], None]] = None,
     ):
@@ -65,10 +78,10 @@ class PoolResults(Iterator[Any]):
         #: about a drop (an inner result that another PoolResults iterates)
         self._state: Optional[str] = "not started"
 
-    def __iter__(self) -> PoolResults:
+    def __iter__(self) -> Self:
         return self
 
-    def __next__(self) -> Any:
+    def __next__(self) -> T:
         try:
             value = next(self._source)
         except StopIteration:
@@ -118,7 +131,7 @@ class PoolResults(Iterator[Any]):
                 source=self,
             )
 
-    def __enter__(self) -> PoolResults:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
@@ -132,12 +145,12 @@ class PoolResults(Iterator[Any]):
         return False
 
 
-class SizedPoolResults(PoolResults):
+class SizedPoolResults(PoolResults[T]):
     """:class:`PoolResults` of a sized input: ``len()`` is the number of results."""
 
     def __init__(
         self,
-        source: Iterator[Any],
+        source: Iterator[T],
         on_close: Callable[[], None],
         length: int,
         on_interrupt: Optional[Callable[[], None]] = None,
@@ -156,7 +169,15 @@ def _length(iterable: Iterable[Any]) -> Optional[int]:
         return None
 
 
-class Pool:
+_Raising = Literal[
+    "immediate", "deferred", ExceptionBehaviour.IMMEDIATE, ExceptionBehaviour.DEFERRED
+]
+_Workers = Union[Callable[..., T], Sequence[Callable[..., T]]]
+_Mode = Union[ExceptionBehaviour, str]
+_SINGLE = ArgumentPassing.AS_SINGLE_ARG
+
+
+class Pool(Generic[R]):
     """A pool of stateful worker processes (or threads) mapping one worker over iterables.
 
     ``worker_or_worker_arr``: a function, a ``@delayed_init`` spec, or a list of them, one per
@@ -179,6 +200,34 @@ class Pool:
     The results are lazy: nothing runs until they are iterated (a :class:`PoolResults`
     dropped unread warns), and they can be iterated once.
     """
+
+    # Types: "immediate"/"deferred" (the default) yield the worker's results; in "ignore"
+    # mode an item may be the exception it raised.
+    @overload
+    def __init__(
+        self: Pool[T], worker_or_worker_arr: _Workers[T], n_jobs: Optional[int] = None,
+        argument_type: Union[ArgumentPassing, str] = _SINGLE, exception_behavior: _Raising = ...,
+        bounded: bool = True, chunk_size: Optional[int] = None,
+        chunk_prefill_ratio: Optional[int] = None, is_unordered: bool = False,
+        use_threads: bool = False, task_timeout: Optional[float] = None,
+        join_timeout: Optional[float] = None, *, mp_context: Any = None,
+        initializer: Optional[Callable[..., object]] = None, initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: Optional[int] = None, client: Any = None,
+        exception_behaviour: Optional[_Raising] = None,
+    ) -> None: ...  # fmt: skip
+
+    @overload
+    def __init__(
+        self: Pool[Union[T, BaseException]], worker_or_worker_arr: _Workers[T],
+        n_jobs: Optional[int] = None, argument_type: Union[ArgumentPassing, str] = _SINGLE,
+        exception_behavior: _Mode = ..., bounded: bool = True,
+        chunk_size: Optional[int] = None, chunk_prefill_ratio: Optional[int] = None,
+        is_unordered: bool = False, use_threads: bool = False,
+        task_timeout: Optional[float] = None, join_timeout: Optional[float] = None, *,
+        mp_context: Any = None, initializer: Optional[Callable[..., object]] = None,
+        initargs: tuple[Any, ...] = (), max_tasks_per_child: Optional[int] = None,
+        client: Any = None, exception_behaviour: Optional[_Mode] = None,
+    ) -> None: ...  # fmt: skip
 
     def __init__(
         self,
@@ -234,13 +283,20 @@ class Pool:
         self._closed = False
         self._close_lock = threading.Lock()
 
-    def __call__(self, input_iterable: Iterable[Any]) -> PoolResults:
-        """Run the worker over ``input_iterable``; returns the lazy results."""
+    @overload
+    def __call__(self, input_iterable: Collection[Any]) -> SizedPoolResults[R]: ...
+
+    @overload
+    def __call__(self, input_iterable: Iterable[Any]) -> PoolResults[R]: ...
+
+    def __call__(self, input_iterable: Iterable[Any]) -> PoolResults[R]:
+        """Run the worker over ``input_iterable``; returns the lazy results (sized when the
+        input is), which run as they are iterated."""
         return self._run(input_iterable, close_pool=False)
 
     def _run(
         self, input_iterable: Iterable[Any], close_pool: bool, inner: bool = False
-    ) -> PoolResults:
+    ) -> PoolResults[Any]:
         executor: Any = self._executor
         executor.worker  # noqa: B018  # raises if the executor has no worker objects
         fn: Callable[..., Any] = NamedWorkerHandle(self._worker_name)
@@ -318,7 +374,7 @@ class Pool:
         else:
             executor.shutdown(wait=False, cancel_futures=True)
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
