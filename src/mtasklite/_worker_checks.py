@@ -4,13 +4,36 @@ shared by several worker threads, and the name messages use for the user's worke
 from __future__ import annotations
 
 import functools
+import os
 import types
 import warnings
 from typing import Any, Optional, Sequence, Union
 
 from .stateful import DelayedInit, SentByValue, WorkerHandle, WorkerLike
 
-__all__ = ["NamedWorkerHandle", "warn_shared_instances", "workers_name"]
+__all__ = [
+    "NamedWorkerHandle",
+    "stateful_thread_count",
+    "warn_shared_instances",
+    "workers_name",
+]
+
+
+def stateful_thread_count(
+    specs: Optional[list[WorkerLike]], max_workers: Optional[int]
+) -> Optional[int]:
+    """The thread pool's size when the caller gave none.
+
+    The stdlib's default, ``min(32, CPUs + 4)``, suits I/O-bound stateless tasks; when every
+    thread builds its own object from one ``@delayed_init`` spec (a model, say), each extra
+    thread is one more copy, so the default is then one thread per CPU.
+    """
+    if max_workers is not None or specs is None or len(specs) != 1:
+        return max_workers
+    if not isinstance(specs[0], DelayedInit):
+        return None  # a plain function is shared, not copied: the stdlib's default
+    count = getattr(os, "process_cpu_count", os.cpu_count)()
+    return count or 1
 
 
 def warn_shared_instances(specs: Optional[list[WorkerLike]], workers: int) -> None:

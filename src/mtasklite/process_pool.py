@@ -1228,7 +1228,12 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
     per-task timeouts and lazy, adaptively chunked ``imap``.
 
     ``worker``: a ``@delayed_init`` spec or function (each worker process builds its own
-    instance), or a list of them, one per worker.  ``task_timeout``: default limit in seconds
+    instance), or a list of them, one per worker.  ``max_workers`` defaults to the number of
+    CPUs (``os.cpu_count()``), or to the length of a ``worker`` list.  ``mp_context``
+    defaults to ``multiprocessing.get_context()``, the platform's default start method
+    (``spawn`` when ``max_tasks_per_child`` is set); with ``spawn`` / ``forkserver`` specs
+    and tasks are pickled, lambdas and closures by value when ``cloudpickle`` is installed.
+    ``task_timeout``: default limit in seconds
     for every task.  ``on_worker_crash``: ``"isolate"`` (default) fails only the task whose
     worker died and respawns it; ``"break"`` breaks the whole pool as the stdlib does.
     ``cancel_running=True``: ``Future.cancel()`` (and cancelling an asyncio task awaiting

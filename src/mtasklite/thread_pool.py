@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from ._futures import cancel_dropped
 from ._thread_imap import drained_imap
-from ._worker_checks import warn_shared_instances
+from ._worker_checks import stateful_thread_count, warn_shared_instances
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import SHUTDOWN_MESSAGE, StatefulExecutorMixin, check_timeout
 from .stateful import (
@@ -315,6 +315,11 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
     ``@delayed_init`` spec or a function (every worker gets its own instance), or a list of
     them, one per worker (``max_workers`` then defaults to its length).  ``task_timeout`` is
     the default limit, in seconds, for every task.
+
+    ``max_workers`` defaults to the stdlib's ``min(32, CPUs + 4)``, except with one
+    ``@delayed_init`` spec: every thread builds its own object from it, so the default is
+    then one thread per CPU (a 2-core machine builds 2 models, not 6).  Threads start
+    lazily, one per submit while none is idle, and build their object on start.
     """
 
     _items_in_flight_per_worker = 64  # a pending item is a small cell (see _thread_imap)
@@ -339,6 +344,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
         task_timeout: Optional[float] = None,
     ):
         specs, max_workers = resolve_workers(worker, max_workers)
+        max_workers = stateful_thread_count(specs, max_workers)
         super().__init__(max_workers, thread_name_prefix, initializer, initargs)
         warn_shared_instances(specs, self._max_workers)
         self._worker_specs = specs
