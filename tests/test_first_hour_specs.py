@@ -116,6 +116,7 @@ def test_decorated_class_keeps_class_behaviour() -> None:
     assert instance.describe() == "model+base", "zero-argument super() works"
     assert not isinstance(Model("x"), Model), "a spec is not an instance"
     assert str(inspect.signature(Model)) == "(name: 'str', scale: 'int' = 1)"
+    assert str(inspect.signature(instance)) == "(x: 'int') -> 'tuple[int, int, str, int, int]'"
     assert BUILT == ["x"]
 
 

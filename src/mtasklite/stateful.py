@@ -141,22 +141,26 @@ class DelayedInitClass(type):
     (alternative constructors such as ``from_name``) record specs too; the worker runs them.
     """
 
-    def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kw: Any):
-        super().__init__(name, bases, namespace, **kw)
+    # Both are properties of the metaclass, so the class has them and its instances do not
+    # (an instance's signature is its own __call__'s).
+
+    @property
+    def __wrapped__(cls) -> Callable[..., Any]:
+        """``Model.__wrapped__(...)`` builds a real instance at once (e.g. in ``__reduce__``)."""
 
         def build_now(*args: Any, **kwargs: Any) -> Any:
             with constructing(cls):
                 return cls(*args, **kwargs)
 
-        # ``Model.__wrapped__(...)`` builds a real instance at once; it also gives
-        # ``inspect.signature(Model)`` (and so ``help``) the constructor's parameters.
-        build_now.__name__ = "__wrapped__"
         build_now.__qualname__ = f"{cls.__qualname__}.__wrapped__"
-        build_now.__doc__ = f"Build a real {name} instance now (not a spec)."
-        signature = _constructor_signature(cls)
-        if signature is not None:
-            build_now.__signature__ = signature  # type: ignore[attr-defined]
-        type.__setattr__(cls, "__wrapped__", build_now)
+        build_now.__doc__ = f"Build a real {cls.__name__} instance now (not a spec)."
+        build_now.__signature__ = _constructor_signature(cls)  # type: ignore[attr-defined]
+        return build_now
+
+    @property
+    def __signature__(cls) -> Optional[inspect.Signature]:
+        """The constructor's parameters, for ``inspect.signature(Model)`` and ``help()``."""
+        return _constructor_signature(cls)
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         if is_constructing(cls):
