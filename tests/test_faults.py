@@ -922,7 +922,7 @@ BAD_CONSTRUCTIONS: list[tuple[str, Callable[[], Any], type[BaseException], str]]
         "Pool list length",
         lambda: mt.Pool([fh.Model("a"), fh.Model("b")], 3, use_threads=True),
         ValueError,
-        r"max_workers=3 does not match the 2 workers",
+        r"n_jobs=3 does not match the 2 workers",
     ),
     (
         "Pool argument_type",

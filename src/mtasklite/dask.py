@@ -64,6 +64,8 @@ import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar, Union
 
+from typing_extensions import ParamSpec
+
 try:
     import distributed
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -88,6 +90,7 @@ from .windowing import ChunkResult, run_chunk
 __all__ = ["StatefulDaskExecutor"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: Seconds between checks that the workers hosting pinned specs are alive.
 HEALTH_INTERVAL = 1.0
@@ -418,7 +421,7 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
 
     # -- submission -------------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` on the cluster; returns a stdlib ``Future``."""
         return self._submit_timed(fn, args, kwargs, self._task_timeout)
 

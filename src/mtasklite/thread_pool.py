@@ -314,12 +314,9 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
     With no ``worker`` it behaves exactly like the stdlib class.  ``worker`` is a
     ``@delayed_init`` spec or a function (every worker gets its own instance), or a list of
     them, one per worker (``max_workers`` then defaults to its length).  ``task_timeout`` is
-    the default limit, in seconds, for every task.
-
-    ``max_workers`` defaults to the stdlib's ``min(32, CPUs + 4)``, except with one
-    ``@delayed_init`` spec: every thread builds its own object from it, so the default is
-    then one thread per CPU (a 2-core machine builds 2 models, not 6).  Threads start
-    lazily, one per submit while none is idle, and build their object on start.
+    the default limit, in seconds, for every task.  ``max_workers`` defaults to the stdlib's
+    ``min(32, CPUs + 4)``, or to one thread per CPU with one ``@delayed_init`` spec (every
+    thread builds its own object: 2 models on 2 cores, not 6).
     """
 
     _items_in_flight_per_worker = 64  # a pending item is a small cell (see _thread_imap)
