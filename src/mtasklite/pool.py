@@ -60,8 +60,11 @@ def is_exception(obj: object) -> TypeIs[BaseException]:
 class PoolResults(Iterator[T]):
     """The lazy results of one :class:`Pool` run (or one pqdm call).
 
-    Iterate it, or use it as a context manager: leaving ``with`` (or :meth:`close`) stops
-    reading input, cancels what has not started and, for pqdm, shuts its pool down.
+    Nothing runs until it is iterated, and it can be iterated once: ``list(results)`` keeps
+    the values (a result dropped before its first item warns, as an un-awaited coroutine
+    does; its ``repr`` says how far it got).  Iterate it, or use it as a context manager:
+    leaving ``with`` (or :meth:`close`) stops reading input, cancels what has not started
+    and, for pqdm, shuts its pool down.
     """
 
     def __init__(
