@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import multiprocessing
 import pickle
+import sys
 import threading
 import warnings
 from collections import Counter
@@ -226,3 +227,42 @@ def test_lambda_and_closure_worker_specs_reach_spawned_workers() -> None:
 def test_pqdm_takes_a_lambda_under_spawn() -> None:
     results = process_pqdm(range(5), lambda x: x + 1, n_jobs=2, mp_context=spawn(), disable=True)
     assert list(results) == [1, 2, 3, 4, 5]
+
+
+# --- Python 3.14+: annotations evaluated on access -------------------------------------------
+
+
+class _LazyAnnotations:
+    """A classmethod's function as 3.14 presents it while its class is not bound yet: reading
+    ``__annotations__`` evaluates them and fails on the class's own name."""
+
+    def __init__(self, returns: str) -> None:
+        self.returns = returns
+
+    @property
+    def __annotations__(self) -> dict[str, Any]:  # type: ignore[override]
+        raise NameError(f"name {self.returns!r} is not defined")
+
+
+class _FakeAnnotationlib:
+    class Format:
+        STRING = "string"
+
+    @staticmethod
+    def get_annotations(func: _LazyAnnotations, format: str) -> dict[str, str]:
+        assert format == "string"
+        return {"return": func.returns}
+
+
+def test_constructor_annotation_naming_the_unbound_class_is_read_as_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mtasklite._spec_class import _returns_instance
+
+    monkeypatch.setitem(sys.modules, "annotationlib", _FakeAnnotationlib())
+
+    class Pending:
+        pass
+
+    assert _returns_instance(_LazyAnnotations("Pending"), Pending)  # type: ignore[arg-type]
+    assert not _returns_instance(_LazyAnnotations("list[str]"), Pending)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ what lets ``cls(...)`` inside ``from_name`` return an instance.
 from __future__ import annotations
 
 import functools
+import importlib
 import threading
 import typing
 from contextlib import contextmanager
@@ -94,7 +95,7 @@ def _returns_instance(func: Callable[..., Any], cls: type) -> bool:
     It is unless its return annotation says otherwise: no annotation, the class itself (by
     object or name), ``Self`` or a type variable all count as "returns an instance".
     """
-    annotation = getattr(func, "__annotations__", {}).get("return", cls)
+    annotation = _return_annotation(func, cls)
     if isinstance(annotation, str):
         text = annotation.strip().strip("'\"")
         if text.rsplit(".", 1)[-1] in (cls.__name__, "Self"):
@@ -105,6 +106,20 @@ def _returns_instance(func: Callable[..., Any], cls: type) -> bool:
     return getattr(annotation, "_name", None) == "Self" or getattr(
         annotation, "__name__", None
     ) in (cls.__name__, "Self")
+
+
+def _return_annotation(func: Callable[..., Any], default: object) -> object:
+    """``func``'s return annotation, as a string when it cannot be evaluated yet.
+
+    From Python 3.14 annotations are evaluated on access, and a constructor's usually names
+    the class being decorated, which is not bound yet: read that one as text instead.
+    """
+    try:
+        return getattr(func, "__annotations__", {}).get("return", default)
+    except NameError:
+        annotationlib: Any = importlib.import_module("annotationlib")
+        as_text = annotationlib.get_annotations(func, format=annotationlib.Format.STRING)
+        return as_text.get("return", default)
 
 
 def _repoint_class_cell(value: object, old: type, new: type) -> None:

@@ -252,7 +252,7 @@ def _constructor_signature(cls: type) -> Optional[inspect.Signature]:
             continue
         try:
             signature = inspect.signature(method)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, NameError):  # NameError: 3.14+ unresolved annotation
             return None
         parameters = list(signature.parameters.values())[1:]  # drop self / cls
         return signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty)
