@@ -7,9 +7,7 @@ place of failed items.  The work itself is the executor's ``_imap``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Iterable, Optional, TypeVar, Union, overload
-
-from typing_extensions import Literal
+from typing import Any, Callable, Collection, Iterable, Literal, Optional, TypeVar, Union, overload
 
 from .windowing import ResultIterator, SizedResultIterator
 
@@ -28,15 +26,16 @@ class _ExecutorDefault:
         return "<executor default>"
 
 
-#: ``chunksize`` / ``task_timeout`` not given: the executor's own value (see the docstrings)
+#: ``task_timeout`` not given: the executor's own limit (see the docstrings)
 DEFAULT: Any = _ExecutorDefault()
 
 _IMAP_DOC = """Lazy, bounded, {order} ``map`` that also works on unsized and infinite inputs.
 
         At most ``buffersize`` tasks (chunks, when chunking) are submitted and not yet yielded;
         the default is four chunks, or 16 single items (64 on threads), per worker.
-        ``chunksize`` (default: ``None`` on processes, which sizes chunks from measured task
-        durations; 1 on threads) is the number of items sent to a worker at once.
+        ``chunksize`` is the number of items sent to a worker at once; ``None`` (the default)
+        sizes chunks from measured task durations (on threads an item over half a
+        millisecond still gets a task of its own; ``chunksize=1`` sends single items).
         ``timeout`` is an overall deadline in seconds as in :meth:`map`; ``task_timeout``
         limits each item (default: the executor's ``task_timeout``).  The result has
         ``len()`` exactly when every input has one, and can be iterated once; it must be
@@ -143,7 +142,7 @@ class ImapMethods:
         /,
         *iterables: Iterable[Any],
         timeout: Optional[float] = None,
-        chunksize: Optional[int] = DEFAULT,
+        chunksize: Optional[int] = None,
         buffersize: Optional[int] = None,
         task_timeout: Optional[float] = DEFAULT,
         return_exceptions: bool = False,
@@ -227,7 +226,7 @@ class ImapMethods:
         /,
         *iterables: Iterable[Any],
         timeout: Optional[float] = None,
-        chunksize: Optional[int] = DEFAULT,
+        chunksize: Optional[int] = None,
         buffersize: Optional[int] = None,
         task_timeout: Optional[float] = DEFAULT,
         return_exceptions: bool = False,

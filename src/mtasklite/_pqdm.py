@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, Collection, Iterable, Optional, Sequence, TypeVar, Union, cast
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    Iterable,
+    Literal,
+    Optional,
+    Protocol,
+    Sequence,
+    TypeVar,
+    Union,
+    cast,
+    overload,
+)
 
 from tqdm.auto import tqdm as tqdm_auto
-from typing_extensions import Literal, Protocol, overload
 
 from .constants import ArgumentPassing, ExceptionBehaviour
 from .constants import exception_behaviour as parse_exception_behaviour

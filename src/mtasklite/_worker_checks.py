@@ -4,11 +4,11 @@ shared by several worker threads, and the name messages use for the user's worke
 from __future__ import annotations
 
 import functools
-import os
 import types
 import warnings
 from typing import Any, Optional, Sequence, Union
 
+from ._cpu import usable_cpu_count
 from .stateful import DelayedInit, SentByValue, WorkerHandle, WorkerLike
 
 __all__ = [
@@ -32,8 +32,7 @@ def stateful_thread_count(
         return max_workers
     if not isinstance(specs[0], DelayedInit):
         return None  # a plain function is shared, not copied: the stdlib's default
-    count = getattr(os, "process_cpu_count", os.cpu_count)()
-    return count or 1
+    return usable_cpu_count()
 
 
 def warn_shared_instances(specs: Optional[list[WorkerLike]], workers: int) -> None:

@@ -57,6 +57,7 @@ import contextvars
 import ctypes
 import functools
 import re
+import sys
 import threading
 import time
 import uuid
@@ -64,7 +65,10 @@ import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar, Union
 
-from typing_extensions import ParamSpec
+if sys.version_info >= (3, 10):
+    from typing import ParamSpec
+else:  # pragma: no cover - 3.9 only (typing_extensions costs ~10 ms of import time)
+    from typing_extensions import ParamSpec
 
 try:
     import distributed
@@ -73,6 +77,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "mtasklite.dask needs the 'distributed' package: pip install 'mtasklite[dask]'"
     ) from exc
 
+from ._futures import TaskFuture
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import (
@@ -325,7 +330,7 @@ class _Call:
         key_prefix: str,
         slot: Optional[int],
     ):
-        self.future: Future[Any] = Future()
+        self.future: Future[Any] = TaskFuture()
         self.payload = payload  # (task function, *arguments) for client.submit
         self.key_prefix = key_prefix
         self.slot = slot

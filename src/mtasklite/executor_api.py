@@ -9,14 +9,26 @@ beyond the stdlib API (``imap``, ``imap_unordered``, ``map(buffersize=)``,
 from __future__ import annotations
 
 import math
+import sys
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence, TypeVar
 
-from typing_extensions import Literal, ParamSpec
+if sys.version_info >= (3, 10):
+    from typing import ParamSpec
+else:  # pragma: no cover - 3.9 only (typing_extensions costs ~10 ms of import time)
+    from typing_extensions import ParamSpec
 
 from ._imap_api import DEFAULT, ImapMethods
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
-from .windowing import ChunkResult, ResultIterator, check_imap_args, make_result_iterator
+from .windowing import (
+    AdaptiveChunkSize,
+    ChunkResult,
+    ResultIterator,
+    check_buffersize,
+    check_imap_args,
+    make_result_iterator,
+    submits_everything,
+)
 
 __all__ = ["SHUTDOWN_MESSAGE", "StatefulExecutorMixin", "check_timeout"]
 
@@ -70,6 +82,8 @@ class StatefulExecutorMixin(ImapMethods):
     _task_timeout: Optional[float]
     #: chunksize ``imap`` uses when the caller does not say
     _default_chunksize: Optional[int] = 1
+    #: how ``chunksize=None`` sizes chunks on this executor
+    _adaptive_sizer: type[AdaptiveChunkSize] = AdaptiveChunkSize
     #: whether one chunk can carry a per-item time limit (else timed imap sends single items)
     _chunks_take_timeouts: bool = False
     #: ``imap``'s default window for single items, per worker
@@ -159,6 +173,9 @@ class StatefulExecutorMixin(ImapMethods):
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        check_buffersize(buffersize)  # before reading the input, as 3.14 does
+        if not iterables:
+            iterables = ((),)  # map(fn): no calls and an empty iterator, as the stdlib gives
         if self._task_timeout is not None and not self._chunks_take_timeouts:
             chunksize = 1  # a chunk cannot carry per-item limits here; keep the limit
         return make_result_iterator(
@@ -200,6 +217,10 @@ class StatefulExecutorMixin(ImapMethods):
             buffersize = per_worker * self._max_workers
         check_imap_args(iterables, chunksize, buffersize, task_timeout)
         engine = self._one_by_one_engine
+        if engine is not None and chunksize is None and submits_everything(iterables, buffersize):
+            # Every item is submitted before one is measured, so adaptive chunks would hold
+            # one item each: the one-item engine does exactly that, for less.
+            chunksize = 1
         if engine is not None and chunksize == 1 and task_timeout is None:
             return engine(
                 self,
@@ -223,4 +244,5 @@ class StatefulExecutorMixin(ImapMethods):
             return_exceptions=return_exceptions,
             workers=self._max_workers,
             indexed=indexed,
+            adaptive=self._adaptive_sizer,
         )

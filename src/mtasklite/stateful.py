@@ -9,14 +9,29 @@ from __future__ import annotations
 
 import collections
 import functools
-import inspect
-import pickle
+import os
 import sys
 import threading
-import uuid
-from typing import Any, Callable, Generic, Optional, Sequence, TypeVar, Union, cast, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Generic,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+    cast,
+    overload,
+)
 
-from typing_extensions import ParamSpec
+if TYPE_CHECKING:
+    import inspect
+
+if sys.version_info >= (3, 10):
+    from typing import ParamSpec
+else:  # pragma: no cover - 3.9 only (typing_extensions costs ~10 ms of import time)
+    from typing_extensions import ParamSpec
 
 from ._spec_class import constructing, is_constructing, meta_for, rebuild_class
 
@@ -70,7 +85,7 @@ class DelayedInit(Generic[T]):
         self._instance: Optional[T] = None
         self._lock = threading.Lock()
         # Identity across pickling: every copy of this spec shares one instance per worker.
-        self._token = token if token is not None else uuid.uuid4().int
+        self._token = token if token is not None else int.from_bytes(os.urandom(16), "big")
 
     @property
     def cls(self) -> Callable[..., T]:
@@ -246,6 +261,8 @@ def _delayed_class(cls: type) -> type:
 
 def _constructor_signature(cls: type) -> Optional[inspect.Signature]:
     """The signature of calling ``cls``, read from its ``__init__`` or ``__new__``."""
+    import inspect  # only for help() and introspection: not on every import
+
     for name in ("__init__", "__new__"):
         method = getattr(cls, name)
         if method is getattr(object, name):
@@ -274,6 +291,8 @@ class SentByValue:
         return self.spec(*args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        import pickle  # only spawned process pools send specs
+
         return (pickle.loads, (self.data,))
 
     def __repr__(self) -> str:
