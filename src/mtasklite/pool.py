@@ -30,6 +30,7 @@ from typing import (
 if TYPE_CHECKING:  # annotations only: typing_extensions costs ~10 ms of import time
     from typing_extensions import Self, TypeIs
 
+from ._outcomes import is_ctrl_c, task_outcome
 from ._pool_args import (
     KeywordArgs,
     StarArgs,
@@ -94,11 +95,11 @@ class PoolResults(Iterator[T]):
             if self._state != "closed":
                 self._state = "finished"
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # Ctrl-C may land in the progress bar's frame rather than in the wait for a
             # result: stop the workers here too, so no further item starts.
             self._state = "interrupted"
-            if self._on_interrupt is not None:
+            if self._on_interrupt is not None and is_ctrl_c(exc):
                 self._on_interrupt()
             raise
         except BaseException:
@@ -141,11 +142,7 @@ class PoolResults(Iterator[T]):
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
-        if (
-            exc_type is not None
-            and issubclass(exc_type, KeyboardInterrupt)
-            and self._on_interrupt is not None
-        ):
+        if is_ctrl_c(exc_val) and self._on_interrupt is not None:
             self._on_interrupt()  # Ctrl-C in the loop body: do not wait for running work
         self.close()
         return False
@@ -194,7 +191,8 @@ class Pool(Generic[R]):
     first failure, ``"deferred"`` raises :class:`~mtasklite.DeferredExceptions` with every
     failure at the end, ``"ignore"`` yields exceptions in place of results.
 
-    ``bounded=False`` submits a sized input all at once; otherwise at most
+    ``bounded=False`` submits a sized input all at once (adaptive chunks are sized first,
+    from the first chunks' measured times); otherwise at most
     ``chunk_prefill_ratio`` tasks per worker (default 4) of ``chunk_size`` items each are in
     flight (``chunk_size=None``: adaptive).  Unsized inputs
     always run bounded.  ``task_timeout`` limits each item; ``join_timeout`` bounds how long
@@ -384,7 +382,7 @@ class Pool(Generic[R]):
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        if is_ctrl_c(exc_val):
             self.terminate()
         else:
             self.close()
@@ -408,7 +406,7 @@ def _apply_exception_mode(
             for value in results:
                 if isinstance(value, BaseException):
                     close()  # stop reading input, cancel what has not started
-                    raise value
+                    raise task_outcome(value)
                 yield value
         else:
             failures: list[tuple[int, BaseException]] = []
