@@ -9,6 +9,7 @@ beyond the stdlib API (``imap``, ``imap_unordered``, ``map(buffersize=)``,
 from __future__ import annotations
 
 import math
+import sys
 from concurrent.futures import Executor, Future
 from typing import (
     TYPE_CHECKING,
@@ -22,6 +23,12 @@ from typing import (
     TypeVar,
 )
 
+if sys.version_info >= (3, 10):
+    from typing import ParamSpec
+else:  # pragma: no cover - 3.9 only (typing_extensions costs ~10 ms of import time)
+    from typing_extensions import ParamSpec
+
+from ._imap_api import DEFAULT, ImapMethods
 from ._outcomes import is_ctrl_c
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
 from .windowing import (
@@ -37,11 +44,12 @@ from .windowing import (
 if TYPE_CHECKING:  # asyncio loads only when aimap is used
     from ._aimap import AsyncInput, AsyncResultIterator
 
-__all__ = ["StatefulExecutorMixin", "check_timeout"]
+__all__ = ["SHUTDOWN_MESSAGE", "StatefulExecutorMixin", "check_timeout"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
-_DEFAULT: Any = object()  # "use the executor's task_timeout"
+_DEFAULT: Any = DEFAULT  # "use the executor's chunksize / task_timeout"
 
 #: ``imap``'s default window, in tasks per worker.  A chunk can hold thousands of items, so
 #: few of them; a single item is cheap to hold but each one costs a hand-off to a worker, and
@@ -49,6 +57,14 @@ _DEFAULT: Any = object()  # "use the executor's task_timeout"
 #: thread pool, where an item is a small cell rather than a message, goes deeper still).
 CHUNKS_IN_FLIGHT_PER_WORKER = 4
 ITEMS_IN_FLIGHT_PER_WORKER = 16
+
+
+#: what submitting to a shut-down pool raises: the stdlib's words (code matches on them), and
+#: the usual cause when it surfaces from a result iterator returned out of its ``with`` block
+SHUTDOWN_MESSAGE = (
+    "cannot schedule new futures after shutdown (a lazy imap result, or map with buffersize, "
+    "must be consumed before its executor shuts down: iterate it inside the with block)"
+)
 
 
 def check_timeout(name: str, value: Optional[float]) -> Optional[float]:
@@ -62,7 +78,17 @@ def check_timeout(name: str, value: Optional[float]) -> Optional[float]:
     return float(value)
 
 
-class StatefulExecutorMixin:
+_FAILURES_DOC = """
+        Besides the task's own exception, the future can fail with
+        :class:`~mtasklite.TaskTimeoutError` (the task overran ``task_timeout``),
+        :class:`~mtasklite.WorkerCrashedError` (its worker process died),
+        :class:`~mtasklite.TaskPicklingError` (``fn`` or an argument could not be sent to a
+        worker process) or :class:`~mtasklite.WorkerInitError` (a worker's object could not
+        be built).  Raises ``RuntimeError`` once the executor has shut down.
+        """
+
+
+class StatefulExecutorMixin(ImapMethods):
     """imap, timeouts and the worker handle, shared by the thread and process executors."""
 
     _max_workers: int
@@ -112,10 +138,10 @@ class StatefulExecutorMixin:
 
     # -- public API -----------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         return self._submit_timed(fn, args, kwargs, self._task_timeout)
 
-    submit.__doc__ = Executor.submit.__doc__
+    submit.__doc__ = (Executor.submit.__doc__ or "") + _FAILURES_DOC
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
         if is_ctrl_c(exc_val):
@@ -134,46 +160,14 @@ class StatefulExecutorMixin:
         return WORKER_HANDLE
 
     def submit_with_timeout(
-        self, timeout: Optional[float], fn: Callable[..., T], /, *args: Any, **kwargs: Any
+        self, timeout: Optional[float], fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     ) -> Future[T]:
         """``submit`` with this task's own time limit (seconds from when it starts running).
 
         A late task's future fails with :class:`~mtasklite.TaskTimeoutError` and the worker is
-        replaced; ``None`` means no limit.
+        replaced; ``None`` means no limit.  Raises ``ValueError`` for a bad ``timeout``.
         """
         return self._submit_timed(fn, args, kwargs, check_timeout("timeout", timeout))
-
-    def imap(
-        self,
-        fn: Callable[..., T],
-        *iterables: Iterable[Any],
-        timeout: Optional[float] = None,
-        chunksize: Optional[int] = _DEFAULT,
-        buffersize: Optional[int] = None,
-        task_timeout: Optional[float] = _DEFAULT,
-    ) -> ResultIterator[T]:
-        """Lazy, bounded, ordered ``map`` that also works on unsized and infinite inputs.
-
-        At most ``buffersize`` tasks (chunks, when chunking) are submitted and not yet yielded;
-        the default is four chunks, or 16 single items (64 on threads), per worker.
-        ``chunksize=None`` (the default) sizes chunks from measured task durations; on
-        threads an item over half a millisecond still gets a task of its own.  ``timeout`` is an
-        overall deadline as in :meth:`map`; ``task_timeout`` limits each item.  The result has
-        ``len()`` exactly when every input has one.
-        """
-        return self._imap(fn, iterables, True, timeout, chunksize, buffersize, task_timeout)
-
-    def imap_unordered(
-        self,
-        fn: Callable[..., T],
-        *iterables: Iterable[Any],
-        timeout: Optional[float] = None,
-        chunksize: Optional[int] = _DEFAULT,
-        buffersize: Optional[int] = None,
-        task_timeout: Optional[float] = _DEFAULT,
-    ) -> ResultIterator[T]:
-        """Like :meth:`imap`, but yields results as tasks complete."""
-        return self._imap(fn, iterables, False, timeout, chunksize, buffersize, task_timeout)
 
     def map(
         self,
@@ -187,7 +181,9 @@ class StatefulExecutorMixin:
 
         Without ``buffersize`` every task is submitted before this returns, as the stdlib does;
         with it, at most ``buffersize`` tasks are in flight and input is read lazily (the
-        Python 3.14 contract).
+        Python 3.14 contract), so the result must be consumed before the executor shuts down.
+        Iterating raises what a task raised, or what :meth:`imap` lists for the pool's own
+        failures.
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be >= 1.")

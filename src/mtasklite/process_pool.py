@@ -92,8 +92,8 @@ from .errors import (
     WorkerInitError,
     abrupt_exit_cause,
 )
-from .executor_api import StatefulExecutorMixin, check_timeout
-from .stateful import WorkerLike, describe_worker, resolve_workers, spec_for
+from .executor_api import SHUTDOWN_MESSAGE, StatefulExecutorMixin, check_timeout
+from .stateful import SentByValue, WorkerLike, describe_worker, resolve_workers, spec_for
 from .windowing import ChunkResult
 
 __all__ = ["StatefulProcessExecutor", "StatefulProcessPoolExecutor"]
@@ -1242,18 +1242,36 @@ def _room_for_prefetch(conn: multiprocessing.connection.Connection) -> int:
         sock.close()
 
 
-def _check_specs_picklable(specs: Sequence[WorkerLike], method: str) -> None:
-    """Fail fast, naming the worker, when a spec cannot reach a spawned worker process."""
+_CLOUDPICKLE_HINT = (
+    "; lambdas, closures and classes defined in a function need cloudpickle: "
+    "pip install 'mtasklite[cloudpickle]'"
+)
+
+
+def _portable_specs(specs: Sequence[WorkerLike], method: str) -> list[WorkerLike]:
+    """``specs`` made sendable to spawned workers: what plain pickle cannot send goes by value
+    with cloudpickle, as task functions do; fail fast, naming the worker, if neither can."""
+    portable: list[WorkerLike] = []
     for index, spec in enumerate(specs):
         try:
             _wire.dumps(spec)
         except RuntimeError:
             pass  # multiprocessing objects that pickle only while spawning (an Event): fine
         except Exception as exc:
-            raise TypeError(
-                f"worker {index} ({describe_worker(spec)}) cannot be pickled to start a "
-                f"{method!r} worker process: {exc}"
-            ) from exc
+            try:
+                data = _wire.cloud_dumps(spec)
+            except Exception:
+                data = None
+            if data is None:
+                hint = "" if _wire.has_cloudpickle() else _CLOUDPICKLE_HINT
+                raise TypeError(
+                    f"worker {index} ({describe_worker(spec)}) cannot be pickled to start a "
+                    f"{method!r} worker process: {exc}{hint}"
+                ) from exc
+            portable.append(SentByValue(spec, data))
+            continue
+        portable.append(spec)
+    return portable
 
 
 def _pickling_problem(obj: object) -> Optional[BaseException]:
@@ -1352,7 +1370,12 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
     per-task timeouts and lazy, adaptively chunked ``imap``.
 
     ``worker``: a ``@delayed_init`` spec or function (each worker process builds its own
-    instance), or a list of them, one per worker.  ``task_timeout``: default limit in seconds
+    instance), or a list of them, one per worker.  ``max_workers`` defaults to the number of
+    CPUs (``os.cpu_count()``), or to the length of a ``worker`` list.  ``mp_context``
+    defaults to ``multiprocessing.get_context()``, the platform's default start method
+    (``spawn`` when ``max_tasks_per_child`` is set); with ``spawn`` / ``forkserver`` specs
+    and tasks are pickled, lambdas and closures by value when ``cloudpickle`` is installed.
+    ``task_timeout``: default limit in seconds
     for every task.  ``on_worker_crash``: ``"isolate"`` (default) fails only the task whose
     worker died and respawns it; ``"break"`` breaks the whole pool as the stdlib does.
     ``cancel_running=True``: ``Future.cancel()`` (and cancelling an asyncio task awaiting
@@ -1404,7 +1427,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
                 f"on_worker_crash must be 'isolate' or 'break', got {on_worker_crash!r}"
             )
         if specs is not None and mp_context.get_start_method(allow_none=False) != "fork":
-            _check_specs_picklable(specs, mp_context.get_start_method(allow_none=False))
+            specs = _portable_specs(specs, mp_context.get_start_method(allow_none=False))
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._initializer = initializer  # type: ignore[assignment]
@@ -1457,7 +1480,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
             if dispatcher.broken is not None:
                 raise _copy_error(dispatcher.broken)
             if self._shutdown_thread:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+                raise RuntimeError(SHUTDOWN_MESSAGE)
             if _global_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future[Any] = (

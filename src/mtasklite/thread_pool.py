@@ -37,8 +37,9 @@ from ._futures import TaskFuture, cancel_dropped
 from ._outcomes import task_outcome
 from ._thread_chunks import ThreadChunkSize
 from ._thread_imap import drained_imap
+from ._worker_checks import stateful_thread_count, warn_shared_instances
 from .errors import TaskTimeoutError, WorkerInitError
-from .executor_api import StatefulExecutorMixin, check_timeout
+from .executor_api import SHUTDOWN_MESSAGE, StatefulExecutorMixin, check_timeout
 from .stateful import (
     WorkerContext,
     WorkerLike,
@@ -320,7 +321,9 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
     With no ``worker`` it behaves exactly like the stdlib class.  ``worker`` is a
     ``@delayed_init`` spec or a function (every worker gets its own instance), or a list of
     them, one per worker (``max_workers`` then defaults to its length).  ``task_timeout`` is
-    the default limit, in seconds, for every task.
+    the default limit, in seconds, for every task.  ``max_workers`` defaults to the stdlib's
+    ``min(32, CPUs + 4)``, or to one thread per CPU with one ``@delayed_init`` spec (every
+    thread builds its own object: 2 models on 2 cores, not 6).
     """
 
     # Chunks sized from measured durations by default: an item over half a millisecond
@@ -351,6 +354,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
         task_timeout: Optional[float] = None,
     ):
         specs, max_workers = resolve_workers(worker, max_workers)
+        max_workers = stateful_thread_count(specs, max_workers)
         if max_workers is None:
             max_workers = default_thread_workers()
         # The stdlib __init__ validates the arguments; the state it leaves differs between
@@ -367,6 +371,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
         self._thread_name_prefix = thread_name_prefix or f"ThreadPoolExecutor-{next(_pool_numbers)}"
+        warn_shared_instances(specs, self._max_workers)
         self._worker_specs = specs
         self._task_timeout = check_timeout("task_timeout", task_timeout)
         self._broken_cause: Optional[BaseException] = None
@@ -402,7 +407,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
         if self._broken:
             raise self._broken_error()
         if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+            raise RuntimeError(SHUTDOWN_MESSAGE)
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
