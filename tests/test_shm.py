@@ -333,7 +333,8 @@ def test_a_killed_receiver_leaves_nothing(method: str, monkeypatch: pytest.Monke
         pass
     child.join(20)
     assert child.exitcode == -signal.SIGKILL
-    with pytest.raises(EOFError):
+    # EOF, or a reset where it died with our last message unread: the peer is gone either way.
+    with pytest.raises((EOFError, ConnectionResetError)):
         receiver.recv(conn)
     sender.close()
     receiver.close()
