@@ -29,7 +29,9 @@ class Blob:
     """A bytearray that travels out-of-band at pickle protocol 5 (like a numpy array)."""
 
     def __init__(self, data: Any):
-        self.data = data if isinstance(data, bytearray) else bytearray(data)
+        # Keep a writable buffer as it arrives (what the receiver got is what it holds).
+        with memoryview(data) as view:
+            self.data = bytearray(data) if view.readonly else data
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         if protocol >= 5:
@@ -37,7 +39,10 @@ class Blob:
         return Blob, (bytes(self.data),)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Blob) and other.data == self.data
+        if not isinstance(other, Blob):
+            return NotImplemented
+        with memoryview(self.data) as mine, memoryview(other.data) as theirs:
+            return mine == theirs
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -145,6 +145,7 @@ def test_what_the_receiver_gets_is_its_own() -> None:
     second = _round_trip(sender, receiver, sh.Blob(sh.pattern(2 * MIB, 2)))
     assert sender.arenas_created == 1
     # ...and the first value did not change: it was copied out, and is writable.
+    assert not isinstance(first.data, bytes)
     assert first == sh.Blob(sh.pattern(2 * MIB, 1))
     assert second == sh.Blob(sh.pattern(2 * MIB, 2))
     first.data[0] ^= 0xFF

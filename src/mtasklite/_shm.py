@@ -4,8 +4,11 @@ Guarantees:
 
 * ``decode`` of an ``encode``\\d message gives what ``pickle.loads(pickle.dumps(obj))``
   gives, and the receiver owns it: every out-of-band buffer is copied out of shared memory
-  into fresh memory before ``decode`` returns, so nothing the receiver holds can change
-  under it, and the sender may reuse the region as soon as the receiver has copied it.
+  into fresh, private, writable memory before ``decode`` returns, so nothing the receiver
+  holds can change under it, and the sender may reuse the region as soon as the receiver
+  has copied it.  As with any out-of-band pickle, the object's reconstructor gets the buffer
+  object: a ``bytearray``, or from 2 MiB on a private ``mmap.mmap`` (a numpy array is built
+  on either the same way).
 * Small payloads cost what they cost before: an object whose pickle has no out-of-band
   buffer of at least ``min(64 KiB, threshold)`` bytes is pickled once, exactly as the pipe
   always carried it.  Only when the out-of-band buffers (pickle protocol 5: numpy arrays,
@@ -58,6 +61,7 @@ SHM_DIR = "/dev/shm"
 
 _HEADER = 64  # bytes at the start of an arena: the consumed counter, then padding
 _ALIGN = 64  # buffers start on cache-line boundaries
+_HUGE_PAGE = 2 << 20
 _CONSUMED = struct.Struct("<q")
 _SHM_TAG = 0  # first byte of a shared-memory message; a pickle starts with PROTO (0x80)
 _FRAME = struct.Struct("<BQQQBI")  # tag, arena id, sequence, arena size, fd follows, count
@@ -150,6 +154,23 @@ def recv_fd(conn: Connection) -> int:
             os.close(fd)
         raise EOFError("the shared-memory segment announced by the peer did not arrive")
     return fds[0]
+
+
+def _private_copy(source: memoryview) -> Any:
+    """A writable copy of ``source`` in memory that nothing else maps: a ``bytearray``, or
+    from 2 MiB on a private anonymous mapping advised for huge pages (faulting in 64 MiB of
+    4 KiB pages costs several times the copy itself; freed when the last reference goes)."""
+    hugepage = getattr(mmap, "MADV_HUGEPAGE", None)
+    if source.nbytes < _HUGE_PAGE or hugepage is None:
+        return bytearray(source)
+    private = mmap.mmap(-1, source.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        private.madvise(hugepage)
+    except OSError:  # pragma: no cover - a kernel without transparent huge pages
+        pass
+    with memoryview(private) as target:
+        target[:] = source
+    return private
 
 
 class _Arena:
@@ -336,7 +357,7 @@ class Receiver:
             for _ in range(count):
                 offset, length = _SPAN.unpack_from(data, position)
                 position += _SPAN.size
-                buffers.append(bytearray(view[offset : offset + length]))
+                buffers.append(_private_copy(view[offset : offset + length]))
         # Copied out: the sender may now reuse the region.
         _CONSUMED.pack_into(shared, 0, sequence)
         return pickle.loads(memoryview(data)[position:], buffers=buffers)
