@@ -188,6 +188,43 @@ def test_unconsumed_messages_are_never_overwritten() -> None:
     receiver.close()
 
 
+def test_a_withdrawn_message_frees_its_room_and_its_announcement() -> None:
+    sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
+    plain = sender.encode(sh.Blob(b"small"))
+    assert sender.withdraw(plain) is plain  # a plain pickle stays valid for anyone
+    shared = sender.encode(sh.Blob(sh.pattern(2 * MIB, 1)))
+    assert shared.fd is not None
+    assert sender.withdraw(shared) is None
+    # The next message reuses the room and announces the arena again (the first never went).
+    obj = sh.Blob(sh.pattern(2 * MIB, 2))
+    again = sender.encode(obj)
+    assert again.fd == shared.fd
+    assert receiver.decode(again.data, lambda: os.dup(again.fd)) == obj  # type: ignore
+    assert sender.arenas_created == 1
+    sender.close()
+    receiver.close()
+
+
+def test_only_the_last_message_can_be_withdrawn() -> None:
+    sender = _shm.Sender(threshold=MIB)
+    first = sender.encode(sh.Blob(sh.pattern(2 * MIB, 1)))
+    sender.encode(sh.Blob(sh.pattern(2 * MIB, 2)))
+    with pytest.raises(ValueError, match="last message"):
+        sender.withdraw(first)
+    sender.close()
+
+
+def test_a_lost_descriptor_is_reported_as_such(pair: tuple[Any, Any]) -> None:
+    left, right = pair
+    sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
+    message = sender.encode(sh.Blob(sh.pattern(2 * MIB, 1)))
+    left.send_bytes(message.data)
+    left.close()  # the sender dies before passing the descriptor
+    with pytest.raises(_shm.DescriptorLost):
+        receiver.recv(right)
+    sender.close()
+
+
 def test_close_releases_every_segment() -> None:
     before = _own_segment_fds()
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()

@@ -72,6 +72,11 @@ class SharedMemoryUnavailable(OSError):
     """No shared-memory segment could be created here (the caller uses the pipe)."""
 
 
+class DescriptorLost(EOFError):
+    """The descriptor a message announced did not arrive: the peer is gone (or the stream
+    is out of step), never a problem of the object itself."""
+
+
 class Outgoing(NamedTuple):
     """An encoded message: send ``data``; then, if ``fd`` is set, send it with
     :func:`send_fd` right after (the receiver expects it there)."""
@@ -132,7 +137,8 @@ def create_segment(size: int, tag: str) -> int:
     return fd
 
 
-def _is_socket(conn: Connection) -> bool:
+def can_pass_descriptors(conn: Connection) -> bool:
+    """Whether ``conn`` is a Unix socket (a duplex ``Pipe``), which shared memory needs."""
     try:
         return stat.S_ISSOCK(os.fstat(conn.fileno()).st_mode)
     except (OSError, ValueError):
@@ -146,13 +152,17 @@ def send_fd(conn: Connection, fd: int) -> None:
 
 
 def recv_fd(conn: Connection) -> int:
-    """Receive the descriptor :func:`send_fd` passed over ``conn``."""
-    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        data, fds, flags, _ = socket.recv_fds(sock, 1, 1)
+    """Receive the descriptor :func:`send_fd` passed over ``conn`` (:class:`DescriptorLost`
+    if it does not come)."""
+    try:
+        with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            data, fds, flags, _ = socket.recv_fds(sock, 1, 1)
+    except OSError as exc:
+        raise DescriptorLost(f"the shared-memory segment did not arrive: {exc!r}") from exc
     if data != b"F" or len(fds) != 1 or flags & getattr(socket, "MSG_CTRUNC", 0):
         for fd in fds:
             os.close(fd)
-        raise EOFError("the shared-memory segment announced by the peer did not arrive")
+        raise DescriptorLost("the shared-memory segment announced by the peer did not arrive")
     return fds[0]
 
 
@@ -258,13 +268,29 @@ class Sender:
         """Encode ``obj`` and send it over ``conn``; the number of bytes the pipe carried."""
         if not self._conn_checked:
             self._conn_checked = True
-            if not _is_socket(conn):  # descriptors pass over Unix sockets only
+            if not can_pass_descriptors(conn):  # descriptors pass over Unix sockets only
                 self.threshold = 0
         message = self.encode(obj)
         conn.send_bytes(message.data)
         if message.fd is not None:
             send_fd(conn, message.fd)
         return len(message.data)
+
+    def withdraw(self, message: Outgoing) -> Optional[Outgoing]:
+        """Take back ``message``, the last one encoded, which will not be sent after all.
+        Returns it if it is a plain pickle any receiver can read; ``None`` if it was written
+        into this sender's arena (its room is freed: encode the object again if needed)."""
+        if message.data[:1] != bytes([_SHM_TAG]):
+            return message
+        _, ident, sequence, *_ = _FRAME.unpack_from(message.data, 0)
+        arena = self._arena
+        if arena is None or arena.ident != ident or sequence != self._sequence:
+            raise ValueError("only the last message encoded can be withdrawn")
+        arena.in_flight.pop()
+        self._sequence -= 1
+        if message.fd is not None:
+            arena.announced = False
+        return None
 
     def _through_arena(self, data: bytes, raws: list[memoryview]) -> Outgoing:
         spans = []
