@@ -188,6 +188,21 @@ def test_unconsumed_messages_are_never_overwritten() -> None:
     receiver.close()
 
 
+def test_a_pipelined_stream_wraps_around_the_arena_instead_of_growing() -> None:
+    """Always one message unconsumed (a Run sent ahead): the arena fits two and wraps."""
+    sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
+    queue = [sender.encode(sh.Blob(sh.pattern(2 * MIB, 0)))]
+    for seed in range(1, 12):
+        queue.append(sender.encode(sh.Blob(sh.pattern(2 * MIB, seed))))
+        oldest = queue.pop(0)
+        fd = oldest.fd
+        decoded = receiver.decode(oldest.data, lambda fd=fd: os.dup(fd))  # type: ignore
+        assert decoded == sh.Blob(sh.pattern(2 * MIB, seed - 1))
+    assert sender.arenas_created == 2  # one for the first message, one that holds two
+    sender.close()
+    receiver.close()
+
+
 def test_a_withdrawn_message_frees_its_room_and_its_announcement() -> None:
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
     plain = sender.encode(sh.Blob(b"small"))

@@ -29,11 +29,13 @@ Guarantees:
 Mechanism: each :class:`Sender` (one per connection direction, e.g. per worker slot and
 direction) writes into its own *arena*, a segment it reuses for every message, so steady
 traffic writes into memory that is already faulted in.  The arena's first 8 bytes hold the
-sequence number of the last message the receiver has copied out; the sender writes a new
-message at the start of the arena when everything before it has been consumed, after the
-unconsumed messages when it fits there, and otherwise moves to a larger arena (announced
-with its descriptor) and closes the old one once its last message is consumed.  Messages
-must reach the receiver in the order they were encoded (one sender, one stream).
+sequence number of the last message the receiver has copied out.  Messages are consumed in
+the order they were sent, so the arena is a ring: a new message goes at the start when
+everything before it has been consumed, else in the free space after the newest unconsumed
+message or, wrapping around, before the oldest; where it fits nowhere the sender moves to a
+larger arena (announced with its descriptor) and closes the old one once its last message is
+consumed.  Messages must reach the receiver in the order they were encoded (one sender, one
+stream).
 """
 
 from __future__ import annotations
@@ -196,14 +198,29 @@ class _Arena:
             os.close(self.fd)
             raise
         self.announced = False  # its descriptor went out with a message
-        self.in_flight: Deque[tuple[int, int]] = deque()  # (sequence, end offset)
+        # Regions of messages sent but not yet consumed, oldest first: (sequence, start, end).
+        # The receiver consumes them in order, so the free space is a ring.
+        self.in_flight: Deque[tuple[int, int, int]] = deque()
 
-    def unconsumed_end(self) -> int:
-        """Where unconsumed data ends (``_HEADER`` when the receiver has consumed it all)."""
+    def live_bytes(self) -> int:
+        """Bytes of messages the receiver has not consumed yet (forgets consumed ones)."""
         (consumed,) = _CONSUMED.unpack_from(self.map, 0)
         while self.in_flight and self.in_flight[0][0] <= consumed:
             self.in_flight.popleft()
-        return self.in_flight[-1][1] if self.in_flight else _HEADER
+        return sum(end - start for _, start, end in self.in_flight)
+
+    def place(self, nbytes: int) -> Optional[int]:
+        """Where ``nbytes`` fit without touching unconsumed data (``None``: nowhere)."""
+        self.live_bytes()
+        if not self.in_flight:
+            return _HEADER if _HEADER + nbytes <= self.size else None
+        head = self.in_flight[0][1]
+        tail = _round_up(self.in_flight[-1][2], _ALIGN)
+        if self.in_flight[-1][1] < head:  # wrapped: the free space is [tail, head)
+            return tail if tail + nbytes <= head else None
+        if tail + nbytes <= self.size:  # free space: [tail, size) and [_HEADER, head)
+            return tail
+        return _HEADER if _HEADER + nbytes <= head else None
 
     def close(self) -> None:
         self.map.close()
@@ -306,7 +323,7 @@ class Sender:
         finally:
             view.release()
         self._sequence += 1
-        arena.in_flight.append((self._sequence, start + offset))
+        arena.in_flight.append((self._sequence, start, start + offset))
         fd = None if arena.announced else arena.fd
         arena.announced = True
         frame = [
@@ -322,27 +339,27 @@ class Sender:
         """An arena and an offset with ``nbytes`` free there; a larger arena if needed."""
         self._close_consumed_retired()
         arena = self._arena
-        busy = 0
+        live = 0
         if arena is not None:
-            start = _round_up(arena.unconsumed_end(), _ALIGN)
-            if start + nbytes <= arena.size:
+            start = arena.place(nbytes)
+            if start is not None:
                 return arena, start
-            busy = start - _HEADER
-            if busy:
+            live = arena.live_bytes()
+            if live:
                 self._retired.append(arena)
             else:
                 arena.close()
             self._arena = None
         # Room for what is still unconsumed too, and a quarter to spare, so a stream of
         # similar messages settles on one arena instead of growing by a little each time.
-        size = _round_up(_HEADER + (busy + nbytes) * 5 // 4, mmap.PAGESIZE)
+        size = _round_up(_HEADER + (live + nbytes) * 5 // 4, mmap.PAGESIZE)
         self._arenas_made += 1
         self._arena = _Arena(self._arenas_made, size, self.tag)
         return self._arena, _HEADER
 
     def _close_consumed_retired(self) -> None:
         if self._retired:
-            for arena in [a for a in self._retired if a.unconsumed_end() == _HEADER]:
+            for arena in [a for a in self._retired if not a.live_bytes()]:
                 self._retired.remove(arena)
                 arena.close()
 
