@@ -16,6 +16,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 import zlib
 from typing import Any
 
@@ -127,3 +128,49 @@ def middle_parent(start_method: str, dev_shm: bool, size: int) -> None:
 
 if __name__ == "__main__":
     middle_parent(sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]))
+
+
+# --- tasks for the process pool tests ---------------------------------------------------------
+
+
+def reverse(blob: Blob) -> Blob:
+    """A task: the blob reversed (a new buffer of the same size comes back)."""
+    return Blob(blob.data[::-1])
+
+
+def numpy_plus_one(array: Any) -> Any:
+    return array + 1
+
+
+def report_then_hang(blob: Blob, path: str) -> None:
+    """A task meant to be killed: note that it received ``blob`` (its CRC) in ``path``."""
+    with open(path + ".tmp", "w") as out:
+        out.write(str(zlib.crc32(blob.data)))
+    os.replace(path + ".tmp", path)
+    time.sleep(3600)  # sleep-ok: hangs until the pool kills this worker
+
+
+def die_holding(blob: Blob) -> None:
+    """A task: SIGKILL the worker while it holds the argument (and its arena is mapped)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def pool_parent(start_method: str, path: str) -> None:
+    """A pool parent for the SIGKILL test: big blobs both ways, then every worker hangs
+    holding one; prints the worker pids and blocks until killed."""
+    import mtasklite as mt
+
+    force_dev_shm()
+    ex = mt.StatefulProcessPoolExecutor(2, multiprocessing.get_context(start_method))
+    big = Blob(pattern(2 << 20, 3))
+    assert ex.submit(reverse, big).result(60) == Blob(big.data[::-1])
+    futures = [ex.submit(report_then_hang, big, f"{path}.{i}") for i in range(2)]
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(f"{path}.{i}") for i in range(2)):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the workers did not start their tasks")
+        time.sleep(0.01)  # sleep-ok: polling files written by the workers, bounded
+    print(*sorted(p.pid for p in multiprocessing.active_children()), flush=True)
+    print("ready", flush=True)
+    sys.stdin.read()
+    del futures
