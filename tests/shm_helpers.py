@@ -174,3 +174,9 @@ def pool_parent(start_method: str, path: str) -> None:
     print("ready", flush=True)
     sys.stdin.read()
     del futures
+
+
+def reverse_pair(pair: tuple[Blob, bytes]) -> tuple[Blob, bytes]:
+    """A task on a big out-of-band blob plus in-band bytes: both reversed."""
+    blob, data = pair
+    return reverse(blob), data[::-1]

@@ -89,6 +89,18 @@ def test_a_64_mib_numpy_array_round_trips_through_submit(ctx: Any) -> None:
     assert array[0] == 0.0
 
 
+@pytest.mark.timeout(120)
+def test_chunks_too_big_to_send_ahead_wait_for_an_idle_worker() -> None:
+    """A chunk whose pickle (beside its shared-memory part) exceeds what may be sent ahead is
+    taken back from the busy slot's arena and sent to the next idle one instead."""
+    items = [
+        (sh.Blob(sh.pattern(2 * MIB, seed)), bytes([seed]) * (300 << 10)) for seed in range(12)
+    ]
+    expected = [(sh.Blob(blob.data[::-1]), data[::-1]) for blob, data in items]
+    with PPE(2, multiprocessing.get_context("fork")) as ex:
+        assert list(ex.imap(sh.reverse_pair, items, chunksize=3)) == expected
+
+
 @pytest.mark.parametrize("threshold", [None, 0])
 def test_shm_threshold_none_or_zero_keeps_everything_in_the_pipe(threshold: Any) -> None:
     blob = sh.Blob(sh.pattern(3 * MIB, 1))

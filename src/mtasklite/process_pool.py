@@ -586,15 +586,20 @@ class _Dispatcher:
                 if head.is_call or head.timeout is not None:
                     return
                 piece = self.pending.popleft()
-            message = self._encode(piece, slot)
+            if piece.data is not None:  # a plain pickle made on an earlier try
+                message: Optional[_shm.Outgoing] = _shm.Outgoing(piece.data, None)
+            else:
+                message = self._encode(piece, slot)
             if message is None:
                 continue  # unpicklable: its items are failed or re-queued already
             if len(message.data) > slot.prefetch_bytes:
                 # Sent ahead, it might not fit in the socket buffer while the worker, busy,
                 # is not reading: we would block, and a worker sending us big results would
-                # block too.  It waits (pickled, unclaimed) for the next idle worker instead.
-                kept = slot.sender.withdraw(message)
-                piece.data = None if kept is None else kept.data
+                # block too.  It waits (pickled, unclaimed) for the next idle worker instead;
+                # one written into this slot's shared memory is taken back from it.
+                if piece.data is None:
+                    kept = slot.sender.withdraw(message)
+                    piece.data = None if kept is None else kept.data
                 self._requeue_piece(piece)
                 return
             if self._claim(piece) and self._send_piece(slot, piece, message):
