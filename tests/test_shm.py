@@ -203,6 +203,24 @@ def test_a_pipelined_stream_wraps_around_the_arena_instead_of_growing() -> None:
     receiver.close()
 
 
+def test_a_failed_copy_out_does_not_pin_its_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
+    first = sender.encode(sh.Blob(sh.pattern(2 * MIB, 1)))
+    with monkeypatch.context() as patch:
+        patch.setattr(_shm, "_private_copy", lambda source: _fail_memory())
+        with pytest.raises(MemoryError):
+            receiver.decode(first.data, lambda: os.dup(first.fd))  # type: ignore[arg-type]
+    obj = sh.Blob(sh.pattern(2 * MIB, 2))
+    assert _round_trip(sender, receiver, obj) == obj
+    assert sender.arenas_created == 1  # the region was released, not worked around
+    sender.close()
+    receiver.close()
+
+
+def _fail_memory() -> Any:
+    raise MemoryError
+
+
 def test_a_withdrawn_message_frees_its_room_and_its_announcement() -> None:
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
     plain = sender.encode(sh.Blob(b"small"))

@@ -15,16 +15,21 @@ Guarantees:
   ``pickle.PickleBuffer`` and anything else that offers one) add up to ``threshold`` bytes
   or more do they travel through shared memory; smaller ones go back into the pickle.
 * Nothing can leak, whoever dies how: a segment never has a name anyone could forget to
-  remove.  It is an anonymous ``memfd`` (Linux) or a file created in ``/dev/shm`` and
-  unlinked in the same call, before any other process could see it; the other side gets
-  the descriptor itself over the (Unix socket) connection.  The kernel frees the memory
-  when the last descriptor and mapping are gone: a crash, a SIGKILL of either side, an
-  abandoned message (a descriptor still in a socket dies with the socket) all free it.
-  This is why no ``multiprocessing.resource_tracker`` is involved (its behaviour for
-  ``SharedMemory`` differs across 3.9..3.13: attach-time registration, ``track=False``
-  only from 3.13), and why no ``/dev/shm`` entry survives any fault.
-* Where shared memory cannot be had (no memfd and no ``/dev/shm``, creating or sizing a
-  segment fails, the connection is not a socket), the message takes the pipe instead.
+  remove.  It is an anonymous ``memfd`` (Linux) or, without ``memfd_create``, a file
+  created in ``/dev/shm`` and unlinked by the next system call, before any other process
+  could use it (a SIGKILL between those two calls is the only way to leave one behind);
+  the other side gets the descriptor itself over the (Unix socket) connection.  The
+  kernel frees the memory when the last descriptor and mapping are gone: a crash, a
+  SIGKILL of either side, an abandoned message (a descriptor still in a socket dies with
+  the socket) all free it.  This is why no ``multiprocessing.resource_tracker`` is
+  involved (its behaviour for ``SharedMemory`` differs across 3.9..3.13: attach-time
+  registration, ``track=False`` only from 3.13), and why no ``/dev/shm`` entry survives
+  any fault.  (A process forked while a sender or receiver is open inherits its
+  descriptor and mapping like any other, and keeps that memory alive until it exits.)
+* Where shared memory cannot be had (no memfd and no ``/dev/shm``, as on macOS; creating
+  or sizing a segment fails; the connection is not a socket), the message takes the pipe.
+* An arena keeps the size of the largest messages in flight at once (plus a quarter)
+  until the sender is closed.
 
 Mechanism: each :class:`Sender` (one per connection direction, e.g. per worker slot and
 direction) writes into its own *arena*, a segment it reuses for every message, so steady
@@ -396,13 +401,16 @@ class Receiver:
         assert shared is not None
         position = _FRAME.size
         buffers = []
-        with memoryview(shared) as view:
-            for _ in range(count):
-                offset, length = _SPAN.unpack_from(data, position)
-                position += _SPAN.size
-                buffers.append(_private_copy(view[offset : offset + length]))
-        # Copied out: the sender may now reuse the region.
-        _CONSUMED.pack_into(shared, 0, sequence)
+        try:
+            with memoryview(shared) as view:
+                for _ in range(count):
+                    offset, length = _SPAN.unpack_from(data, position)
+                    position += _SPAN.size
+                    buffers.append(_private_copy(view[offset : offset + length]))
+        finally:
+            # Copied out (or never will be: a failed copy must not pin the region either),
+            # so the sender may reuse it.
+            _CONSUMED.pack_into(shared, 0, sequence)
         return pickle.loads(memoryview(data)[position:], buffers=buffers)
 
     def _attach(self, fd: int, ident: int, size: int) -> None:
