@@ -104,7 +104,8 @@ def test_big_buffers_travel_through_shared_memory() -> None:
     obj = {"blobs": blobs, "raw": pickle.PickleBuffer(sh.pattern(MIB, 7)), "n": 5}
     message = sender.encode(obj)
     assert message.fd is not None
-    assert len(message.data) < 4096  # the megabytes are not in the message
+    assert len(message.data) < 4096  # the megabytes are not in the message...
+    assert message.shared_nbytes == 7 * MIB  # ...but it says what they weigh
     decoded = receiver.decode(message.data, lambda: os.dup(message.fd))  # type: ignore[arg-type]
     assert decoded["blobs"] == blobs
     assert bytes(decoded["raw"]) == bytes(sh.pattern(MIB, 7))

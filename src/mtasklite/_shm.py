@@ -86,10 +86,13 @@ class DescriptorLost(EOFError):
 
 class Outgoing(NamedTuple):
     """An encoded message: send ``data``; then, if ``fd`` is set, send it with
-    :func:`send_fd` right after (the receiver expects it there)."""
+    :func:`send_fd` right after (the receiver expects it there).  ``shared_nbytes``: what
+    travels through shared memory besides ``data`` (what the message weighs in all is
+    ``len(data) + shared_nbytes``)."""
 
     data: bytes
     fd: Optional[int]
+    shared_nbytes: int = 0
 
 
 def check_threshold(value: Optional[int]) -> int:
@@ -338,7 +341,7 @@ class Sender:
         ]
         frame.extend(_SPAN.pack(start + relative, length) for relative, length in spans)
         frame.append(data)
-        return Outgoing(b"".join(frame), fd)
+        return Outgoing(b"".join(frame), fd, sum(length for _, length in spans))
 
     def _allocate(self, nbytes: int) -> tuple[_Arena, int]:
         """An arena and an offset with ``nbytes`` free there; a larger arena if needed."""
