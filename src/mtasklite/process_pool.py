@@ -636,7 +636,8 @@ class _Dispatcher:
         except OSError:  # the worker died; its sentinel will report it
             self._requeue(piece.job, piece.start, piece.stop)
             return False
-        piece.job.nbytes += len(message.data)
+        # Shared-memory bytes count too: chunk sizes are bounded by what items weigh.
+        piece.job.nbytes += len(message.data) + message.shared_nbytes
         return True
 
     def _encode(self, piece: _Piece, slot: _Slot) -> Optional[_shm.Outgoing]:
