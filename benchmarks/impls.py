@@ -88,7 +88,7 @@ class OursProcess(Adapter):
 
 
 class OursThread(OursProcess):
-    """``StatefulThreadPoolExecutor(workers).imap`` (its default chunksize is 1)."""
+    """``StatefulThreadPoolExecutor(workers).imap`` (auto chunking unless told otherwise)."""
 
     kind = "thread"
 

@@ -4,7 +4,7 @@ Each function takes the implementation name and the case's parameters and return
 metrics.  They run inside a fresh ``python -m benchmarks.worker`` subprocess, so the runner
 never shares a warm interpreter, page cache of pickles or leftover pool between runs.
 Timed sections start after the pool is created and warmed up, except in scenario 3 (memory
-of the whole run) and scenario 6 (cold start is the point).
+of the whole run) and scenarios 6, 8 and 9 (the cold start is the point).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -201,6 +203,60 @@ def latency(impl: str, p: Params) -> Metrics:
     }
 
 
+def one_shot(impl: str, p: Params) -> Metrics:
+    """Scenarios 8 and 9: what a script pays that maps once: create the pool, run one ``imap``
+    of ``square`` over ``n`` items (``range(n)``, or a generator when ``sized`` is false),
+    shut the pool down.  The clock covers all three; the imports a script starts with
+    (``concurrent.futures``, ``multiprocessing.pool``, ``mtasklite``) are done before it,
+    since scenario 10 measures them, but whatever a pool loads on first use is timed.
+    """
+    import concurrent.futures  # noqa: F401
+    import multiprocessing.pool  # noqa: F401
+
+    import mtasklite  # noqa: F401
+
+    n = p["n"]
+    items = range(n) if p["sized"] else _generated(n)
+    start = time.perf_counter()
+    pool = open_adapter(impl, p["workers"], p.get("chunksize"))
+    try:
+        total = 0
+        for value in pool.imap(tasks.square, items):
+            total += value
+    finally:
+        pool.stop()
+    wall = time.perf_counter() - start
+    _check(total == (n - 1) * n * (2 * n - 1) // 6, "wrong results")
+    return {"wall_s": wall, "items": n, "items_per_s": n / wall}
+
+
+def _generated(n: int) -> Iterator[int]:
+    """``range(n)`` as an unsized generator (no length to size chunks from)."""
+    yield from range(n)
+
+
+def import_time(impl: str, p: Params) -> Metrics:
+    """Scenario 10: wall time of the import statement ``p["statement"]`` in a fresh
+    interpreter (interpreter start-up excluded), the median of ``p["runs"]`` interpreters."""
+    code = (
+        "import time; start = time.perf_counter(); "
+        f"{p['statement']}; print(time.perf_counter() - start)"
+    )
+    samples = []
+    for _ in range(p["runs"]):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        )
+        samples.append(float(out.stdout.strip()) * 1000)
+    samples.sort()
+    return {
+        "import_ms": statistics.median(samples),
+        "min_ms": samples[0],
+        "max_ms": samples[-1],
+        "samples_ms": samples,
+    }
+
+
 #: scenario number -> its workload
 WORKLOADS: dict[int, Callable[[str, Params], Metrics]] = {
     1: throughput,
@@ -210,6 +266,9 @@ WORKLOADS: dict[int, Callable[[str, Params], Metrics]] = {
     5: cpu_bound,
     6: stateful_init,
     7: latency,
+    8: one_shot,
+    9: one_shot,
+    10: import_time,
 }
 
 

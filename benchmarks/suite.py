@@ -185,7 +185,14 @@ def tiny_threads(quick: bool) -> Scenario:
         f"of {INNER} timed maps per run (pqdm: {INNER_SLOW if quick else 1}).",
         _with_inner(
             [
-                _case("ours", "ours-thread", "mtasklite `imap` (default chunksize=1)", n=n),
+                _case("ours", "ours-thread", "mtasklite `imap` (auto chunks)", n=n),
+                _case(
+                    "ours-cs1",
+                    "ours-thread",
+                    "mtasklite `imap(chunksize=1)` (drainers)",
+                    n=n,
+                    chunksize=1,
+                ),
                 _case("stdlib", "stdlib-thread", "`ThreadPoolExecutor.map`", n=n),
                 _case(
                     "mp-threadpool",
@@ -446,6 +453,104 @@ def latency(quick: bool) -> Scenario:
     )
 
 
+#: one-shot sizes (scenarios 8 and 9), and what an unsized input's peer gets as chunksize
+ONE_SHOT_SIZES = (10_000, 100_000, 1_000_000)
+UNSIZED_PEER_CHUNKSIZE = 64
+
+
+def _size_tag(n: int) -> str:
+    return f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}M"
+
+
+def one_shot(number: int, kind: str, quick: bool) -> Scenario:
+    """A fresh process maps once (scenario 8: processes, 9: threads), sized and unsized, each
+    against the stdlib pool's ``imap`` of the same kind at the same size."""
+    ours, peer = (
+        ("ours-process", "mp-pool") if kind == "process" else ("ours-thread", "mp-threadpool")
+    )
+    peer_name = "multiprocessing.Pool" if kind == "process" else "multiprocessing.pool.ThreadPool"
+    cases = []
+    for n in ONE_SHOT_SIZES:
+        tag = _size_tag(n)
+        for sized in (True, False):
+            key = tag if sized else f"{tag}-gen"
+            what = f"`range({n:,})`" if sized else "generator"
+            cs = tuned_chunksize(n) if sized else UNSIZED_PEER_CHUNKSIZE
+            common = {"n": n, "sized": sized}
+            cases += [
+                _case(
+                    f"ours@{key}",
+                    ours,
+                    f"mtasklite `imap` (auto chunks), {what}",
+                    f"peer@{key}",
+                    **common,
+                ),
+                _case(
+                    f"peer@{key}",
+                    peer,
+                    f"`{peer_name}.imap(chunksize={cs})`, {what}",
+                    f"peer@{key}",
+                    chunksize=cs,
+                    **common,
+                ),
+            ]
+    workers = "processes" if kind == "process" else "threads"
+    return Scenario(
+        number,
+        f"One-shot: create, one `imap`, shut down ({workers})",
+        f"A fresh process creates a pool of 2 {workers}, maps `square` once over "
+        f"{', '.join(f'{n:,}' for n in ONE_SHOT_SIZES)} items (a `range`, or an unsized "
+        "generator) and shuts the pool down; items/s over all three, one map per process.  "
+        "The imports a script starts with are done before the clock (scenario 10 times "
+        "them); what a pool loads on first use is timed.  The peer's chunksize is tuned "
+        f"from the length (four chunks per worker), or {UNSIZED_PEER_CHUNKSIZE} for a "
+        "generator, which has no length to tune from.",
+        cases,
+        [Column("items_per_s", "items/s"), Column("wall_s", "wall (s)", "{:.3f}")],
+        higher_is_better=True,
+        baseline=None,
+        timeout_s=30 if quick else 60,
+    )
+
+
+def import_time(quick: bool) -> Scenario:
+    runs = 10 if quick else 20
+    statements = [
+        ("ours", "ours-import", "import mtasklite"),
+        ("stdlib", "stdlib-import", "import concurrent.futures, multiprocessing.pool"),
+        # What the lazy names defer is paid on first use: shown, not a target.
+        (
+            "ours+thread",
+            "ours-import",
+            "import mtasklite; mtasklite.StatefulThreadPoolExecutor",
+        ),
+        (
+            "ours+process",
+            "ours-import",
+            "import mtasklite; mtasklite.StatefulProcessPoolExecutor",
+        ),
+    ]
+    return Scenario(
+        10,
+        "Import time",
+        "Wall time of the import statement alone in a fresh interpreter (its start-up "
+        f"excluded), the median of {runs} interpreters per run.  `import mtasklite` loads "
+        "each public name on first use; the last two rows add the first use of a pool "
+        "class, which the one-shot scenarios time.",
+        [
+            _case(key, impl, f"`{statement}`", "stdlib", statement=statement, runs=runs)
+            for key, impl, statement in statements
+        ],
+        [
+            Column("import_ms", "import (ms)", "{:,.1f}"),
+            Column("min_ms", "fastest (ms)", "{:,.1f}"),
+        ],
+        higher_is_better=False,
+        baseline="stdlib",
+        timeout_s=30 if quick else 60,
+    )
+
+
 def build_suite(quick: bool, loops: int) -> list[Scenario]:
     """Every scenario, sized for ``--quick`` or the full run."""
     return [
@@ -456,7 +561,14 @@ def build_suite(quick: bool, loops: int) -> list[Scenario]:
         cpu_bound(quick, loops),
         stateful_init(quick),
         latency(quick),
+        one_shot(8, "process", quick),
+        one_shot(9, "thread", quick),
+        import_time(quick),
     ]
+
+
+#: every scenario's number, in suite order
+SCENARIO_NUMBERS = tuple(range(1, 11))
 
 
 def targets(quick: bool) -> list[Target]:
@@ -510,4 +622,38 @@ def targets(quick: bool) -> list[Target]:
             1.0,
             "stdlib-process",
         ),
+        Target(
+            7,
+            "process submit latency <= 0.8x stdlib (median)",
+            "ours-process",
+            "median_us",
+            "<=",
+            0.8,
+            "stdlib-process",
+        ),
+        *_one_shot_targets(),
+        Target(
+            10,
+            "`import mtasklite` <= 1.3x `import concurrent.futures, multiprocessing.pool`",
+            "ours",
+            "import_ms",
+            "<=",
+            1.3,
+            "stdlib",
+        ),
+    ]
+
+
+def _one_shot_targets() -> list[Target]:
+    """Scenarios 8 and 9: ours over the stdlib pool's tuned ``imap`` at the same size."""
+    goals = [
+        (8, "10k", "process one-shot >= 1.0x tuned `Pool.imap`, 10k sized", 1.0),
+        (8, "100k", "process one-shot >= 1.3x tuned `Pool.imap`, 100k sized", 1.3),
+        (8, "100k-gen", "process one-shot >= 2x `Pool.imap`, 100k unsized", 2.0),
+        (9, "100k", "thread one-shot >= 1.0x tuned `ThreadPool.imap`, 100k sized", 1.0),
+        (9, "100k-gen", "thread one-shot >= 1.5x `ThreadPool.imap`, 100k unsized", 1.5),
+    ]
+    return [
+        Target(number, label, f"ours@{key}", "items_per_s", ">=", threshold, f"peer@{key}")
+        for number, key, label, threshold in goals
     ]

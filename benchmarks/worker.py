@@ -20,7 +20,8 @@ def run(scenario: int, impl: str, params: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.impls import ADAPTERS
     from benchmarks.scenarios import WORKLOADS
 
-    requires = ADAPTERS[impl].requires
+    adapter = ADAPTERS.get(impl)  # None: the workload needs no pool (import timing)
+    requires = None if adapter is None else adapter.requires
     try:
         metrics = WORKLOADS[scenario](impl, params)
     except ImportError as exc:

@@ -46,8 +46,8 @@ pytestmark = pytest.mark.timeout(30)
 #: every call must return or raise within this many seconds of the fault
 FAULT_LIMIT = 5.0
 
-KINDS = ["fork", "spawn", "threads"]
-PROCESS_KINDS = ["fork", "spawn"]
+KINDS = ["fork", "spawn", "forkserver", "threads"]
+PROCESS_KINDS = ["fork", "spawn", "forkserver"]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 PPE = mt.StatefulProcessPoolExecutor
 TPE = mt.StatefulThreadPoolExecutor
@@ -990,14 +990,17 @@ def test_wrong_call_arguments_get_clear_errors(guard: Guard, kind: str) -> None:
     ex = guard.make(kind)
     positive = "must be a positive integer or None, got"
     seconds = "must be a positive number of seconds or None, got"
+    below_one = "buffersize must be None or > 0, got"  # Python 3.14's map() wording
     sq, r3 = fh.square, range(3)
     calls: list[tuple[Callable[[], Any], type[BaseException], str]] = [
         (lambda: ex.imap(sq, r3, chunksize=0), ValueError, f"chunksize {positive} 0"),
         (lambda: ex.imap(sq, r3, chunksize=-4), ValueError, f"chunksize {positive} -4"),
-        (lambda: ex.imap(sq, r3, buffersize=0), ValueError, f"buffersize {positive} 0"),
-        (lambda: ex.imap_unordered(sq, r3, buffersize=-1), ValueError, f"buffersize {positive} -1"),
+        (lambda: ex.imap(sq, r3, buffersize=0), ValueError, f"{below_one} 0"),
+        (lambda: ex.imap_unordered(sq, r3, buffersize=-1), ValueError, f"{below_one} -1"),
+        (lambda: ex.imap(sq, r3, buffersize="2"), TypeError, "buffersize must be an integer or"),
         (lambda: ex.map(sq, r3, chunksize=0), ValueError, "chunksize must be >= 1"),
-        (lambda: ex.map(sq, r3, buffersize=0), ValueError, f"buffersize {positive} 0"),
+        (lambda: ex.map(sq, r3, buffersize=0), ValueError, f"{below_one} 0"),
+        (lambda: ex.map(sq, r3, buffersize=2.0), TypeError, "buffersize must be an integer or"),
         (lambda: ex.imap(sq, r3, task_timeout=0), ValueError, f"task_timeout {seconds} 0"),
         (lambda: ex.submit_with_timeout(-1, sq, 1), ValueError, f"^timeout {seconds} -1"),
         (lambda: ex.imap(sq), TypeError, r"imap\(\) needs at least one iterable"),

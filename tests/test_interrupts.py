@@ -121,7 +121,7 @@ def read_starts(log: Path) -> list[tuple[str, int, int, float]]:
 # --- Ctrl-C ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 @pytest.mark.parametrize("mode", ["imap", "pqdm"])
 @pytest.mark.parametrize("target", ["parent", "group"])
 def test_ctrl_c_during_busy_imap(
@@ -253,7 +253,7 @@ def test_ctrl_c_outside_the_wait_still_stops_pqdm_workers(tmp_path: Path, where:
 # --- the parent is killed --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 @pytest.mark.parametrize("variant", ["main", "thread", "respawned"])
 def test_workers_exit_when_the_parent_is_killed(
     script: list[Script], tmp_path: Path, method: str, variant: str

@@ -48,9 +48,15 @@ class Backend:
         return threading.Barrier(n) if self.threads else FORK.Barrier(n)
 
     def window_bound(self, jobs: int) -> int:
-        """Most input items the default window (4 tasks per worker) holds: single items on
-        threads, adaptive chunks of at most ``MAX_ITEMS`` on processes."""
-        return 4 * jobs * (1 if self.threads else AdaptiveChunkSize.MAX_ITEMS)
+        """Most input items the default window (4 tasks per worker) holds: adaptive chunks of
+        at most ``MAX_ITEMS``, or ``MAX_ITEMS_UNKNOWN_BYTES`` on threads (they measure no
+        pickled sizes)."""
+        cap = (
+            AdaptiveChunkSize.MAX_ITEMS_UNKNOWN_BYTES
+            if self.threads
+            else AdaptiveChunkSize.MAX_ITEMS
+        )
+        return 4 * jobs * cap
 
     def __repr__(self) -> str:
         return self.name
@@ -487,8 +493,9 @@ def test_bounded_run_stops_pulling_while_the_worker_is_blocked(release: threadin
         return x
 
     source = ph.Pulled(itertools.count())
+    # One item per task, so the window is exactly ``ratio * jobs`` items.
     with threads.pqdm(
-        source, work, jobs, bounded=True, chunk_prefill_ratio=ratio, disable=True
+        source, work, jobs, bounded=True, chunk_prefill_ratio=ratio, chunk_size=1, disable=True
     ) as results:
         assert next(results) == 0
         waiter = threading.Thread(target=next, args=(results,))  # blocks on item 1

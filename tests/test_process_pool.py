@@ -2,8 +2,8 @@
 the cloudpickle path, and no leftover processes.
 
 Everything sent to a worker lives in :mod:`process_helpers` (spawned workers import it by
-name).  Most cases run under ``fork`` (cheap); a representative subset runs under ``spawn``,
-and one smoke test under ``forkserver``.
+name).  Most cases run under ``fork`` (cheap); the start-method matrix (the ``ctx`` fixture)
+also runs them under ``spawn`` and ``forkserver`` (Linux's default from Python 3.14).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def no_leaked_processes() -> Iterator[None]:
     ph.assert_no_leftovers(before, threads_before)
 
 
-@pytest.fixture(params=["fork", "spawn"])
+@pytest.fixture(params=["fork", "spawn", "forkserver"])
 def ctx(request: pytest.FixtureRequest) -> Any:
     return multiprocessing.get_context(request.param)
 

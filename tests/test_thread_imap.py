@@ -1,5 +1,8 @@
 """The thread pool's one-item-per-task ``imap`` (drainers instead of a future per item).
 
+The default is adaptive chunks (tests/test_thread_imap_adaptive.py); every call here asks for
+this engine with ``chunksize=1``.
+
 The engine's shared semantics (order, errors, laziness, timeouts, closing) are covered by
 test_windowing.py, whose "stateful" backend runs this engine at ``chunksize=1``.  Here: what
 only a drainer design can get wrong (starving other work, running on after the pool dropped
@@ -42,7 +45,9 @@ def test_endless_imap_does_not_starve_work_submitted_meanwhile(prefix: str, orde
     # thread for ever.  It hands the thread back after a batch, so the submitted task runs
     # within a window or two of items.
     with mt.StatefulThreadPoolExecutor(1, prefix) as ex:
-        results = (ex.imap if ordered else ex.imap_unordered)(identity, itertools.count())
+        results = (ex.imap if ordered else ex.imap_unordered)(
+            identity, itertools.count(), chunksize=1
+        )
         with results:
             for consumed, _ in enumerate(results):
                 if consumed == 100:
@@ -61,7 +66,7 @@ def test_waiting_inside_the_loop_for_other_work_does_not_deadlock(prefix: str) -
     # items and returns the only thread to the pool.
     with mt.StatefulThreadPoolExecutor(1, prefix) as ex:
         seen = []
-        for x in ex.imap(identity, range(500)):
+        for x in ex.imap(identity, range(500), chunksize=1):
             seen.append(ex.submit(identity, x).result(timeout=BLOCK_LIMIT))
         assert seen == list(range(500))
 
@@ -81,7 +86,7 @@ def test_shutdown_cancel_futures_starts_no_further_item(
         return x
 
     ex = mt.StatefulThreadPoolExecutor(2, prefix)
-    results = ex.imap(task, range(1000))
+    results = ex.imap(task, range(1000), chunksize=1)
     assert [next(results), next(results)] == [0, 1]
     busy.wait(BLOCK_LIMIT)
     ex.shutdown(wait=False, cancel_futures=True)
@@ -108,7 +113,7 @@ def test_shutdown_mid_iteration_raises_instead_of_hanging(
         return x
 
     ex = mt.StatefulThreadPoolExecutor(2, prefix)
-    results = ex.imap(task, itertools.count())
+    results = ex.imap(task, itertools.count(), chunksize=1)
     assert next(results) == 0
     assert first.wait(BLOCK_LIMIT)
     ex.shutdown(wait=False)
@@ -123,7 +128,7 @@ def test_shutdown_mid_iteration_raises_instead_of_hanging(
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
 def test_yielded_results_are_not_kept_alive_by_the_iterator(prefix: str, ordered: bool) -> None:
     with mt.StatefulThreadPoolExecutor(2, prefix) as ex:
-        results = (ex.imap if ordered else ex.imap_unordered)(Box, range(10))
+        results = (ex.imap if ordered else ex.imap_unordered)(Box, range(10), chunksize=1)
         box = next(results)
         first, ref = box.value, weakref.ref(box)
         del box
@@ -142,11 +147,11 @@ def test_base_exceptions_from_items_are_that_items_error(prefix: str) -> None:
     with mt.StatefulThreadPoolExecutor(2, prefix) as ex:
         got = []
         with pytest.raises(SystemExit) as info:
-            for x in ex.imap(task, range(10)):
+            for x in ex.imap(task, range(10), chunksize=1):
                 got.append(x)
         assert info.value.code == 7 and got == [0, 1, 2]
         # The pool is unharmed and the next imap runs in full.
-        assert list(ex.imap(task, range(3))) == [0, 1, 2]
+        assert list(ex.imap(task, range(3), chunksize=1)) == [0, 1, 2]
 
 
 @pytest.mark.timeout(30)
@@ -164,6 +169,6 @@ def test_timed_imap_still_runs_one_future_per_item(prefix: str) -> None:
         ex._submit_timed = counting  # type: ignore[method-assign]
         assert list(ex.imap(identity, range(20), task_timeout=BLOCK_LIMIT)) == list(range(20))
         timed = len(submitted)
-        assert list(ex.imap(identity, range(20))) == list(range(20))
+        assert list(ex.imap(identity, range(20), chunksize=1)) == list(range(20))
     assert timed == 20
     assert len(submitted) - timed <= 2  # one drainer per thread

@@ -2,7 +2,8 @@
 
 Each pins a behaviour of the futures engine (``windowing``) that the first drainer design
 broke; the comment above each says what went wrong (all fixed since).  The second part covers
-paths that held and had no test elsewhere.
+paths that held and had no test elsewhere.  Every call asks for the drainers with
+``chunksize=1`` (the default is adaptive chunks).
 
 Nothing sleeps to synchronise.  Where a test must show that something does *not* happen, it
 waits for it on an event under :data:`WAIT` seconds, so a correct engine passes at once (the
@@ -74,7 +75,7 @@ def test_input_fed_by_earlier_tasks_does_not_deadlock(prefix: str, ordered: bool
         return x
 
     with TPE(2, prefix) as ex:
-        assert sorted(imap_of(ex, ordered)(task, source())) == list(range(6))
+        assert sorted(imap_of(ex, ordered)(task, source(), chunksize=1)) == list(range(6))
 
 
 @pytest.mark.timeout(30)
@@ -93,7 +94,7 @@ def test_first_item_runs_before_the_window_is_read(prefix: str) -> None:
         return x
 
     with TPE(2, prefix) as ex:
-        assert list(ex.imap(task, source())) == [0, 1, 2, 3]
+        assert list(ex.imap(task, source(), chunksize=1)) == [0, 1, 2, 3]
     assert waited == [True], "item 0 did not start until the input had been read further"
 
 
@@ -132,7 +133,7 @@ def test_no_item_pulled_after_shutdown_runs(prefix: str, release: threading.Even
             yield i
 
     ex = TPE(1, prefix)
-    results = ex.imap(task, source(), buffersize=4)
+    results = ex.imap(task, source(), buffersize=4, chunksize=1)
     assert [next(results), next(results)] == [0, 1]
     assert item2_running.wait(BLOCK_LIMIT)
     ex.shutdown(wait=False)
@@ -156,7 +157,7 @@ def test_no_item_pulled_after_shutdown_runs(prefix: str, release: threading.Even
 def test_next_on_a_shut_down_pool_reads_at_most_one_item(prefix: str) -> None:
     ex = TPE(2, prefix)
     source = iter(range(1000))
-    results = ex.imap(identity, source)
+    results = ex.imap(identity, source, chunksize=1)
     ex.shutdown()
     with pytest.raises(RuntimeError, match="after shutdown"):
         next(results)
@@ -196,7 +197,7 @@ def test_unordered_imap_on_a_broken_pool_raises_while_an_item_still_runs(prefix:
     )
     with pytest.raises(mt.WorkerInitError):
         try:
-            for _ in ex.imap_unordered(task, range(10)):
+            for _ in ex.imap_unordered(task, range(10), chunksize=1):
                 pass
         finally:
             raised.set()
@@ -239,7 +240,7 @@ BATCH = 16  # _thread_imap._MIN_BATCH, > buffersize 4
 def test_pulled_items_keep_running_while_the_loop_body_waits(prefix: str) -> None:
     n = BATCH + 2
     source, task, started = gated_batch(n)
-    with TPE(1, prefix) as ex, ex.imap(task, source, buffersize=4) as results:
+    with TPE(1, prefix) as ex, ex.imap(task, source, buffersize=4, chunksize=1) as results:
         for x in results:
             if x == BATCH - 1:
                 # Items 16 and 17 were pulled long ago; a free thread should take them.
@@ -252,7 +253,7 @@ def test_items_pulled_before_shutdown_are_delivered(prefix: str) -> None:
     n = BATCH + 2
     source, task, _ = gated_batch(n)
     ex = TPE(1, prefix)
-    results = ex.imap(task, source, buffersize=4)
+    results = ex.imap(task, source, buffersize=4, chunksize=1)
     got = list(itertools.islice(results, BATCH))
     assert got == list(range(BATCH))
     # The whole input is pulled.  This runs behind whatever drainer holds the thread.
@@ -282,7 +283,7 @@ def test_a_free_worker_takes_the_next_item_within_buffersize(prefix: str, ordere
         return x
 
     with TPE(3, prefix) as ex:
-        got = list(imap_of(ex, ordered)(task, range(5), buffersize=3))
+        got = list(imap_of(ex, ordered)(task, range(5), buffersize=3, chunksize=1))
     assert sorted(got) == list(range(5))
     assert waited == {1: True, 2: True}, "item 3 waited for a slow item although a worker was free"
 
@@ -304,7 +305,7 @@ def test_a_kept_task_exception_does_not_keep_the_executor_alive(prefix: str, ord
     ref = weakref.ref(ex)
     kept = None
     try:
-        list(imap_of(ex, ordered)(fail, range(3)))
+        list(imap_of(ex, ordered)(fail, range(3), chunksize=1))
     except ValueError as exc:
         kept = exc
     assert kept is not None
@@ -340,7 +341,7 @@ def land_signal(frame, event, arg):
         signal.raise_signal(signal.SIGTERM)  # its handler runs at the next bytecode
 sys.setprofile(land_signal)
 try:
-    next(iter(ex.imap(abs, range(5))))
+    next(iter(ex.imap(abs, range(5), chunksize=1)))
 except BaseException as exc:
     print("RAISED", type(exc).__name__, flush=True)
 sys.setprofile(None)
@@ -380,10 +381,10 @@ def test_nested_imap_from_a_pool_task(prefix: str, ordered: bool) -> None:
 
         def outer(x: int) -> Any:
             if x == 0:
-                return sum(imap_of(ex, ordered)(identity, range(300)))
+                return sum(imap_of(ex, ordered)(identity, range(300), chunksize=1))
             return x
 
-        got = list(imap_of(ex, ordered)(outer, range(200)))
+        got = list(imap_of(ex, ordered)(outer, range(200), chunksize=1))
     want = [sum(range(300)), *range(1, 200)]
     assert (got if ordered else sorted(got)) == (want if ordered else sorted(want))
 
@@ -404,7 +405,7 @@ def test_buffersize_one_runs_one_item_at_a_time(prefix: str, ordered: bool) -> N
         return x
 
     with TPE(4, prefix) as ex:
-        got = list(imap_of(ex, ordered)(task, iter(range(300)), buffersize=1))
+        got = list(imap_of(ex, ordered)(task, iter(range(300)), buffersize=1, chunksize=1))
     assert got == list(range(300))  # one at a time: even unordered keeps input order
     assert most[0] == 1
 
@@ -427,7 +428,7 @@ def test_shutdown_cancel_futures_from_inside_a_task(
     blocker = ex.submit(release.wait, BLOCK_LIMIT)
     got = []
     with pytest.raises(concurrent.futures.CancelledError):
-        for x in imap_of(ex, ordered)(task, range(50)):
+        for x in imap_of(ex, ordered)(task, range(50), chunksize=1):
             got.append(x)
     assert got == [0]  # the drainer stops after the item that shut the pool down
     release.set()
@@ -450,7 +451,7 @@ def test_shutdown_cancel_futures_from_the_loop_body_cancels_a_queued_drainer(
         return x
 
     blocker = ex.submit(release.wait, BLOCK_LIMIT)
-    results = ex.imap(task, range(50))
+    results = ex.imap(task, range(50), chunksize=1)
     assert next(results) == 0
     assert first.wait(BLOCK_LIMIT)  # the second drainer is queued behind nothing runnable
     ex.shutdown(wait=False, cancel_futures=True)
@@ -479,7 +480,7 @@ def test_keyboard_interrupt_from_a_task_starts_no_further_item(
     with TPE(1, prefix) as ex:
         got = []
         with pytest.raises(KeyboardInterrupt):
-            for x in ex.imap(task, range(100)):
+            for x in ex.imap(task, range(100), chunksize=1):
                 got.append(x)
         release.set()
         assert got == [0, 1, 2]
@@ -496,12 +497,12 @@ def test_interpreter_exit_with_a_drainer_running_and_a_consumer_thread() -> None
         """
         import itertools, threading, mtasklite as mt
         ex = mt.StatefulThreadPoolExecutor(2, "mt-exit")
-        suspended = ex.imap(abs, itertools.count())
+        suspended = ex.imap(abs, itertools.count(), chunksize=1)
         next(suspended)
         running = threading.Event()
         def consume():
             try:
-                for _ in ex.imap_unordered(abs, itertools.count()):
+                for _ in ex.imap_unordered(abs, itertools.count(), chunksize=1):
                     running.set()
             except RuntimeError as exc:
                 print("REFUSED", exc, flush=True)

@@ -39,6 +39,7 @@ PPE = mt.StatefulProcessPoolExecutor
 STPE = mt.StatefulThreadPoolExecutor
 FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
+FORKSERVER = multiprocessing.get_context("forkserver")
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +85,8 @@ def test_task_timeout_error_is_a_builtin_timeout_error() -> None:
         (FORK, "sigterm-swallowed"),
         (SPAWN, "sleep"),
         (SPAWN, "sigterm-ignored"),
+        (FORKSERVER, "sleep"),
+        (FORKSERVER, "sigterm-ignored"),
     ],
     ids=lambda v: v if isinstance(v, str) else v.get_start_method(),
 )
@@ -281,8 +284,8 @@ def test_items_after_the_late_one_survive_a_worker_that_outlives_sigterm(
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize(
     ("context", "total", "chunksize"),
-    [(FORK, 200, None), (FORK, 60, 7), (SPAWN, 40, None)],
-    ids=["fork-200-adaptive", "fork-60-chunks-of-7", "spawn-40-adaptive"],
+    [(FORK, 200, None), (FORK, 60, 7), (SPAWN, 40, None), (FORKSERVER, 40, None)],
+    ids=["fork-200-adaptive", "fork-60-chunks-of-7", "spawn-40-adaptive", "forkserver-40-adaptive"],
 )
 def test_imap_where_every_tenth_item_hangs(
     context: Any, total: int, chunksize: Optional[int]

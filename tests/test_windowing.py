@@ -1,7 +1,9 @@
 """The lazy windowing engine: ``imap`` / ``imap_unordered`` / ``map(buffersize=)``.
 
-Every engine test runs on two backends: the stateful thread executor's own methods, and the
-generic ``mtasklite.imap(executor, fn, ...)`` over a plain stdlib ``ThreadPoolExecutor``.
+Every engine test runs on three backends: the stateful thread executor's own methods (with
+their default, adaptive chunks, and with ``chunksize=1``, the drainer engine, unless the test
+passes a chunksize), and the generic ``mtasklite.imap(executor, fn, ...)`` over a plain stdlib
+``ThreadPoolExecutor``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ class Backend:
             self.executor = ex
             self.imap: Callable[..., mt.ResultIterator[Any]] = ex.imap
             self.imap_unordered: Callable[..., mt.ResultIterator[Any]] = ex.imap_unordered
+        elif kind == "stateful-1":
+            ex = STPE(workers, prefix)
+            self.executor = ex
+            self.imap = functools.partial(ex.imap, chunksize=1)
+            self.imap_unordered = functools.partial(ex.imap_unordered, chunksize=1)
         else:
             std = concurrent.futures.ThreadPoolExecutor(workers, prefix)
             self.executor = std
@@ -56,7 +63,7 @@ class Backend:
         self.executor.shutdown(wait=True)
 
 
-@pytest.fixture(params=["stateful", "stdlib"])
+@pytest.fixture(params=["stateful", "stateful-1", "stdlib"])
 def backend(
     request: pytest.FixtureRequest, prefix: str, release: threading.Event
 ) -> Iterator[Backend]:
@@ -252,7 +259,7 @@ def test_default_buffersize_per_worker(
     # Our thread pool keeps 64 single items or 4 chunks per worker in flight; mt.imap over
     # another executor keeps 4 tasks per worker.
     src = counting(itertools.count())
-    per_worker = 64 if backend.kind == "stateful" and chunksize == 1 else 4
+    per_worker = 64 if backend.kind.startswith("stateful") and chunksize == 1 else 4
     bound = per_worker * backend.workers * chunksize
     most_ahead = 0
     with backend.iterate(ordered)(square, src, chunksize=chunksize) as it:

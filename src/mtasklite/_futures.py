@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 from concurrent.futures import Future, _base
-from typing import Any
+from typing import Any, Optional, TypeVar
 
-__all__ = ["cancel_dropped"]
+__all__ = ["TaskFuture", "cancel_dropped"]
+
+T = TypeVar("T")
+
+
+class TaskFuture(Future[T]):
+    """The future our executors return: ``result()`` raises the task's exception on every
+    Python, also one whose ``bool()`` is false (``__bool__`` / ``__len__``).
+
+    The stdlib's ``Future.result()`` before 3.14 tested the exception for truth and returned
+    ``None`` for such an exception (gh-132063); ``exception()`` always reported it.
+    """
+
+    def result(self, timeout: Optional[float] = None) -> T:
+        value = super().result(timeout)
+        if value is not None:
+            return value  # a failed future holds no result: only None needs the check
+        # Finished (result() returned): exception() answers at once, falsey or not.
+        error = super().exception(0)
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error  # no reference cycle through this frame
+        return value
 
 
 def cancel_dropped(future: Future[Any]) -> None:

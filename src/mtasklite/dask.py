@@ -71,6 +71,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "mtasklite.dask needs the 'distributed' package: pip install 'mtasklite[dask]'"
     ) from exc
 
+from ._futures import TaskFuture
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import (
@@ -322,7 +323,7 @@ class _Call:
         key_prefix: str,
         slot: Optional[int],
     ):
-        self.future: Future[Any] = Future()
+        self.future: Future[Any] = TaskFuture()
         self.payload = payload  # (task function, *arguments) for client.submit
         self.key_prefix = key_prefix
         self.slot = slot

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import pickle
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from concurrent.futures.thread import BrokenThreadPool
+from typing import Optional
 
 __all__ = [
     "DeferredExceptions",
@@ -41,7 +42,8 @@ class WorkerCrashedError(BrokenProcessPool):
 
     Only the task that was running is failed; the slot is respawned and the pool goes on.
     ``slot``, ``pid`` and ``exitcode`` describe the dead worker (a negative exit code is the
-    number of the signal that killed it).
+    number of the signal that killed it).  When the pid is known, ``__cause__`` says which
+    process died and how, in Python 3.15's words (see :func:`abrupt_exit_cause`).
     """
 
     def __init__(self, message: str, slot: int = -1, pid: int = -1, exitcode: int | None = None):
@@ -49,9 +51,23 @@ class WorkerCrashedError(BrokenProcessPool):
         self.slot = slot
         self.pid = pid
         self.exitcode = exitcode
+        if pid >= 0:
+            self.__cause__ = abrupt_exit_cause(pid, exitcode)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.args[0], self.slot, self.pid, self.exitcode))
+
+
+def abrupt_exit_cause(pid: int, exitcode: Optional[int]) -> BaseException:
+    """The ``__cause__`` of an error raised because worker process ``pid`` died.
+
+    Python 3.15's ``BrokenProcessPool`` carries this cause: a ``_RemoteTraceback`` (the type the
+    stdlib uses for what happened in a worker) whose ``tb`` reads "Process {pid} terminated
+    abruptly with exit code {exitcode}"; ours carry the same on every Python, so code (and
+    tests) written against 3.15 find it.  A negative exit code is minus the killing signal.
+    """
+    text = f"\n'''\nProcess {pid} terminated abruptly with exit code {exitcode}\n'''"
+    return _RemoteTraceback(text)  # type: ignore[arg-type]  # the stub says traceback: it is text
 
 
 class WorkerInitError(BrokenThreadPool, BrokenProcessPool):

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
-
-from typing_extensions import Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence, TypeVar
 
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
-from .windowing import ChunkResult, ResultIterator, check_imap_args, make_result_iterator
+from .windowing import (
+    AdaptiveChunkSize,
+    ChunkResult,
+    ResultIterator,
+    check_buffersize,
+    check_imap_args,
+    make_result_iterator,
+    submits_everything,
+)
 
 __all__ = ["StatefulExecutorMixin", "check_timeout"]
 
@@ -50,6 +56,8 @@ class StatefulExecutorMixin:
     _task_timeout: Optional[float]
     #: chunksize ``imap`` uses when the caller does not say
     _default_chunksize: Optional[int] = 1
+    #: how ``chunksize=None`` sizes chunks on this executor
+    _adaptive_sizer: type[AdaptiveChunkSize] = AdaptiveChunkSize
     #: whether one chunk can carry a per-item time limit (else timed imap sends single items)
     _chunks_take_timeouts: bool = False
     #: ``imap``'s default window for single items, per worker
@@ -134,7 +142,8 @@ class StatefulExecutorMixin:
 
         At most ``buffersize`` tasks (chunks, when chunking) are submitted and not yet yielded;
         the default is four chunks, or 16 single items (64 on threads), per worker.
-        ``chunksize=None`` sizes chunks from measured task durations.  ``timeout`` is an
+        ``chunksize=None`` (the default) sizes chunks from measured task durations; on
+        threads an item over half a millisecond still gets a task of its own.  ``timeout`` is an
         overall deadline as in :meth:`map`; ``task_timeout`` limits each item.  The result has
         ``len()`` exactly when every input has one.
         """
@@ -168,6 +177,9 @@ class StatefulExecutorMixin:
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        check_buffersize(buffersize)  # before reading the input, as 3.14 does
+        if not iterables:
+            iterables = ((),)  # map(fn): no calls and an empty iterator, as the stdlib gives
         if self._task_timeout is not None and not self._chunks_take_timeouts:
             chunksize = 1  # a chunk cannot carry per-item limits here; keep the limit
         return make_result_iterator(
@@ -209,6 +221,10 @@ class StatefulExecutorMixin:
             buffersize = per_worker * self._max_workers
         check_imap_args(iterables, chunksize, buffersize, task_timeout)
         engine = self._one_by_one_engine
+        if engine is not None and chunksize is None and submits_everything(iterables, buffersize):
+            # Every item is submitted before one is measured, so adaptive chunks would hold
+            # one item each: the one-item engine does exactly that, for less.
+            chunksize = 1
         if engine is not None and chunksize == 1 and task_timeout is None:
             return engine(
                 self,
@@ -232,4 +248,5 @@ class StatefulExecutorMixin:
             return_exceptions=return_exceptions,
             workers=self._max_workers,
             indexed=indexed,
+            adaptive=self._adaptive_sizer,
         )

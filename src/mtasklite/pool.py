@@ -11,9 +11,7 @@ from __future__ import annotations
 import collections.abc
 import threading
 from concurrent.futures import Executor
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
-
-from typing_extensions import Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence, TypeVar, Union
 
 from .constants import (
     ArgumentPassing,
@@ -155,7 +153,7 @@ class Pool:
 
     ``bounded=False`` submits a sized input all at once; otherwise at most
     ``chunk_prefill_ratio`` tasks per worker (default 4) of ``chunk_size`` items each are in
-    flight (``chunk_size=None``: adaptive for processes, 1 for threads).  Unsized inputs
+    flight (``chunk_size=None``: adaptive).  Unsized inputs
     always run bounded.  ``task_timeout`` limits each item; ``join_timeout`` bounds how long
     closing waits for the workers before stopping them.  ``mp_context``, ``initializer``,
     ``initargs`` and ``max_tasks_per_child`` go to the process executor; ``client`` (a Dask

@@ -74,7 +74,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cast
 
 from . import _shm, _wire
-from ._futures import cancel_dropped
+from ._cpu import usable_cpu_count
+from ._force_stop import TERMINATE, ForceStopMixin
+from ._futures import TaskFuture, cancel_dropped
 from ._process_worker import worker_main
 from .errors import (
     DeserializationError,
@@ -82,6 +84,7 @@ from .errors import (
     TaskTimeoutError,
     WorkerCrashedError,
     WorkerInitError,
+    abrupt_exit_cause,
 )
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import WorkerLike, describe_worker, resolve_workers, spec_for
@@ -235,7 +238,7 @@ class _Slot:
         self.receiver.close()
 
 
-class _StoppableFuture(Future[Any]):
+class _StoppableFuture(TaskFuture[Any]):
     """A future whose ``cancel()`` also works while it runs (``cancel_running=True``): it is
     cancelled at once and the dispatcher stops the worker running it, as for a timeout."""
 
@@ -952,6 +955,7 @@ class _Dispatcher:
                 "A process in the process pool was terminated abruptly while the future was "
                 "running or pending."
             )
+            error.__cause__ = abrupt_exit_cause(process.pid, process.exitcode)
             _set_exception(job.future, _copy_error(error))  # no longer held by the slot
             self._break(error)
             return True
@@ -1244,7 +1248,7 @@ class _Channels:
             dispatcher.thread.join()
 
 
-class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
+class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, ProcessPoolExecutor):
     """``ProcessPoolExecutor`` on owned worker slots: stateful workers, crash isolation,
     per-task timeouts and lazy, adaptively chunked ``imap``.
 
@@ -1279,7 +1283,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         # The stdlib __init__ is deliberately not called: it builds queues we do not use.
         specs, max_workers = resolve_workers(worker, max_workers)
         if max_workers is None:
-            max_workers = os.cpu_count() or 1
+            max_workers = usable_cpu_count()
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
@@ -1361,7 +1365,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
             if _global_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future[Any] = (
-                _StoppableFuture(dispatcher.request_stop) if self._cancel_running else Future()
+                _StoppableFuture(dispatcher.request_stop) if self._cancel_running else TaskFuture()
             )
             dispatcher.pending.append(
                 _Piece(_Job(future, fn, items, mode, timeout, is_call), 0, len(items))
@@ -1440,18 +1444,23 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ProcessPoolExecutor):
         Running tasks' futures fail with ``BrokenProcessPool``; workers get SIGTERM, then
         SIGKILL after a short grace.  The executor is shut down afterwards.
         """
+        self._stop_workers(TERMINATE, wait)
+
+    def _stop_workers(self, operation: str, wait: bool) -> None:
+        """Abort all work and signal every worker (``operation``: the ``Process`` method that
+        sends the signal); the dispatcher takes the deaths for the stop, not for crashes."""
         dispatcher = self._dispatcher
         with self._shutdown_lock:
             self._shutdown_thread = True
             dispatcher.shutting_down = True
             dispatcher.terminate_requested = True
             dispatcher.wakeup()
-            # SIGTERM now, from this thread: no worker may start another item while the
+            # Signal now, from this thread: no worker may start another item while the
             # dispatcher wakes up (it escalates to SIGKILL and reaps them).
             for process in list(self._processes.values()):
                 try:
-                    process.terminate()
-                except OSError:  # pragma: no cover - already reaped
+                    getattr(process, operation)()
+                except (OSError, ValueError):  # pragma: no cover - already reaped or closed
                     pass
         thread = self._executor_manager_thread
         if wait and thread is not None and thread is not threading.current_thread():

@@ -12,7 +12,10 @@ import sys
 import threading
 from typing import Any, Callable, Generic, Optional, Sequence, TypeVar, Union, cast
 
-from typing_extensions import ParamSpec
+if sys.version_info >= (3, 10):
+    from typing import ParamSpec
+else:  # pragma: no cover - 3.9 only (typing_extensions costs ~10 ms of import time)
+    from typing_extensions import ParamSpec
 
 __all__ = [
     "DelayedInit",

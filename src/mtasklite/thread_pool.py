@@ -22,7 +22,7 @@ Races, and who settles them (all under the watchdog's lock):
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
+import itertools
 import os
 import queue
 import threading
@@ -32,7 +32,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
-from ._futures import cancel_dropped
+from ._cpu import default_thread_workers
+from ._futures import TaskFuture, cancel_dropped
+from ._thread_chunks import ThreadChunkSize
 from ._thread_imap import drained_imap
 from .errors import TaskTimeoutError, WorkerInitError
 from .executor_api import StatefulExecutorMixin, check_timeout
@@ -58,6 +60,8 @@ _live_threads: weakref.WeakKeyDictionary[threading.Thread, queue.SimpleQueue[Any
 )
 _global_shutdown = False
 _global_shutdown_lock = threading.Lock()
+#: numbers the pools created without a thread_name_prefix (as the stdlib names them)
+_pool_numbers = itertools.count()
 #: seconds between re-checks while shutdown(wait=True) waits on a pool with timed tasks
 _JOIN_RECHECK = 0.05
 
@@ -202,6 +206,8 @@ def _short_args(args: tuple[Any, ...], limit: int = 60) -> str:
 
 def _raise_in_thread(thread: threading.Thread, exc_type: Optional[type[BaseException]]) -> None:
     """Best effort: make ``exc_type`` pending in ``thread`` (``None`` clears a pending one)."""
+    import ctypes  # here, not at the top: only timeouts need it, and it costs ~2 ms to load
+
     set_async = getattr(ctypes.pythonapi, "PyThreadState_SetAsyncExc", None)
     if set_async is None or thread.ident is None:  # pragma: no cover - non-CPython
         return
@@ -316,6 +322,10 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
     the default limit, in seconds, for every task.
     """
 
+    # Chunks sized from measured durations by default: an item over half a millisecond
+    # still gets a task of its own (see _thread_chunks); chunksize=1 selects the drainers.
+    _default_chunksize = None
+    _adaptive_sizer = ThreadChunkSize
     _items_in_flight_per_worker = 64  # a pending item is a small cell (see _thread_imap)
     _one_by_one_engine = staticmethod(drained_imap)  # drainers, not a future per item
     #: set when queued work is dropped (broken pool, ``cancel_futures``): imap drainers
@@ -326,6 +336,8 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
     _work_queue: queue.SimpleQueue[Optional[_WorkItem]]  # type: ignore[assignment]
     _threads: set[threading.Thread]
     _broken: Union[bool, str]  # type: ignore[assignment]
+    #: what a broken pool raises (the stdlib's own submit uses ``BROKEN`` from 3.14 on)
+    BROKEN = WorkerInitError
 
     def __init__(
         self,
@@ -338,7 +350,22 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
         task_timeout: Optional[float] = None,
     ):
         specs, max_workers = resolve_workers(worker, max_workers)
+        if max_workers is None:
+            max_workers = default_thread_workers()
+        # The stdlib __init__ validates the arguments; the state it leaves differs between
+        # versions (3.14 dropped _initializer/_initargs for prepare_context()), so everything
+        # this class reads is set here, as our own copy.
         super().__init__(max_workers, thread_name_prefix, initializer, initargs)
+        self._max_workers = max_workers
+        self._pool_initializer = initializer
+        self._pool_initargs = initargs
+        self._work_queue = queue.SimpleQueue()
+        self._idle_semaphore = threading.Semaphore(0)
+        self._threads = set()
+        self._broken = False
+        self._shutdown = False
+        self._shutdown_lock = threading.Lock()
+        self._thread_name_prefix = thread_name_prefix or f"ThreadPoolExecutor-{next(_pool_numbers)}"
         self._worker_specs = specs
         self._task_timeout = check_timeout("task_timeout", task_timeout)
         self._broken_cause: Optional[BaseException] = None
@@ -362,7 +389,7 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
             self._check_accepting()
             if timeout is not None and self._watchdog is None:
                 self._watchdog = _Watchdog(self)
-            future: Future[Any] = Future()
+            future: Future[Any] = TaskFuture()
             self._work_queue.put(_WorkItem(future, fn, args, kwargs, timeout))
             self._adjust_thread_count()
             return future
@@ -408,8 +435,8 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
                 weakref.ref(self, weakref_cb),
                 index,
                 self._work_queue,
-                self._initializer,
-                self._initargs,
+                self._pool_initializer,
+                self._pool_initargs,
                 spec_for(self._worker_specs, index),
                 self._ready[index],
             ),

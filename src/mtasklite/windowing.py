@@ -50,6 +50,7 @@ __all__ = [
     "interrupted",
     "make_result_iterator",
     "run_chunk",
+    "submits_everything",
 ]
 
 T = TypeVar("T")
@@ -563,6 +564,27 @@ def _check_positive(name: str, value: Optional[int]) -> None:
         raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
 
+def submits_everything(iterables: tuple[Iterable[Any], ...], buffersize: Optional[int]) -> bool:
+    """Whether a window of ``buffersize`` tasks takes the whole input at its first fill, so
+    adaptive chunks are sized before anything is measured: one item each."""
+    if buffersize is None:
+        return True
+    total = _total_length(iterables)
+    return total is not None and buffersize >= total
+
+
+def check_buffersize(buffersize: Optional[int]) -> None:
+    """Python 3.14's ``Executor.map`` rule for ``buffersize``, for every ``map`` and ``imap``:
+    anything but an integer or ``None`` is a ``TypeError``, an integer below 1 a ``ValueError``.
+    """
+    if buffersize is None:
+        return
+    if not isinstance(buffersize, int):
+        raise TypeError(f"buffersize must be an integer or None, got {buffersize!r}")
+    if buffersize < 1:
+        raise ValueError(f"buffersize must be None or > 0, got {buffersize!r}")
+
+
 def check_imap_args(
     iterables: tuple[Iterable[Any], ...],
     chunksize: Optional[int],
@@ -573,7 +595,7 @@ def check_imap_args(
     if not iterables:
         raise TypeError("imap() needs at least one iterable")
     _check_positive("chunksize", chunksize)
-    _check_positive("buffersize", buffersize)
+    check_buffersize(buffersize)
     if task_timeout is not None and not task_timeout > 0:
         raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
 
@@ -592,20 +614,22 @@ def make_result_iterator(
     workers: int = 1,
     eager: bool = False,
     indexed: bool = False,
+    adaptive: type[AdaptiveChunkSize] = AdaptiveChunkSize,
 ) -> ResultIterator[Any]:
     """Build the result iterator all ``imap`` flavours return.
 
     ``buffersize=None`` means unbounded (everything is submitted at once, like the stdlib
     ``map``); ``eager`` submits the first window now rather than on the first ``next()``;
     ``indexed`` yields ``(input position, output)`` pairs (for unordered consumers that need
-    to know which input an output belongs to).
+    to know which input an output belongs to); ``adaptive`` is the sizer ``chunksize=None``
+    uses (an executor whose hand-off is cheaper aims at shorter chunks).
     """
     check_imap_args(iterables, chunksize, buffersize, task_timeout)
     total = _total_length(iterables)
     sizer: Optional[ChunkSizer]
     if chunksize is None:
-        sizer = AdaptiveChunkSize(workers, total)
-        if buffersize is None or (total is not None and buffersize >= total):
+        sizer = adaptive(workers, total)
+        if submits_everything(iterables, buffersize):
             sizer.inflight_limit = math.inf  # asked to submit everything at once: no probing
     elif chunksize == 1:
         sizer = None
