@@ -109,6 +109,9 @@ def test_big_buffers_travel_through_shared_memory() -> None:
     decoded = receiver.decode(message.data, lambda: os.dup(message.fd))  # type: ignore[arg-type]
     assert decoded["blobs"] == blobs
     assert bytes(decoded["raw"]) == bytes(sh.pattern(MIB, 7))
+    # The same type an in-band pickle gives (a writable buffer comes back a bytearray).
+    in_band = pickle.loads(pickle.dumps(obj["raw"], protocol=5))
+    assert type(decoded["raw"]) is type(in_band) is bytearray
     assert decoded["n"] == 5
     sender.close()
     receiver.close()

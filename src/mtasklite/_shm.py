@@ -6,9 +6,8 @@ Guarantees:
   gives, and the receiver owns it: every out-of-band buffer is copied out of shared memory
   into fresh, private, writable memory before ``decode`` returns, so nothing the receiver
   holds can change under it, and the sender may reuse the region as soon as the receiver
-  has copied it.  As with any out-of-band pickle, the object's reconstructor gets the buffer
-  object: a ``bytearray``, or from 2 MiB on a private ``mmap.mmap`` (a numpy array is built
-  on either the same way).
+  has copied it.  Each buffer arrives as a ``bytearray``, as a writable buffer pickled
+  in-band does (a numpy array is rebuilt on it, writable).
 * Small payloads cost what they cost before: an object whose pickle has no out-of-band
   buffer of at least ``min(64 KiB, threshold)`` bytes is pickled once, exactly as the pipe
   always carried it.  Only when the out-of-band buffers (pickle protocol 5: numpy arrays,
@@ -68,7 +67,6 @@ SHM_DIR = "/dev/shm"
 
 _HEADER = 64  # bytes at the start of an arena: the consumed counter, then padding
 _ALIGN = 64  # buffers start on cache-line boundaries
-_HUGE_PAGE = 2 << 20
 _CONSUMED = struct.Struct("<q")
 _SHM_TAG = 0  # first byte of a shared-memory message; a pickle starts with PROTO (0x80)
 _FRAME = struct.Struct("<BQQQBI")  # tag, arena id, sequence, arena size, fd follows, count
@@ -176,21 +174,12 @@ def recv_fd(conn: Connection) -> int:
     return fds[0]
 
 
-def _private_copy(source: memoryview) -> Any:
-    """A writable copy of ``source`` in memory that nothing else maps: a ``bytearray``, or
-    from 2 MiB on a private anonymous mapping advised for huge pages (faulting in 64 MiB of
-    4 KiB pages costs several times the copy itself; freed when the last reference goes)."""
-    hugepage = getattr(mmap, "MADV_HUGEPAGE", None)
-    if source.nbytes < _HUGE_PAGE or hugepage is None:
-        return bytearray(source)
-    private = mmap.mmap(-1, source.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        private.madvise(hugepage)
-    except OSError:  # pragma: no cover - a kernel without transparent huge pages
-        pass
-    with memoryview(private) as target:
-        target[:] = source
-    return private
+def _private_copy(source: memoryview) -> bytearray:
+    """A writable copy of ``source`` that nothing else maps, of the type an in-band pickle
+    of a writable buffer gives.  (A private mapping advised for huge pages copied 64 MiB in
+    8 ms instead of 30, but stalled for 100-400 ms at times on the shared test machine,
+    which made the pool's round trips slower and unpredictable.)"""
+    return bytearray(source)
 
 
 class _Arena:
