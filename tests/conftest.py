@@ -18,6 +18,15 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+try:
+    # Importing Dask registers tblib's pickling for every exception class that exists by then,
+    # which makes the helpers' deliberately unsendable exceptions sendable.  Import it before
+    # any test module defines them, so that never depends on which test file is collected
+    # first (or whether a Dask test runs at all).
+    import distributed  # noqa: F401
+except ImportError:  # the dask extra is optional
+    pass
+
 #: Name prefixes of threads that belong to pools under test.  Stdlib executors created without
 #: a prefix name their threads ``ThreadPoolExecutor-<n>_<i>``.
 POOL_THREAD_PREFIXES: tuple[str, ...] = ("mt-", "ThreadPoolExecutor-")

@@ -24,6 +24,7 @@ from .delayed_init import delayed_init
 
 #: public name -> the submodule that defines it, imported when the name is first used
 _SUBMODULE_OF = {
+    "AsyncResultIterator": "_aimap",
     "ArgumentPassing": "constants",
     "ExceptionBehaviour": "constants",
     "DeferredExceptions": "errors",
@@ -55,6 +56,7 @@ _SUBMODULE_OF = {
 
 __all__ = [
     "ArgumentPassing",
+    "AsyncResultIterator",
     "DeferredExceptions",
     "DelayedInit",
     "DelayedInitClass",
@@ -85,6 +87,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ._aimap import AsyncResultIterator
     from .constants import ArgumentPassing, ExceptionBehaviour
     from .errors import (
         DeferredExceptions,

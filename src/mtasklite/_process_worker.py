@@ -46,13 +46,13 @@ def worker_main(
 ) -> None:
     """Entry point of worker process ``slot`` (the target of its ``Process``)."""
     global _sender
-    _sender = _shm.Sender(shm_threshold, tag=f"results-{slot}")
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(die_with_parent)
     cell = memoryview(progress).cast("B").cast("d")
     base = 2 * slot
     cell[base] = _wire.IDLE
+    _sender = _shm.Sender(shm_threshold, tag=f"results-{slot}")
     set_process_context(WorkerContext(slot, None))
     if initializer is not None:
         try:
@@ -120,19 +120,31 @@ def _loop_untracked(run: _wire.Run) -> Outcomes:
     # map() calls fn at C speed; a per-item progress write would double the cost of tiny
     # tasks.  list.extend keeps what it appended before fn raised, so len(values) is the
     # failing item's index, and map resumes after it from the shared iterator.
-    fn, items = run.fn, iter(run.items)
+    fn, items, count = run.fn, iter(run.items), len(run.items)
     mapper = itertools.starmap if run.mode == _wire.STAR else map
     values: list[Any] = []
     errors: Optional[dict[int, BaseException]] = None
     while True:
         try:
             values.extend(mapper(fn, items))
-            return values, errors
-        except BaseException as exc:
-            if errors is None:
-                errors = {}
-            errors[len(values)] = _wire.wrap_exception(exc)
-            values.append(None)
+            if len(values) == count:
+                return values, errors
+            # Short: the task raised StopIteration, which map() passes on as its own end,
+            # so extend() swallowed it (the exception object is gone).  Fail that item.
+            exc: BaseException = _task_stop_iteration()
+        except BaseException as raised:
+            exc = raised
+        if errors is None:
+            errors = {}
+        errors[len(values)] = _wire.wrap_exception(exc)
+        values.append(None)
+
+
+def _task_stop_iteration() -> StopIteration:
+    return StopIteration(
+        "the task raised StopIteration (its value and traceback are not kept on the fast "
+        "path that runs a chunk)"
+    )
 
 
 def _loop_tracked(run: _wire.Run, cell: Cells, base: int) -> Outcomes:

@@ -33,6 +33,6 @@ class ThreadChunkSize(AdaptiveChunkSize):
 
     TARGET_SECONDS = 0.001
 
-    def __init__(self, workers: int, total: Optional[int] = None):
-        super().__init__(workers, total)
+    def __init__(self, workers: int, total: Optional[int] = None, unbounded: bool = False):
+        super().__init__(workers, total, unbounded)
         self.inflight_limit = math.inf

@@ -46,6 +46,7 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable, Deque, Iterable, Iterator, Optional
 
+from ._outcomes import task_outcome
 from .windowing import (
     _INTERRUPT_POLL,
     ResultIterator,
@@ -326,7 +327,7 @@ def _outcome(cell: _Cell, return_exceptions: bool) -> Any:
         return cell.value
     if return_exceptions:
         return error
-    raise error
+    raise task_outcome(error)
 
 
 # The generators yield straight from _outcome: no local of theirs keeps a result alive while

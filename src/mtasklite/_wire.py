@@ -26,6 +26,7 @@ IDLE = -1.0  # waiting for work
 RECEIVING = -2.0  # reading and unpickling a Run
 SENDING = -3.0  # pickling and sending a batch of results
 UNTRACKED = -4.0  # running a Run's items without naming each one (see ``Run.track``)
+LAUNCHING = -5.0  # set by the parent before a start; the worker's code has not run yet
 
 
 # --- parent -> worker -----------------------------------------------------------------------

@@ -10,8 +10,19 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Iterable,
+    Iterator,
+    Literal,
+    Optional,
+    Sequence,
+    TypeVar,
+)
 
+from ._outcomes import is_ctrl_c
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
 from .windowing import (
     AdaptiveChunkSize,
@@ -22,6 +33,9 @@ from .windowing import (
     make_result_iterator,
     submits_everything,
 )
+
+if TYPE_CHECKING:  # asyncio loads only when aimap is used
+    from ._aimap import AsyncInput, AsyncResultIterator
 
 __all__ = ["StatefulExecutorMixin", "check_timeout"]
 
@@ -104,7 +118,7 @@ class StatefulExecutorMixin:
     submit.__doc__ = Executor.submit.__doc__
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        if is_ctrl_c(exc_val):
             self._stop_now()
         else:
             self.shutdown(wait=True)
@@ -206,19 +220,7 @@ class StatefulExecutorMixin:
         return_exceptions: bool = False,
         indexed: bool = False,
     ) -> ResultIterator[Any]:
-        if chunksize is _DEFAULT:
-            chunksize = self._default_chunksize
-        if task_timeout is _DEFAULT:
-            task_timeout = self._task_timeout
-        else:
-            task_timeout = check_timeout("task_timeout", task_timeout)
-        if task_timeout is not None and not self._chunks_take_timeouts:
-            chunksize = 1
-        if buffersize is None:
-            per_worker = (
-                self._items_in_flight_per_worker if chunksize == 1 else CHUNKS_IN_FLIGHT_PER_WORKER
-            )
-            buffersize = per_worker * self._max_workers
+        chunksize, buffersize, task_timeout = self._imap_args(chunksize, buffersize, task_timeout)
         check_imap_args(iterables, chunksize, buffersize, task_timeout)
         engine = self._one_by_one_engine
         if engine is not None and chunksize is None and submits_everything(iterables, buffersize):
@@ -248,5 +250,83 @@ class StatefulExecutorMixin:
             return_exceptions=return_exceptions,
             workers=self._max_workers,
             indexed=indexed,
+            adaptive=self._adaptive_sizer,
+        )
+
+    def _imap_args(
+        self, chunksize: Optional[int], buffersize: Optional[int], task_timeout: Optional[float]
+    ) -> tuple[Optional[int], Optional[int], Optional[float]]:
+        """The chunk size, window and per-task limit an ``imap`` runs with, defaults applied."""
+        if chunksize is _DEFAULT:
+            chunksize = self._default_chunksize
+        if task_timeout is _DEFAULT:
+            task_timeout = self._task_timeout
+        else:
+            task_timeout = check_timeout("task_timeout", task_timeout)
+        if task_timeout is not None and not self._chunks_take_timeouts:
+            chunksize = 1
+        if buffersize is None:
+            per_worker = (
+                self._items_in_flight_per_worker if chunksize == 1 else CHUNKS_IN_FLIGHT_PER_WORKER
+            )
+            buffersize = per_worker * self._max_workers
+        return chunksize, buffersize, task_timeout
+
+    # -- asyncio ----------------------------------------------------------------------------
+
+    def aimap(
+        self,
+        fn: Callable[..., T],
+        *iterables: AsyncInput,
+        timeout: Optional[float] = None,
+        chunksize: Optional[int] = _DEFAULT,
+        buffersize: Optional[int] = None,
+        task_timeout: Optional[float] = _DEFAULT,
+    ) -> AsyncResultIterator[T]:
+        """:meth:`imap` for ``async for``: the same window, order, chunks and errors, and the
+        event loop is never blocked while results are awaited.
+
+        Inputs may be async iterables too (pulled on the loop, as lazily as ``imap`` pulls).
+        Cancelling the consuming task, leaving the loop early, ``aclose()`` or leaving
+        ``async with`` stops reading input and cancels queued tasks (running ones too with
+        ``cancel_running=True``).
+        """
+        return self._async_imap(fn, iterables, True, timeout, chunksize, buffersize, task_timeout)
+
+    def aimap_unordered(
+        self,
+        fn: Callable[..., T],
+        *iterables: AsyncInput,
+        timeout: Optional[float] = None,
+        chunksize: Optional[int] = _DEFAULT,
+        buffersize: Optional[int] = None,
+        task_timeout: Optional[float] = _DEFAULT,
+    ) -> AsyncResultIterator[T]:
+        """Like :meth:`aimap`, but yields results as tasks complete."""
+        return self._async_imap(fn, iterables, False, timeout, chunksize, buffersize, task_timeout)
+
+    def _async_imap(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[AsyncInput, ...],
+        ordered: bool,
+        timeout: Optional[float],
+        chunksize: Optional[int],
+        buffersize: Optional[int],
+        task_timeout: Optional[float],
+    ) -> AsyncResultIterator[Any]:
+        from ._aimap import async_result_iterator  # here: asyncio loads only when used
+
+        chunksize, buffersize, task_timeout = self._imap_args(chunksize, buffersize, task_timeout)
+        return async_result_iterator(
+            self,
+            fn,
+            iterables,
+            ordered=ordered,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            task_timeout=task_timeout,
+            workers=self._max_workers,
             adaptive=self._adaptive_sizer,
         )

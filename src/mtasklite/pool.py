@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence, TypeVar, Union
 
+from ._outcomes import is_ctrl_c, task_outcome
 from .constants import (
     ArgumentPassing,
     ExceptionBehaviour,
@@ -88,10 +89,10 @@ class PoolResults(Iterator[Any]):
     def __next__(self) -> Any:
         try:
             return next(self._source)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # Ctrl-C may land in the progress bar's frame rather than in the wait for a
             # result: stop the workers here too, so no further item starts.
-            if self._on_interrupt is not None:
+            if self._on_interrupt is not None and is_ctrl_c(exc):
                 self._on_interrupt()
             raise
 
@@ -106,11 +107,7 @@ class PoolResults(Iterator[Any]):
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
-        if (
-            exc_type is not None
-            and issubclass(exc_type, KeyboardInterrupt)
-            and self._on_interrupt is not None
-        ):
+        if is_ctrl_c(exc_val) and self._on_interrupt is not None:
             self._on_interrupt()  # Ctrl-C in the loop body: do not wait for running work
         self.close()
         return False
@@ -151,7 +148,8 @@ class Pool:
     first failure, ``"deferred"`` raises :class:`~mtasklite.DeferredExceptions` with every
     failure at the end, ``"ignore"`` yields exceptions in place of results.
 
-    ``bounded=False`` submits a sized input all at once; otherwise at most
+    ``bounded=False`` submits a sized input all at once (adaptive chunks are sized first,
+    from the first chunks' measured times); otherwise at most
     ``chunk_prefill_ratio`` tasks per worker (default 4) of ``chunk_size`` items each are in
     flight (``chunk_size=None``: adaptive).  Unsized inputs
     always run bounded.  ``task_timeout`` limits each item; ``join_timeout`` bounds how long
@@ -291,7 +289,7 @@ class Pool:
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        if is_ctrl_c(exc_val):
             self.terminate()
         else:
             self.close()
@@ -323,7 +321,7 @@ def _apply_exception_mode(
             for value in results:
                 if isinstance(value, BaseException):
                     close()  # stop reading input, cancel what has not started
-                    raise value
+                    raise task_outcome(value)
                 yield value
         else:
             failures: list[tuple[int, BaseException]] = []

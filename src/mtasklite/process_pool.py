@@ -46,6 +46,10 @@ Races, and how they are settled:
   the late item on is dropped and re-queued.
 - A worker dies holding a ``next_piece``: that piece never started, so it is re-queued
   whole and nothing of it is charged.
+- A sentinel or pipe hangs up while its process still runs (a task closed its descriptors),
+  or stays open after the process died (a process it forked holds it): a death is confirmed
+  by pid (``Process.exitcode``, a non-blocking waitpid), polled often while a death is
+  expected and now and then while work is outstanding; the dispatcher never joins a worker.
 - A future is cancelled while queued: the dispatcher skips it when it pops it
   (``set_running_or_notify_cancel``); once sent, it runs (with ``cancel_running=True`` the
   worker is stopped instead).  Futures the pool drops itself are cancelled *and* notified,
@@ -77,7 +81,9 @@ from . import _shm, _wire
 from ._cpu import usable_cpu_count
 from ._force_stop import TERMINATE, ForceStopMixin
 from ._futures import TaskFuture, cancel_dropped
+from ._outcomes import task_outcome
 from ._process_worker import worker_main
+from ._salvage import find_unrebuildable, salvage
 from .errors import (
     DeserializationError,
     TaskPicklingError,
@@ -98,6 +104,12 @@ T = TypeVar("T")
 KILL_GRACE = 0.2
 #: a slot whose worker dies this many times in a row outside any task breaks the pool
 MAX_FRUITLESS_DEATHS = 3
+#: seconds between exit checks by pid of a worker whose death is expected (stopped, killed)
+#: or whose pipes hung up while it still ran (see ``_Dispatcher._poll_deaths``)
+DEATH_POLL = 0.02
+#: seconds between exit checks by pid of every worker while work is outstanding: a worker's
+#: sentinel and pipe stay open while a process it forked lives on, so they may never report
+SLOW_DEATH_POLL = 0.5
 
 _global_shutdown = False
 _live_dispatchers: weakref.WeakSet[_Dispatcher] = weakref.WeakSet()
@@ -260,13 +272,19 @@ class _StoppableFuture(TaskFuture[Any]):
 
 
 def _set_result(future: Future[Any], value: Any) -> None:
-    if not future.done():
+    # No done() check first: a caller's cancel() (cancel_running) may land between the check
+    # and the set; the future keeps whichever outcome came first.
+    try:
         future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def _set_exception(future: Future[Any], error: BaseException) -> None:
-    if not future.done():
+    try:
         future.set_exception(error)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 class _Poller:
@@ -323,6 +341,10 @@ class _Dispatcher:
         self.pending: Deque[_Piece] = deque()
         self.idle: Deque[_Slot] = deque()
         self.retiring: list[Any] = []  # stopped processes not yet reaped
+        # pids whose sentinel or pipe hung up while the process still ran (it closed its
+        # descriptors): no longer waited on (they stay readable), polled by pid instead
+        self.hung_up: set[int] = set()
+        self.next_slow_poll = 0.0
         self.progress = self.ctx.RawArray("d", 2 * max_workers)
         self.cells = memoryview(self.progress).cast("B").cast("d")
         self.wake_r = self.wake_w = -1  # the wakeup pipe, opened with the dispatcher thread
@@ -371,6 +393,9 @@ class _Dispatcher:
         """Start (or restart) ``slot``'s process.  Callers hold the lock."""
         parent_end, child_end = self.ctx.Pipe(duplex=True)
         shm_threshold = self.shm_threshold if _shm.can_pass_descriptors(parent_end) else 0
+        # Overwritten by the worker's first line of our code: a death before that happened
+        # while the process was still being set up (importing the main module, ...).
+        self.cells[2 * slot.index] = _wire.LAUNCHING
         process = self.ctx.Process(
             target=worker_main,
             name=f"{self.name}-worker-{slot.index}",
@@ -427,6 +452,7 @@ class _Dispatcher:
                 for obj in ready:
                     if obj in sentinels:
                         self._reap(sentinels[obj], obj)
+                self._poll_deaths()
                 self._enforce_deadlines()
         except BaseException as exc:  # pragma: no cover - a bug here must not hang callers
             LOGGER.critical("mtasklite dispatcher failed", exc_info=True)
@@ -440,14 +466,47 @@ class _Dispatcher:
         """Pipes to read, by slot; process sentinels, by slot (``None``: a retired process)."""
         conns: dict[Any, _Slot] = {}
         sentinels: dict[int, Optional[_Slot]] = {}
+        hung_up = self.hung_up
         for slot in self.slots:
-            if slot.state != EMPTY:
+            if slot.state != EMPTY and slot.process.pid not in hung_up:
                 if slot.conn is not None:
                     conns[slot.conn] = slot
                 sentinels[slot.process.sentinel] = slot
         for process in self.retiring:
-            sentinels[process.sentinel] = None
+            if process.pid not in hung_up:
+                sentinels[process.sentinel] = None
         return conns, sentinels
+
+    def _poll_deaths(self) -> None:
+        """Reap workers that exited without their sentinel saying so (checked by pid, never
+        blocking): expected deaths and hung-up pipes at once, any worker now and then."""
+        now = time.monotonic()
+        slow = now >= self.next_slow_poll
+        if slow:
+            self.next_slow_poll = now + SLOW_DEATH_POLL
+        for slot in self.slots:
+            process = slot.process
+            if process is None or slot.state == EMPTY:
+                continue
+            expected = slot.state in (KILLING, STOPPING) or process.pid in self.hung_up
+            if (expected or slow) and process.exitcode is not None:
+                self._reap(slot, process.sentinel)
+        for process in list(self.retiring):
+            if process.exitcode is not None:
+                self.retiring.remove(process)
+                self.hung_up.discard(process.pid)
+
+    def _death_poll_interval(self) -> Optional[float]:
+        """How soon ``_poll_deaths`` must run again (``None``: nothing to watch)."""
+        if self.retiring or any(
+            slot.state in (KILLING, STOPPING)
+            or (slot.process is not None and slot.process.pid in self.hung_up)
+            for slot in self.slots
+        ):
+            return DEATH_POLL
+        if any(slot.state in (STARTING, BUSY) for slot in self.slots):
+            return max(0.0, self.next_slow_poll - time.monotonic())
+        return None
 
     def _clear_wakeup(self) -> None:
         # Drain, then re-arm, both under the writers' lock: re-arming first would let a
@@ -482,7 +541,11 @@ class _Dispatcher:
                     when = start + timeout
             if when is not None and (nearest is None or when < nearest):
                 nearest = when
-        return None if nearest is None else max(0.0, nearest - now)
+        timeout = None if nearest is None else max(0.0, nearest - now)
+        poll = self._death_poll_interval()
+        if poll is not None and (timeout is None or poll < timeout):
+            return poll
+        return timeout
 
     def _running_item(self, slot: _Slot) -> Optional[int]:
         """Index (within the piece) of the item ``slot`` is running now, if it is running one
@@ -523,15 +586,18 @@ class _Dispatcher:
         self.wakeup()
 
     def _stop_cancelled(self) -> None:
+        dropped: list[Future[Any]] = []
         with self.lock:
             self.stop_requests = []
             kept: Deque[_Piece] = deque()
             for queued in self.pending:
                 if queued.job.future.cancelled():
-                    cancel_dropped(queued.job.future)
+                    dropped.append(queued.job.future)
                 else:
                     kept.append(queued)
             self.pending = kept
+        for future in dropped:  # outside the lock: this runs the futures' callbacks
+            cancel_dropped(future)
         kill_at = time.monotonic() + KILL_GRACE
         for slot in self.slots:
             piece = slot.piece
@@ -731,7 +797,11 @@ class _Dispatcher:
                 readable = False
                 data = conn.recv_bytes()
             except (EOFError, OSError):
-                return  # the worker is gone; its sentinel reports it
+                # The worker is gone (its sentinel reports it), or it closed its end while
+                # running on: stop waiting on a pipe that stays readable; watch its pid.
+                if slot.process is not None:
+                    self.hung_up.add(slot.process.pid)
+                return
             self._on_message(slot, data)
 
     def _on_message(self, slot: _Slot, data: bytes) -> None:
@@ -741,7 +811,7 @@ class _Dispatcher:
         except _shm.DescriptorLost:
             return  # the worker died sending it; its sentinel reports it
         except BaseException as exc:
-            self._unreadable_results(slot, exc)
+            self._unreadable_results(slot, exc, data)
             return
         del data
         if isinstance(message, _wire.Results):
@@ -814,18 +884,15 @@ class _Dispatcher:
             self.idle.append(slot)
         self.idle_semaphore.release()
 
-    def _unreadable_results(self, slot: _Slot, exc: BaseException) -> None:
+    def _unreadable_results(self, slot: _Slot, exc: BaseException, data: bytes) -> None:
         piece = slot.piece
         if piece is None:
             self._init_failed(slot, exc, in_spec=slot.spec is not None)
             return
+        if self._salvage_results(slot, data):
+            return
         streaming = piece.job.timeout is not None
-        error = DeserializationError(
-            f"a result from worker {slot.index} could not be unpickled: {exc!r}"
-        )
-        error.__cause__ = exc
-        if not streaming and self._split_piece(slot):
-            return  # re-run one by one, so only the item with the bad result fails
+        error = _unreadable_result_error(slot.index, exc)
         if streaming:  # exactly one item's result was in this message
             self._record(
                 slot,
@@ -833,8 +900,28 @@ class _Dispatcher:
                     [None], {0: error}, 0.0, slot.received + 1 >= (piece.stop - piece.start)
                 ),
             )
-        else:
+        else:  # never run again: the items have run, and may have had side effects
             self._finish_piece_with(slot, error, exc)
+
+    def _salvage_results(self, slot: _Slot, data: bytes) -> bool:
+        """Record a batch of results ``loads`` refused, failing only the items whose outcome
+        cannot be rebuilt here (nothing runs twice); ``False`` if it cannot be read even so."""
+        try:
+            message, stand_ins = salvage(data)
+        except Exception:
+            return False
+        if not isinstance(message, _wire.Results) or not stand_ins:
+            return False
+        values, errors = list(message.values), dict(message.errors or {})
+        for index, value in enumerate(values):
+            bad = find_unrebuildable(value)
+            if bad is None and index in errors:
+                bad = find_unrebuildable(errors[index])
+            if bad is not None:
+                values[index] = None
+                errors[index] = _unreadable_result_error(slot.index, bad.error)
+        self._record(slot, _wire.Results(values, errors or None, message.elapsed, message.last))
+        return True
 
     def _split_piece(self, slot: _Slot) -> bool:
         """Re-queue the unreported items of ``slot``'s piece one by one, if there are several,
@@ -876,8 +963,8 @@ class _Dispatcher:
             error = job.errors.get(0)
             if error is None:
                 _set_result(job.future, job.values[0])
-            else:
-                _set_exception(job.future, error)
+            else:  # a KeyboardInterrupt from the task is its outcome, not a Ctrl-C here
+                _set_exception(job.future, task_outcome(error))
         else:
             result = ChunkResult(job.values, job.errors or None, job.elapsed, job.nbytes)
             _set_result(job.future, result)
@@ -887,11 +974,10 @@ class _Dispatcher:
     # -- deaths, overruns, recycling ----------------------------------------------------------
 
     def _reap(self, slot: Optional[_Slot], sentinel: int) -> None:
-        if slot is None:  # a retired process exited
+        if slot is None:  # a retired process exited (or only closed its sentinel)
             for process in list(self.retiring):
                 if process.sentinel == sentinel:
-                    process.join()
-                    self.retiring.remove(process)
+                    self.hung_up.add(process.pid)  # reaped by pid in _poll_deaths
             return
         if slot.process is None or slot.process.sentinel != sentinel:
             return  # already reaped (and maybe restarted) in this round
@@ -901,7 +987,12 @@ class _Dispatcher:
             self._abort_all(BrokenProcessPool("the process pool was terminated"))
         self._drain(slot)
         process = slot.process
-        process.join()
+        if process.exitcode is None:
+            # The sentinel closed but the process runs on (a task closed its inherited
+            # descriptors): never block on one worker; _poll_deaths reaps it by pid.
+            self.hung_up.add(process.pid)
+            return
+        self.hung_up.discard(process.pid)
         self.processes.pop(process.pid, None)
         if slot.conn is not None:
             slot.conn.close()
@@ -917,27 +1008,37 @@ class _Dispatcher:
         if failure is not None:
             self._init_failed(slot, failure.error, failure.in_spec)
             return
-        if state == STARTING and not self._should_stop():
+        starting = state == STARTING and not self._should_stop()
+        if starting and not starting_death_is_a_crash(slot.ever_ready):
             self._init_failed(slot, None, slot.spec is not None, process.exitcode)
             return
         if piece is not None and self._lost_piece(slot, piece, state, process):
             slot.fruitless_deaths = 0
-        elif state in (IDLE, BUSY) and not self._should_stop():
-            # Died while idle or between items: nothing to blame, but a worker that keeps
-            # dying this way would be respawned for ever.
-            slot.fruitless_deaths += 1
-            if slot.fruitless_deaths >= MAX_FRUITLESS_DEATHS:
-                self._break(
-                    BrokenProcessPool(
-                        f"worker {slot.index} died {slot.fruitless_deaths} times in a row "
-                        f"outside any task (last: {_describe_exit(process.exitcode)}); the "
-                        "process pool is not usable anymore"
-                    )
-                )
-                return
+        elif (
+            starting or (state in (IDLE, BUSY) and not self._should_stop())
+        ) and self._fruitless_death(slot, process):
+            # Died while idle, between items or rebuilding a spec that built before (killed,
+            # say by the OOM killer): nothing to blame, so it is survived, but a worker that
+            # keeps dying this way would be respawned for ever.
+            return
         if (not self._should_stop() or self.pending) and self.broken is None:
             with self.lock:
                 self.start_slot(slot)
+
+    def _fruitless_death(self, slot: _Slot, process: Any) -> bool:
+        """Count a death that resolved no item; ``True`` if it broke the pool (too many in a
+        row: a worker that keeps dying would be respawned for ever)."""
+        slot.fruitless_deaths += 1
+        if slot.fruitless_deaths < MAX_FRUITLESS_DEATHS:
+            return False
+        self._break(
+            BrokenProcessPool(
+                f"worker {slot.index} died {slot.fruitless_deaths} times in a row "
+                f"outside any task (last: {_describe_exit(process.exitcode)}); the "
+                "process pool is not usable anymore"
+            )
+        )
+        return True
 
     def _lost_piece(self, slot: _Slot, piece: _Piece, state: int, process: Any) -> bool:
         """The worker died with ``piece`` outstanding: charge the item that killed it, re-queue
@@ -1064,12 +1165,16 @@ class _Dispatcher:
         else:
             what = f"the pool initializer in worker {slot.index}"
         if error is None:
-            reason = f"the worker died during initialisation ({_describe_exit(exitcode)})"
+            message = describe_start_death(
+                slot.index,
+                exitcode,
+                reached_our_code=self.cells[2 * slot.index] != _wire.LAUNCHING,
+                initialising=what if in_spec or self.initializer is not None else None,
+                start_method=self.ctx.get_start_method(),
+            )
         else:
-            reason = f"{error!r}"
-        failure = WorkerInitError(
-            f"{what} failed: {reason}; the process pool is not usable anymore"
-        )
+            message = f"{what} failed: {error!r}"
+        failure = WorkerInitError(f"{message}; the process pool is not usable anymore")
         failure.__cause__ = error
         self._break(failure)
 
@@ -1204,11 +1309,44 @@ def _pickling_problem(obj: object) -> Optional[BaseException]:
     return None
 
 
+def _unreadable_result_error(index: int, cause: BaseException) -> DeserializationError:
+    error = DeserializationError(f"a result from worker {index} could not be unpickled: {cause!r}")
+    error.__cause__ = cause
+    return error
+
+
 def _copy_error(error: BaseException) -> BaseException:
     """A fresh exception of the same type and message, with the same cause."""
     copy = type(error)(*error.args)
     copy.__cause__ = error.__cause__
     return copy
+
+
+def starting_death_is_a_crash(ever_ready: bool) -> bool:
+    """Whether a worker that died while starting, without reporting a failure, is a crash to
+    survive (respawn, within ``MAX_FRUITLESS_DEATHS`` in a row) rather than proof that the
+    slot cannot start (``WorkerInitError``): it is once some process of the slot got ready,
+    since its initializer and spec then demonstrably work (it was killed while rebuilding)."""
+    return ever_ready
+
+
+def describe_start_death(
+    index: int,
+    exitcode: Optional[int],
+    reached_our_code: bool,
+    initialising: Optional[str],
+    start_method: str,
+) -> str:
+    """What happened when worker ``index`` died while starting without reporting why.
+    ``initialising``: the initializer or spec build it was running, if it has one and had got
+    that far (``reached_our_code``: the worker's own code had started)."""
+    death = f"died while starting ({_describe_exit(exitcode)}), before running any task"
+    if reached_our_code and initialising is not None:
+        return f"{initialising} failed: the worker {death}"
+    text = f"worker {index} {death}"
+    if not reached_our_code and start_method in ("spawn", "forkserver"):
+        text += f" (did its main module fail to import under {start_method}?)"
+    return text
 
 
 def _describe_exit(exitcode: Optional[int]) -> str:
@@ -1471,6 +1609,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         dispatcher = self._dispatcher
+        dropped: list[Future[Any]] = []
         with self._shutdown_lock:
             self._shutdown_thread = True
             dispatcher.shutting_down = True
@@ -1486,9 +1625,13 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
                         grace -= 1
                         kept.append(piece)
                     else:
-                        cancel_dropped(piece.job.future)
+                        dropped.append(piece.job.future)
                 dispatcher.pending = kept
             dispatcher.wakeup()
+        # Cancelled after the lock is released: cancelling runs done-callbacks, which may
+        # submit, shut down, terminate or cancel (the lock is not reentrant).
+        for future in dropped:
+            cancel_dropped(future)
         thread = self._executor_manager_thread
         if wait and thread is not None and thread is not threading.current_thread():
             thread.join()

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from ._cpu import default_thread_workers
 from ._futures import TaskFuture, cancel_dropped
+from ._outcomes import task_outcome
 from ._thread_chunks import ThreadChunkSize
 from ._thread_imap import drained_imap
 from .errors import TaskTimeoutError, WorkerInitError
@@ -223,7 +224,7 @@ def _run_item(item: _WorkItem, index: int, watchdog: Optional[_Watchdog]) -> boo
         try:
             result = item.fn(*item.args, **item.kwargs)
         except BaseException as exc:
-            future.set_exception(exc)
+            future.set_exception(task_outcome(exc))  # its KeyboardInterrupt is no Ctrl-C
         else:
             future.set_result(result)
         return True
@@ -247,7 +248,7 @@ def _run_item(item: _WorkItem, index: int, watchdog: Optional[_Watchdog]) -> boo
     if error is None:
         future.set_result(result)
     else:
-        future.set_exception(error)
+        future.set_exception(task_outcome(error))
     return True
 
 
@@ -494,17 +495,23 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
                 self._broken = f"{what} failed: {exc!r}; the thread pool is not usable anymore"
                 self._broken_cause = exc
                 self._stop_draining = True
+            queued = []
             while True:
                 try:
                     item = self._work_queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not None and item.future.set_running_or_notify_cancel():
-                    item.future.set_exception(self._broken_error())
+                if item is not None:
+                    queued.append(item.future)
             if self._shutdown:
                 self._work_queue.put(None)  # we may have drained shutdown's wake-up sentinel
+        # Failed after the lock is released: setting a future runs its done-callbacks.
+        for future in queued:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(self._broken_error())
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        dropped = []
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures:
@@ -515,9 +522,13 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):
                     except queue.Empty:
                         break
                     if item is not None:
-                        cancel_dropped(item.future)
+                        dropped.append(item.future)
             self._work_queue.put(None)
             watchdog = self._watchdog
+        # Cancelled after the lock is released: cancelling runs done-callbacks, which may
+        # submit or shut down again (the lock is not reentrant).
+        for future in dropped:
+            cancel_dropped(future)
         if watchdog is not None:
             watchdog.stop()
         if wait:

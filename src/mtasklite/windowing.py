@@ -17,6 +17,7 @@ import concurrent.futures
 import itertools
 import math
 import queue
+import sys
 import time
 import weakref
 from collections import deque
@@ -36,6 +37,8 @@ from typing import (
     Union,
 )
 
+from ._outcomes import is_ctrl_c, task_outcome
+
 __all__ = [
     "AdaptiveChunkSize",
     "ChunkResult",
@@ -49,6 +52,7 @@ __all__ = [
     "imap_unordered",
     "interrupted",
     "make_result_iterator",
+    "open_window",
     "run_chunk",
     "submits_everything",
 ]
@@ -155,6 +159,11 @@ class AdaptiveChunkSize:
     tenfold.  Chunks are capped at ``MAX_BYTES`` of pickled input when the executor reports
     sizes, and for a sized input at ``total / (4 * workers)``, so the tail of the work still
     spreads over every worker.
+
+    ``unbounded`` (everything is to be submitted at once): the chunks in flight stay at
+    ``UNSETTLED_CHUNKS_PER_WORKER`` per worker, as when bounded, until ``SETTLE_SECONDS`` of
+    work per worker are measured; only then does the rest go out, all at the size known then,
+    so one slow early sample cannot make it thousands of tiny chunks.
     """
 
     TARGET_SECONDS = 0.02
@@ -164,9 +173,16 @@ class AdaptiveChunkSize:
     MAX_BYTES = 1 << 20
     MAX_ITEMS = 1 << 14  # also bounds memory: a window holds 4 x workers chunks
     MAX_ITEMS_UNKNOWN_BYTES = 1 << 12
+    SETTLE_SECONDS = 0.05
+    UNSETTLED_CHUNKS_PER_WORKER = 4
 
-    def __init__(self, workers: int, total: Optional[int] = None):
+    def __init__(self, workers: int, total: Optional[int] = None, unbounded: bool = False):
         self.size = 1
+        if unbounded:
+            self._trusted_limit = float(self.UNSETTLED_CHUNKS_PER_WORKER * max(1, workers))
+            self._settle_seconds = self.SETTLE_SECONDS * max(1, workers)
+        else:  # the window's own limit bounds the chunks in flight
+            self._trusted_limit = self._settle_seconds = 0.0
         # Until TRUSTED_SECONDS of work are measured, one chunk per worker is in flight:
         # more would be chunks sized on too little knowledge, each paying a round trip.
         self.inflight_limit: float = max(1, workers)
@@ -184,7 +200,8 @@ class AdaptiveChunkSize:
         self._measured += count
         self._measured_seconds += result.elapsed
         if self._measured_seconds >= self.TRUSTED_SECONDS:
-            self.inflight_limit = math.inf
+            settled = self._measured_seconds >= self._settle_seconds
+            self.inflight_limit = math.inf if settled else self._trusted_limit
         self._items = self.DECAY * self._items + count
         self._seconds = self.DECAY * self._seconds + result.elapsed
         per_item = max(self._seconds / self._items, result.elapsed / count)
@@ -310,9 +327,28 @@ class _Window:
         self.pending: dict[Future[Any], tuple[int, int]] = {}
         self.done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
         self.ordered = ordered
+        self.read_all = False  # read the whole input on the first fill (see read_input_now)
+
+    def read_input_now(self) -> None:
+        """Unbounded adaptive chunking: read the whole input at the first fill, as submitting
+        it all at once would, and cut chunks from it as they get sized (the first chunks
+        measure the task time before the rest goes out)."""
+        if self.sequence is None and self.sizer is not None:
+            self.read_all = True
+
+    def _read_all(self) -> None:
+        self.read_all = False
+        items: list[Any] = []
+        try:
+            items.extend(self.source)
+        except Exception as exc:  # raised to the consumer after the items read before it
+            self.input_error = exc
+        self.sequence = items
 
     def fill(self) -> None:
         """Submit until ``limit`` tasks are in flight or the input ends (or raises)."""
+        if self.read_all:
+            self._read_all()
         sizer, fifo, pending = self.sizer, self.fifo, self.pending
         while len(fifo) + len(pending) < self.limit and not self.exhausted:
             if sizer is None:
@@ -375,6 +411,77 @@ class _Window:
         self.fifo.clear()
         self.pending.clear()
 
+    # -- stepping without blocking, for a driver that waits elsewhere (aimap: an event loop)
+
+    def wants(self) -> float:
+        """The most input items the next :meth:`fill` may pull (``inf``: no bound)."""
+        if self.exhausted:
+            return 0
+        room = self.limit - len(self.fifo) - len(self.pending)
+        if self.sizer is None:
+            return max(0, room)
+        room = min(room, self.sizer.inflight_limit - len(self.fifo) - len(self.pending))
+        return max(0, room) * self.sizer.size
+
+    def in_flight(self) -> bool:
+        return bool(self.fifo or self.pending)
+
+    def ready(self) -> bool:
+        """Whether :meth:`take_outputs` has a finished task to report (it never waits)."""
+        if self.ordered:
+            return bool(self.fifo) and self.fifo[0][0].done()
+        return not self.done.empty()
+
+    def take_outputs(self) -> tuple[list[Any], Optional[BaseException]]:
+        """The next finished task's outputs in input order, and the error to raise after
+        them; only once :meth:`ready`."""
+        if self.ordered:
+            fut, count = self.fifo.popleft()
+        else:
+            fut = self.done.get_nowait()
+            count, _ = self.pending.pop(fut)
+        if self.sizer is not None:
+            return _chunk_batch(self, fut, count, False)
+        error = fut.exception(timeout=0)
+        return ([], error) if error is not None else ([fut.result()], None)
+
+
+def open_window(
+    submitter: Submitter,
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    *,
+    ordered: bool,
+    chunksize: Optional[int],
+    buffersize: Optional[int],
+    task_timeout: Optional[float],
+    workers: int,
+    adaptive: type[AdaptiveChunkSize] = AdaptiveChunkSize,
+) -> _Window:
+    """Check the arguments and set up one iteration (its window and chunk sizer).
+
+    ``buffersize=None`` means unbounded (everything is submitted at once, like the stdlib
+    ``map``); ``adaptive`` is the sizer ``chunksize=None`` uses (an executor whose hand-off
+    is cheaper aims at shorter chunks).
+    """
+    check_imap_args(iterables, chunksize, buffersize, task_timeout)
+    total = _total_length(iterables)
+    sizer: Optional[ChunkSizer]
+    # Unbounded: everything is to be submitted at once.  With adaptive chunks it is read at
+    # once, but goes out as chunks get sized (at the starting size of one item, the whole
+    # input would be one task per item).
+    unbounded = total is not None and (buffersize is None or buffersize >= total)
+    if chunksize is None:
+        sizer = adaptive(workers, total, unbounded)
+    elif chunksize == 1:
+        sizer = None
+    else:
+        sizer = FixedChunkSize(chunksize)
+    window = _Window(submitter, fn, iterables, sizer, task_timeout, buffersize, ordered)
+    if chunksize is None and unbounded:
+        window.read_input_now()
+    return window
+
 
 def _wait_exception(fut: Future[Any], deadline: Optional[float]) -> Optional[BaseException]:
     """The future's exception (or ``None``); ``TimeoutError`` once ``deadline`` passes."""
@@ -405,7 +512,7 @@ def _single_output(fut: Future[Any], deadline: Optional[float], return_exception
         return fut.result()
     if return_exceptions:
         return error
-    raise error
+    raise task_outcome(error)
 
 
 def _pop_output(
@@ -462,7 +569,10 @@ class Interruptible(Protocol):
 
 
 def interrupted(window: Interruptible) -> None:
-    """Ctrl-C reached an ``imap`` generator: stop its window and tell the executor."""
+    """Ctrl-C reached an ``imap`` generator: stop its window and tell the executor.  Does
+    nothing for a task's own ``KeyboardInterrupt``: the pool stays usable, as the stdlib's."""
+    if not is_ctrl_c(sys.exc_info()[1]):
+        return
     # Ctrl-C while waiting: cancel what has not started and let the executor stop the rest
     # (the process pool terminates its workers: one Ctrl-C must be enough).
     window.cancel_all()
@@ -505,7 +615,7 @@ def _ordered(
             yield values
             del values
             if error is not None:
-                raise error
+                raise task_outcome(error)
         if window.input_error is not None:
             raise window.input_error
     except KeyboardInterrupt:
@@ -539,7 +649,7 @@ def _unordered(
             yield values
             del values
             if error is not None:
-                raise error
+                raise task_outcome(error)
         if window.input_error is not None:
             raise window.input_error
     except KeyboardInterrupt:
@@ -624,18 +734,19 @@ def make_result_iterator(
     to know which input an output belongs to); ``adaptive`` is the sizer ``chunksize=None``
     uses (an executor whose hand-off is cheaper aims at shorter chunks).
     """
-    check_imap_args(iterables, chunksize, buffersize, task_timeout)
+    window = open_window(
+        submitter,
+        fn,
+        iterables,
+        ordered=ordered,
+        chunksize=chunksize,
+        buffersize=buffersize,
+        task_timeout=task_timeout,
+        workers=workers,
+        adaptive=adaptive,
+    )
+    flatten = window.sizer is not None
     total = _total_length(iterables)
-    sizer: Optional[ChunkSizer]
-    if chunksize is None:
-        sizer = adaptive(workers, total)
-        if submits_everything(iterables, buffersize):
-            sizer.inflight_limit = math.inf  # asked to submit everything at once: no probing
-    elif chunksize == 1:
-        sizer = None
-    else:
-        sizer = FixedChunkSize(chunksize)
-    window = _Window(submitter, fn, iterables, sizer, task_timeout, buffersize, ordered)
     deadline = None if timeout is None else time.monotonic() + timeout
     if eager:
         window.fill()
@@ -643,8 +754,8 @@ def make_result_iterator(
     generator = run(window, deadline, return_exceptions, indexed)
     on_close = window.cancel_all if eager else None
     if total is None:
-        return ResultIterator(generator, on_close, flatten=sizer is not None)
-    return SizedResultIterator(generator, total, on_close, flatten=sizer is not None)
+        return ResultIterator(generator, on_close, flatten=flatten)
+    return SizedResultIterator(generator, total, on_close, flatten=flatten)
 
 
 def imap(
