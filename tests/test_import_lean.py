@@ -37,6 +37,7 @@ HEAVY = {
 PROCESS_MACHINERY = {
     "multiprocessing.pool",
     "mtasklite._process_worker",
+    "mtasklite._shm",
     "mtasklite._wire",
     "mtasklite.dask",
     "mtasklite.pool",

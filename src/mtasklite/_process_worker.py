@@ -20,13 +20,18 @@ import time
 from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional
 
-from . import _wire
+from . import _shm, _wire
 from .stateful import WorkerContext, WorkerLike, build_worker, set_process_context
 
 _PR_SET_PDEATHSIG = 1
 
 # The progress cells: a memoryview of doubles (typeshed types memoryview items as int only).
 Cells = Any
+
+# This process's shared-memory transport to the parent (a worker has one connection): Runs
+# come in through ``_receiver``, Results go out through ``_sender``'s arena.
+_sender = _shm.Sender(0)
+_receiver = _shm.Receiver()
 
 
 def worker_main(
@@ -37,14 +42,17 @@ def worker_main(
     initializer: Optional[Callable[..., object]],
     initargs: tuple[Any, ...],
     die_with_parent: bool,
+    shm_threshold: int = 0,
 ) -> None:
     """Entry point of worker process ``slot`` (the target of its ``Process``)."""
+    global _sender
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(die_with_parent)
     cell = memoryview(progress).cast("B").cast("d")
     base = 2 * slot
     cell[base] = _wire.IDLE
+    _sender = _shm.Sender(shm_threshold, tag=f"results-{slot}")
     set_process_context(WorkerContext(slot, None))
     if initializer is not None:
         try:
@@ -75,7 +83,9 @@ def _serve(conn: multiprocessing.connection.Connection, cell: Cells, base: int) 
             return  # the parent is gone
         cell[base] = _wire.RECEIVING
         try:
-            run = _wire.loads(data)
+            run = _receiver.decode(data, lambda: _shm.recv_fd(conn))
+        except _shm.DescriptorLost:
+            return  # the parent is gone
         except BaseException as exc:
             _send(conn, _wire.Unreadable(_wire.wrap_exception(exc)))
             continue
@@ -198,7 +208,7 @@ def _send_results(
     last: bool,
 ) -> None:
     try:
-        data = _wire.dumps(_wire.Results(values, errors, elapsed, last))
+        message = _sender.encode(_wire.Results(values, errors, elapsed, last))
     except BaseException:
         for index, value in enumerate(values):
             try:
@@ -208,8 +218,10 @@ def _send_results(
                     errors = {}
                 errors[index] = _wire.wrap_exception(exc)
                 values[index] = None
-        data = _wire.dumps(_wire.Results(values, errors, elapsed, last))
-    conn.send_bytes(data)
+        message = _sender.encode(_wire.Results(values, errors, elapsed, last))
+    conn.send_bytes(message.data)
+    if message.fd is not None:
+        _shm.send_fd(conn, message.fd)
 
 
 def _send(conn: multiprocessing.connection.Connection, message: object) -> None:

@@ -77,7 +77,7 @@ from concurrent.futures._base import LOGGER
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Optional, Sequence, TypeVar, Union, cast
 
-from . import _wire
+from . import _shm, _wire
 from ._cpu import usable_cpu_count
 from ._force_stop import TERMINATE, ForceStopMixin
 from ._futures import TaskFuture, cancel_dropped
@@ -192,6 +192,7 @@ class _Piece:
         self.stop = stop
         self.track = track
         self.data: Optional[bytes] = None  # the pickled Run, once made (kept if not sent)
+        # (only a plain pickle is kept: one in a slot's shared memory is that slot's alone)
 
 
 # Slot states.
@@ -215,6 +216,8 @@ class _Slot:
         "prefetch_bytes",
         "process",
         "received",
+        "receiver",
+        "sender",
         "since",
         "spec",
         "state",
@@ -237,6 +240,14 @@ class _Slot:
         self.ever_ready = False  # some process of this slot has built its object
         self.fruitless_deaths = 0  # deaths in a row that resolved no item
         self.init_failure: Optional[_wire.InitFailed] = None  # reported, process not yet gone
+        # Shared memory for big buffers (see _shm): Runs out, Results in; new per process.
+        self.sender = _shm.Sender(0)
+        self.receiver = _shm.Receiver()
+
+    def close_transport(self) -> None:
+        """Unmap this slot's shared memory (the worker's own mappings stay valid)."""
+        self.sender.close()
+        self.receiver.close()
 
 
 class _StoppableFuture(TaskFuture[Any]):
@@ -308,6 +319,7 @@ class _Dispatcher:
         executor: StatefulProcessPoolExecutor,
         specs: Optional[list[WorkerLike]],
         max_workers: int,
+        shm_threshold: Optional[int] = None,
     ):
         self.lock = executor._shutdown_lock
         # A BaseContext (never None here); its stubs lack Process and RawArray.
@@ -315,6 +327,7 @@ class _Dispatcher:
         self.initializer = executor._initializer
         self.initargs = executor._initargs
         self.max_tasks = executor._max_tasks_per_child
+        self.shm_threshold = _shm.check_threshold(shm_threshold)  # 0: no shared memory
         self.break_on_crash = executor._on_worker_crash == "break"
         # Send an untimed worker its next piece before it finishes the current one, so it
         # never idles while we unpickle its results (off where a slot's work is counted or
@@ -379,6 +392,7 @@ class _Dispatcher:
     def start_slot(self, slot: _Slot, die_with_parent: bool = True) -> None:
         """Start (or restart) ``slot``'s process.  Callers hold the lock."""
         parent_end, child_end = self.ctx.Pipe(duplex=True)
+        shm_threshold = self.shm_threshold if _shm.can_pass_descriptors(parent_end) else 0
         # Overwritten by the worker's first line of our code: a death before that happened
         # while the process was still being set up (importing the main module, ...).
         self.cells[2 * slot.index] = _wire.LAUNCHING
@@ -393,6 +407,7 @@ class _Dispatcher:
                 self.initializer,
                 self.initargs,
                 die_with_parent,
+                shm_threshold,
             ),
         )
         try:
@@ -403,6 +418,9 @@ class _Dispatcher:
             raise
         child_end.close()
         slot.prefetch_bytes = _room_for_prefetch(parent_end)
+        slot.close_transport()
+        slot.sender = _shm.Sender(shm_threshold, tag=f"runs-{slot.index}")
+        slot.receiver = _shm.Receiver()
         slot.process, slot.conn, slot.state = process, parent_end, STARTING
         slot.piece, slot.done_items = None, 0
         self.processes[process.pid] = process
@@ -637,17 +655,23 @@ class _Dispatcher:
                 if head.is_call or head.timeout is not None:
                     return
                 piece = self.pending.popleft()
-            if piece.data is None:
-                piece.data = self._encode(piece)
-                if piece.data is None:
-                    continue  # unpicklable: its items are failed or re-queued already
-            if len(piece.data) > slot.prefetch_bytes:
+            if piece.data is not None:  # a plain pickle made on an earlier try
+                message: Optional[_shm.Outgoing] = _shm.Outgoing(piece.data, None)
+            else:
+                message = self._encode(piece, slot)
+            if message is None:
+                continue  # unpicklable: its items are failed or re-queued already
+            if len(message.data) > slot.prefetch_bytes:
                 # Sent ahead, it might not fit in the socket buffer while the worker, busy,
                 # is not reading: we would block, and a worker sending us big results would
-                # block too.  It waits (pickled, unclaimed) for the next idle worker instead.
+                # block too.  It waits (pickled, unclaimed) for the next idle worker instead;
+                # one written into this slot's shared memory is taken back from it.
+                if piece.data is None:
+                    kept = slot.sender.withdraw(message)
+                    piece.data = None if kept is None else kept.data
                 self._requeue_piece(piece)
                 return
-            if self._claim(piece) and self._send_piece(slot, piece):
+            if self._claim(piece) and self._send_piece(slot, piece, message):
                 slot.next_piece = piece
 
     def _claim(self, piece: _Piece) -> bool:
@@ -660,25 +684,34 @@ class _Dispatcher:
             return True
         return not job.future.done()  # a re-queued rest of a job that failed or was cancelled
 
-    def _send_piece(self, slot: _Slot, piece: _Piece) -> Optional[bool]:
-        """Send ``piece`` to ``slot``: ``True`` once sent; ``False`` if the worker is gone
-        (the piece is re-queued); ``None`` if it could not be pickled (already reported)."""
-        data, piece.data = piece.data, None
-        if data is None:
-            data = self._encode(piece)
-            if data is None:
+    def _send_piece(
+        self, slot: _Slot, piece: _Piece, message: Optional[_shm.Outgoing] = None
+    ) -> Optional[bool]:
+        """Send ``piece`` (``message``: already encoded for ``slot``) to ``slot``: ``True``
+        once sent; ``False`` if the worker is gone (the piece is re-queued); ``None`` if it
+        could not be pickled (already reported)."""
+        if message is None and piece.data is not None:
+            message = _shm.Outgoing(piece.data, None)
+        piece.data = None
+        if message is None:
+            message = self._encode(piece, slot)
+            if message is None:
                 return None
         assert slot.conn is not None
         try:
-            slot.conn.send_bytes(data)
+            slot.conn.send_bytes(message.data)
+            if message.fd is not None:
+                _shm.send_fd(slot.conn, message.fd)
         except OSError:  # the worker died; its sentinel will report it
             self._requeue(piece.job, piece.start, piece.stop)
             return False
-        piece.job.nbytes += len(data)
+        # Shared-memory bytes count too: chunk sizes are bounded by what items weigh.
+        piece.job.nbytes += len(message.data) + message.shared_nbytes
         return True
 
-    def _encode(self, piece: _Piece) -> Optional[bytes]:
-        """Pickle ``piece`` as a Run; on failure fail the unpicklable items, re-queue the rest."""
+    def _encode(self, piece: _Piece, slot: _Slot) -> Optional[_shm.Outgoing]:
+        """Pickle ``piece`` as a Run for ``slot`` (big buffers into its shared memory); on
+        failure fail the unpicklable items, re-queue the rest."""
         job = piece.job
         items = job.items
         if piece.start or piece.stop != len(items):
@@ -686,7 +719,7 @@ class _Dispatcher:
         run = _wire.Run(job.fn, items, job.mode, job.timeout is not None, piece.track)
         if job.fn is not self.cloud_fn:
             try:
-                return _wire.dumps(run)
+                return slot.sender.encode(run)
             except BaseException:
                 pass
         try:
@@ -695,7 +728,7 @@ class _Dispatcher:
             data = None
         if data is not None:
             self.cloud_fn = job.fn
-            return data
+            return _shm.Outgoing(data, None)
         self._fail_unpicklable(piece, items)
         return None
 
@@ -772,8 +805,11 @@ class _Dispatcher:
             self._on_message(slot, data)
 
     def _on_message(self, slot: _Slot, data: bytes) -> None:
+        conn = slot.conn
         try:
-            message = _wire.loads(data)
+            message = slot.receiver.decode(data, lambda: _shm.recv_fd(conn))  # type: ignore[arg-type]
+        except _shm.DescriptorLost:
+            return  # the worker died sending it; its sentinel reports it
         except BaseException as exc:
             self._unreadable_results(slot, exc, data)
             return
@@ -960,6 +996,7 @@ class _Dispatcher:
         self.processes.pop(process.pid, None)
         if slot.conn is not None:
             slot.conn.close()
+        slot.close_transport()
         state, piece = slot.state, slot.piece
         if slot.next_piece is not None:  # never started: back to the queue, uncharged
             ahead, slot.next_piece = slot.next_piece, None
@@ -1106,6 +1143,7 @@ class _Dispatcher:
         self._send_stop(slot)
         if slot.conn is not None:
             slot.conn.close()
+        slot.close_transport()
         self.processes.pop(process.pid, None)
         self.retiring.append(process)
         slot.process, slot.conn, slot.state = None, None, EMPTY
@@ -1206,6 +1244,7 @@ class _Dispatcher:
             if slot.conn is not None:
                 slot.conn.close()
                 slot.conn = None
+            slot.close_transport()
         with self.wake_lock:
             self.wake_pending = True  # no more writes: the pipe is closed
             os.close(self.wake_r)
@@ -1380,7 +1419,9 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
     worker died and respawns it; ``"break"`` breaks the whole pool as the stdlib does.
     ``cancel_running=True``: ``Future.cancel()`` (and cancelling an asyncio task awaiting
     ``run_in_executor``) also stops a running task, as a timeout does; the stdlib never stops
-    running work.
+    running work.  ``shm_threshold``: arguments and results whose out-of-band pickle buffers
+    (numpy arrays, ``pickle.PickleBuffer``) add up to this many bytes or more (default 1 MiB)
+    travel through per-worker shared memory instead of the pipe; ``None`` or ``0``: never.
     """
 
     _default_chunksize = None
@@ -1398,6 +1439,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
         task_timeout: Optional[float] = None,
         on_worker_crash: str = "isolate",
         cancel_running: bool = False,
+        shm_threshold: Optional[int] = _shm.DEFAULT_THRESHOLD,
     ):
         # The stdlib __init__ is deliberately not called: it builds queues we do not use.
         specs, max_workers = resolve_workers(worker, max_workers)
@@ -1443,7 +1485,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
         self._broken: Union[bool, str] = False  # type: ignore[assignment]  # str, as stdlib
         self._idle_worker_semaphore = threading.Semaphore(0)
         self._executor_manager_thread: Optional[threading.Thread] = None  # type: ignore[assignment]
-        self._dispatcher = _Dispatcher(self, specs, max_workers)
+        self._dispatcher = _Dispatcher(self, specs, max_workers, shm_threshold)
         self._call_queue = _Channels(self._dispatcher)
 
     # -- submission ---------------------------------------------------------------------------
