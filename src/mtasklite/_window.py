@@ -30,7 +30,7 @@ from typing import (
 from ._chunk_run import ChunkResult
 from ._chunk_sizing import AdaptiveChunkSize, ChunkSizer, FixedChunkSize
 from ._passing import Passing, input_items, passing_for
-from ._validate import check_buffersize, input_length, positive_int_or_none
+from ._validate import check_buffersize, check_timeout, input_length, positive_int_or_none
 
 __all__ = ["Submitter", "Window", "check_imap_args", "chunk_outputs", "open_window"]
 
@@ -280,5 +280,4 @@ def check_imap_args(
         raise TypeError("imap() needs at least one iterable")
     positive_int_or_none("chunksize", chunksize)
     check_buffersize(buffersize)
-    if task_timeout is not None and not task_timeout > 0:
-        raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
+    check_timeout("task_timeout", task_timeout)
