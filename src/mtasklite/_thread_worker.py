@@ -70,6 +70,8 @@ class ThreadHost(Protocol):
 
 
 class WorkItem:
+    """One ``submit`` call waiting in the pool's queue (``timeout``: its limit, or ``None``)."""
+
     __slots__ = ("args", "fn", "future", "kwargs", "timeout")
 
     def __init__(
@@ -162,7 +164,7 @@ class Watchdog:
                         item.fn,
                         (item.args, item.kwargs),
                         Passing.CALL,
-                        item.timeout or 0.0,
+                        item.timeout or 0.0,  # always set: only timed items are watched
                         index,
                         f"thread {thread.name}",
                         "the worker thread was replaced",
