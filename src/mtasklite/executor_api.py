@@ -1,9 +1,12 @@
-"""What both stateful executors add on top of ``concurrent.futures``: one mixin, no state.
+"""What every stateful executor (thread, process, Dask) adds to ``concurrent.futures``: one mixin.
 
 The concrete pools provide ``_submit_call`` / ``_submit_chunk`` (the windowing engine's
 :class:`~mtasklite.windowing.Submitter` protocol) and ``_submit_timed``; everything users call
 beyond the stdlib API (``imap``, ``imap_unordered``, ``map(buffersize=)``,
-``submit_with_timeout``, ``worker``) is written once here.
+``submit_with_timeout``, ``worker``) is written once here, with the defaults of the hooks
+the rest of the package calls on any of them: ``_on_interrupt`` (Ctrl-C in an ``imap``),
+``_stop_now`` and ``_close_within`` (what :class:`PoolBackend`, ``Pool``'s view of an
+executor, needs).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ _FAILURES_DOC = """
 
 
 class StatefulExecutorMixin(ImapMethods):
-    """imap, timeouts and the worker handle, shared by the thread and process executors."""
+    """imap, timeouts and the worker handle, shared by the thread, process and Dask executors."""
 
     _max_workers: int
     _worker_specs: Optional[list[WorkerLike]]
