@@ -6,9 +6,10 @@ from __future__ import annotations
 import collections.abc
 from typing import Any, Callable, Optional, Union
 
+from ._validate import positive_int_or_none
 from .constants import ExceptionBehaviour, exception_behaviour
 
-__all__ = ["KeywordArgs", "StarArgs", "check_n_jobs", "either_spelling", "positive_or_none"]
+__all__ = ["KeywordArgs", "StarArgs", "check_n_jobs", "either_spelling"]
 
 
 class StarArgs:
@@ -45,10 +46,8 @@ class KeywordArgs:
 
 def check_n_jobs(n_jobs: Optional[int], workers: object) -> None:
     """Refuse a bad ``n_jobs`` under its own name (the executor would say ``max_workers``)."""
-    if n_jobs is None:
+    if positive_int_or_none("n_jobs", n_jobs) is None:
         return
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
-        raise ValueError(f"n_jobs must be a positive integer or None, got {n_jobs!r}")
     if isinstance(workers, (list, tuple)) and n_jobs != len(workers):
         raise ValueError(
             f"n_jobs={n_jobs} does not match the {len(workers)} workers given in "
@@ -70,11 +69,3 @@ def either_spelling(
             "disagree; pass one of the two spellings"
         )
     return other
-
-
-def positive_or_none(name: str, value: Optional[int]) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-    return value

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm as tqdm_auto
 
 from .constants import ArgumentPassing, ExceptionBehaviour
 from .constants import exception_behaviour as parse_exception_behaviour
-from .pool import Pool, PoolResults, SizedPoolResults
+from .pool import Pool, PoolResults, SizedPoolResults, run_closing_pool
 from .stateful import WorkerLike
 
 __all__ = ["Pqdm", "make_pqdm", "run_pqdm"]
@@ -76,7 +76,7 @@ def run_pqdm(
         **pool_kwargs,
     )
     try:
-        results = pool._run(input_iterable, close_pool=True, inner=True)
+        results = run_closing_pool(pool, input_iterable)
         length = len(results) if isinstance(results, SizedPoolResults) else None
         tqdm_kwargs.setdefault("total", length)
         bar = tqdm_class(results, **tqdm_kwargs)

@@ -1,15 +1,18 @@
-"""What both stateful executors add on top of ``concurrent.futures``: one mixin, no state.
+"""What every stateful executor (thread, process, Dask) adds to ``concurrent.futures``: one mixin.
 
 The concrete pools provide ``_submit_call`` / ``_submit_chunk`` (the windowing engine's
 :class:`~mtasklite.windowing.Submitter` protocol) and ``_submit_timed``; everything users call
 beyond the stdlib API (``imap``, ``imap_unordered``, ``map(buffersize=)``,
-``submit_with_timeout``, ``worker``) is written once here.
+``submit_with_timeout``, ``worker``) is written once here, with the defaults of the hooks
+the rest of the package calls on any of them: ``_on_interrupt`` (Ctrl-C in an ``imap``),
+``_stop_now`` and ``_close_within`` (what :class:`PoolBackend`, ``Pool``'s view of an
+executor, needs).
 """
 
 from __future__ import annotations
 
-import math
 import sys
+import threading
 from concurrent.futures import Executor, Future
 from typing import (
     TYPE_CHECKING,
@@ -19,8 +22,10 @@ from typing import (
     Iterator,
     Literal,
     Optional,
+    Protocol,
     Sequence,
     TypeVar,
+    cast,
 )
 
 if sys.version_info >= (3, 10):
@@ -28,14 +33,15 @@ if sys.version_info >= (3, 10):
 else:  # pragma: no cover - 3.9 only (typing_extensions costs ~10 ms of import time)
     from typing_extensions import ParamSpec
 
+from ._chunk_run import ChunkResult
+from ._chunk_sizing import AdaptiveChunkSize
 from ._imap_api import DEFAULT, ImapMethods
+from ._lifecycle import SHUTDOWN_MESSAGE
 from ._outcomes import is_ctrl_c
+from ._validate import check_buffersize, check_timeout
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
 from .windowing import (
-    AdaptiveChunkSize,
-    ChunkResult,
     ResultIterator,
-    check_buffersize,
     check_imap_args,
     make_result_iterator,
     submits_everything,
@@ -44,7 +50,8 @@ from .windowing import (
 if TYPE_CHECKING:  # asyncio loads only when aimap is used
     from ._aimap import AsyncInput, AsyncResultIterator
 
-__all__ = ["SHUTDOWN_MESSAGE", "StatefulExecutorMixin", "check_timeout"]
+# SHUTDOWN_MESSAGE and check_timeout live in _lifecycle and _validate; importable from here.
+__all__ = ["SHUTDOWN_MESSAGE", "PoolBackend", "StatefulExecutorMixin", "check_timeout"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -59,25 +66,6 @@ CHUNKS_IN_FLIGHT_PER_WORKER = 4
 ITEMS_IN_FLIGHT_PER_WORKER = 16
 
 
-#: what submitting to a shut-down pool raises: the stdlib's words (code matches on them), and
-#: the usual cause when it surfaces from a result iterator returned out of its ``with`` block
-SHUTDOWN_MESSAGE = (
-    "cannot schedule new futures after shutdown (a lazy imap result, or map with buffersize, "
-    "must be consumed before its executor shuts down: iterate it inside the with block)"
-)
-
-
-def check_timeout(name: str, value: Optional[float]) -> Optional[float]:
-    """Validate a timeout in seconds (``None`` means no limit)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
-    if math.isinf(value):
-        return None
-    return float(value)
-
-
 _FAILURES_DOC = """
         Besides the task's own exception, the future can fail with
         :class:`~mtasklite.TaskTimeoutError` (the task overran ``task_timeout``),
@@ -89,7 +77,7 @@ _FAILURES_DOC = """
 
 
 class StatefulExecutorMixin(ImapMethods):
-    """imap, timeouts and the worker handle, shared by the thread and process executors."""
+    """imap, timeouts and the worker handle, shared by the thread, process and Dask executors."""
 
     _max_workers: int
     _worker_specs: Optional[list[WorkerLike]]
@@ -119,8 +107,10 @@ class StatefulExecutorMixin(ImapMethods):
         raise NotImplementedError
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], passing: Any, timeout: Optional[float]
     ) -> Future[ChunkResult]:
+        # ``passing``: a Passing value (an int).  Typed Any while the process pool still
+        # names it ``star: bool`` (the values agree: SINGLE is falsy, STAR truthy).
         raise NotImplementedError
 
     def _submit_call(
@@ -135,6 +125,22 @@ class StatefulExecutorMixin(ImapMethods):
         """Leave ``with`` on Ctrl-C without waiting for work nobody will collect (running
         threads cannot be stopped: drop the queue and do not wait)."""
         self.shutdown(wait=False, cancel_futures=True)
+
+    def _on_interrupt(self) -> None:
+        """Ctrl-C reached an ``imap`` on this executor, which already cancelled its queued
+        tasks: stop running work if this pool can (threads cannot; the process pool does)."""
+
+    def _close_within(self, timeout: float) -> None:
+        """Shut down, cancelling queued work, and give running tasks ``timeout`` seconds to
+        finish before stopping them as :meth:`_stop_now` does (``Pool(join_timeout=)``)."""
+        self.shutdown(wait=False, cancel_futures=True)
+        # A process pool's work ends with its management thread (the stdlib's attribute,
+        # which ours keeps); other executors override this method or have nothing to wait for.
+        thread = cast(Optional[threading.Thread], getattr(self, "_executor_manager_thread", None))
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                self._stop_now()
 
     # -- public API -----------------------------------------------------------------------
 
@@ -326,3 +332,31 @@ class StatefulExecutorMixin(ImapMethods):
             workers=self._max_workers,
             adaptive=self._adaptive_sizer,
         )
+
+
+class PoolBackend(Protocol):
+    """What :class:`~mtasklite.Pool` needs of the executor it runs on (every stateful one)."""
+
+    _max_workers: int
+
+    @property
+    def worker(self) -> WorkerHandle: ...
+
+    def _imap(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        timeout: Optional[float],
+        chunksize: Optional[int],
+        buffersize: Optional[int],
+        task_timeout: Optional[float],
+        return_exceptions: bool = False,
+        indexed: bool = False,
+    ) -> ResultIterator[Any]: ...
+
+    def _close_within(self, timeout: float) -> None: ...
+
+    def _stop_now(self) -> None: ...
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from concurrent.futures import Executor
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -30,14 +29,10 @@ from typing import (
 if TYPE_CHECKING:  # annotations only: typing_extensions costs ~10 ms of import time
     from typing_extensions import Self, TypeIs
 
+from ._imap_api import DEFAULT
 from ._outcomes import is_ctrl_c, task_outcome
-from ._pool_args import (
-    KeywordArgs,
-    StarArgs,
-    check_n_jobs,
-    either_spelling,
-    positive_or_none,
-)
+from ._pool_args import KeywordArgs, StarArgs, check_n_jobs, either_spelling
+from ._validate import input_length, positive_int_or_none
 from ._worker_checks import NamedWorkerHandle, workers_name
 from .constants import (
     ArgumentPassing,
@@ -45,12 +40,12 @@ from .constants import (
     argument_passing,
 )
 from .errors import DeferredExceptions
-from .executor_api import StatefulExecutorMixin
+from .executor_api import PoolBackend
 from .process_pool import StatefulProcessPoolExecutor
 from .stateful import WorkerLike
 from .thread_pool import StatefulThreadPoolExecutor
 
-__all__ = ["Pool", "PoolResults", "SizedPoolResults", "is_exception"]
+__all__ = ["Pool", "PoolResults", "SizedPoolResults", "is_exception", "run_closing_pool"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -165,13 +160,6 @@ class SizedPoolResults(PoolResults[T]):
         return self._length
 
 
-def _length(iterable: Iterable[Any]) -> Optional[int]:
-    try:
-        return len(iterable)  # type: ignore[arg-type]
-    except (TypeError, OverflowError):
-        return None
-
-
 _Raising = Literal[
     "immediate", "deferred", ExceptionBehaviour.IMMEDIATE, ExceptionBehaviour.DEFERRED
 ]
@@ -258,13 +246,13 @@ class Pool(Generic[R]):
         self.argument_type = argument_passing(argument_type)
         self.exception_behavior = either_spelling(exception_behavior, exception_behaviour)
         self.bounded = bool(bounded)
-        self.chunk_size = positive_or_none("chunk_size", chunk_size)
-        self.chunk_prefill_ratio = positive_or_none("chunk_prefill_ratio", chunk_prefill_ratio)
+        self.chunk_size = positive_int_or_none("chunk_size", chunk_size)
+        self.chunk_prefill_ratio = positive_int_or_none("chunk_prefill_ratio", chunk_prefill_ratio)
         self.is_unordered = bool(is_unordered)
         self.use_threads = bool(use_threads)
         self.task_timeout = task_timeout
         self.join_timeout = join_timeout
-        self._executor: Union[StatefulExecutorMixin, Executor]
+        self._executor: PoolBackend
         if client is not None:
             from .dask import StatefulDaskExecutor
 
@@ -301,14 +289,14 @@ class Pool(Generic[R]):
     def _run(
         self, input_iterable: Iterable[Any], close_pool: bool, inner: bool = False
     ) -> PoolResults[Any]:
-        executor: Any = self._executor
+        executor = self._executor
         executor.worker  # noqa: B018  # raises if the executor has no worker objects
         fn: Callable[..., Any] = NamedWorkerHandle(self._worker_name)
         if self.argument_type is ArgumentPassing.AS_ARGS:
             fn = StarArgs(fn)
         elif self.argument_type is ArgumentPassing.AS_KWARGS:
             fn = KeywordArgs(fn)
-        length = _length(input_iterable)
+        length = input_length(input_iterable)
         # Unbounded is only possible when the input is sized: everything is submitted now.
         buffersize = max(1, length) if not self.bounded and length is not None else None
         if buffersize is None:
@@ -320,7 +308,7 @@ class Pool(Generic[R]):
             (input_iterable,),
             ordered,
             None,
-            self.chunk_size if self.chunk_size is not None else executor._default_chunksize,
+            self.chunk_size if self.chunk_size is not None else DEFAULT,
             buffersize,
             self.task_timeout,
             return_exceptions=True,
@@ -353,30 +341,16 @@ class Pool(Generic[R]):
             if self._closed:
                 return
             self._closed = True
-        executor: Any = self._executor
         if self.join_timeout is None:
-            executor.shutdown(wait=True, cancel_futures=True)
-            return
-        executor.shutdown(wait=False, cancel_futures=True)
-        if isinstance(executor, StatefulProcessPoolExecutor):
-            thread = executor._executor_manager_thread
-            if thread is not None:
-                thread.join(self.join_timeout)
-                if thread.is_alive():
-                    executor.terminate()
-        elif isinstance(executor, StatefulThreadPoolExecutor):
-            for thread in list(executor._threads):
-                thread.join(self.join_timeout)
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        else:
+            self._executor._close_within(self.join_timeout)
 
     def terminate(self) -> None:
         """Stop at once: cancel queued work, stop worker processes mid-task."""
         with self._close_lock:
             self._closed = True
-        executor: Any = self._executor
-        if isinstance(executor, StatefulProcessPoolExecutor):
-            executor.terminate()
-        else:
-            executor.shutdown(wait=False, cancel_futures=True)
+        self._executor._stop_now()
 
     def __enter__(self) -> Self:
         return self
@@ -387,6 +361,12 @@ class Pool(Generic[R]):
         else:
             self.close()
         return False
+
+
+def run_closing_pool(pool: Pool[Any], input_iterable: Iterable[Any]) -> PoolResults[Any]:
+    """``pool(input_iterable)`` for a caller that owns ``pool`` (pqdm): ending the results
+    closes the pool, and a drop before iterating is left to the caller to warn about."""
+    return pool._run(input_iterable, close_pool=True, inner=True)
 
 
 def _apply_exception_mode(
