@@ -182,8 +182,10 @@ def _private_copy(source: memoryview) -> bytearray:
     about 30 ms, four times the copy itself) unless the pages are huge.  Where the kernel
     gives huge pages only to memory advised for them, a big copy goes into a ``bytearray``
     whose storage is advised first (as numpy does for its own big arrays), then filled
-    completely, so nothing else is ever in it.  (A private ``mmap`` advised the same way was
-    tried before and removed: it changed the buffer's type.)"""
+    completely, so nothing else is ever in it.  Huge pages freed by earlier copies are
+    reused, so steady traffic gains most; on a virtual machine that backs memory only when
+    first touched, huge pages taken from never-used memory can fault slower than 4 KiB pages
+    (seen on the shared test machine while a caller kept many 64 MiB results alive)."""
     if source.nbytes >= _ADVISE_FROM:
         target = _advised_bytearray(source.nbytes)
         if target is not None:
