@@ -197,7 +197,6 @@ def _private_copy(source: memoryview) -> bytearray:
 
 #: Copies this big (a few huge pages) go into memory advised for huge pages, where that helps.
 _ADVISE_FROM = 8 << 20
-_HUGE_PAGE = 2 << 20
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 _huge_page_calls: Optional[tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = None
 _huge_pages_checked = False
@@ -239,17 +238,17 @@ def _huge_page_api() -> Optional[tuple[Callable[..., Any], Callable[..., Any], C
 
 
 def _advised_bytearray(nbytes: int) -> Optional[bytearray]:
-    """A ``bytearray`` of ``nbytes`` whose storage is not written yet and whose whole huge
-    pages are advised for huge pages (``None`` where that cannot be had or would not help).
-    The caller must overwrite all of it."""
+    """A ``bytearray`` of ``nbytes`` whose storage is not written yet and whose whole pages
+    are advised for huge pages (``None`` where that cannot be had or would not help); the
+    kernel uses huge pages where whole ones fit.  The caller must overwrite all of it."""
     api = _huge_page_api()
     if api is None:
         return None
     new, address_of, madvise = api
     target: bytearray = new(None, nbytes)
     address = address_of(target)
-    start = _round_up(address, _HUGE_PAGE)
-    end = (address + nbytes) // _HUGE_PAGE * _HUGE_PAGE
+    start = _round_up(address, mmap.PAGESIZE)  # only pages wholly inside the buffer
+    end = (address + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
     if end > start:
         madvise(start, end - start, mmap.MADV_HUGEPAGE)  # advice: a refusal changes nothing
     return target
