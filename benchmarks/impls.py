@@ -14,7 +14,7 @@ imported inside the adapter, so a missing one only fails the runs that need it.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional
 
 from benchmarks import tasks
 
@@ -70,12 +70,15 @@ class Adapter:
 class OursProcess(Adapter):
     """``StatefulProcessPoolExecutor(workers).imap`` (auto chunking unless told otherwise)."""
 
+    #: extra executor arguments (a variant's settings)
+    options: ClassVar[dict[str, Any]] = {}
+
     def __init__(self, workers: int, chunksize: Optional[int], init: Init) -> None:
         import mtasklite as mt
 
         super().__init__(workers, chunksize, init)
         worker = None if init is None else tasks.SlowModel(*init)
-        self.pool = mt.StatefulProcessPoolExecutor(workers, worker=worker)
+        self.pool = mt.StatefulProcessPoolExecutor(workers, worker=worker, **self.options)
 
     @property
     def model_task(self) -> Callable[[int], int]:
@@ -85,6 +88,13 @@ class OursProcess(Adapter):
         if self.chunksize is None:
             return self.pool.imap(fn, items)  # type: ignore[no-any-return]
         return self.pool.imap(fn, items, chunksize=self.chunksize)  # type: ignore[no-any-return]
+
+
+class OursProcessNoShm(OursProcess):
+    """Ours with the shared-memory transport off (``shm_threshold=None``): every argument
+    and result goes through the pipe, as before issue 19."""
+
+    options: ClassVar[dict[str, Any]] = {"shm_threshold": None}
 
 
 class OursThread(OursProcess):
@@ -306,6 +316,7 @@ def _initializer(init: Init) -> dict[str, Any]:
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "ours-process": OursProcess,
+    "ours-process-noshm": OursProcessNoShm,
     "ours-thread": OursThread,
     "stdlib-process": StdlibProcess,
     "stdlib-thread": StdlibThread,

@@ -289,7 +289,8 @@ def _scenario_table(scenario: Scenario, summaries: dict[str, Summary]) -> list[s
         "",
         scenario.description,
         "",
-        f"| Implementation | {' | '.join(head)} | vs stdlib ({better} is better) | ok runs |",
+        f"| Implementation | {' | '.join(head)} | {scenario.ratio_header} ({better} is better) "
+        "| ok runs |",
         "|---" * (len(head) + 3) + "|",
     ]
     problems: list[str] = []

@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 from benchmarks import tasks
+from benchmarks.arrays import ARRAY_WORKLOADS
 from benchmarks.impls import open_adapter
 from benchmarks.worker import MARKER
 
@@ -179,17 +180,25 @@ def stateful_init(impl: str, p: Params) -> Metrics:
 
 
 def latency(impl: str, p: Params) -> Metrics:
-    """Scenario 7: sequential ``submit(identity, i).result()`` round trips, after warm-up."""
+    """Scenarios 7 and 13: sequential ``submit(identity, i).result()`` round trips, after
+    warm-up; with ``array_bytes``, the argument is a numpy array of that size instead of
+    ``i`` (scenario 13: a small array, which the shared-memory transport must not slow)."""
     pool = open_adapter(impl, p["workers"], None)
     executor = pool.pool
+    payload: Optional[Any] = None
+    if p.get("array_bytes"):
+        import numpy as np
+
+        payload = np.ones(p["array_bytes"], dtype=np.uint8)
     try:
         for i in range(p["warmup"]):
-            executor.submit(tasks.identity, i).result()
+            executor.submit(tasks.identity, i if payload is None else payload).result()
         samples = []
         clock = time.perf_counter
         for i in range(p["calls"]):
+            arg = i if payload is None else payload
             t0 = clock()
-            executor.submit(tasks.identity, i).result()
+            executor.submit(tasks.identity, arg).result()
             samples.append(clock() - t0)
     finally:
         pool.stop()
@@ -269,6 +278,8 @@ WORKLOADS: dict[int, Callable[[str, Params], Metrics]] = {
     8: one_shot,
     9: one_shot,
     10: import_time,
+    **ARRAY_WORKLOADS,  # 11, 12
+    13: latency,
 }
 
 

@@ -54,6 +54,8 @@ class Scenario:
     #: compute ``speedup`` = this case's ``wall_s`` median / each case's
     speedup_over: Optional[str] = None
     notes: list[str] = field(default_factory=list)
+    #: header of the ratio column (what each row is divided by)
+    ratio_header: str = "vs stdlib"
 
     def case(self, key: str) -> Case:
         """The case called ``key``."""
@@ -553,6 +555,8 @@ def import_time(quick: bool) -> Scenario:
 
 def build_suite(quick: bool, loops: int) -> list[Scenario]:
     """Every scenario, sized for ``--quick`` or the full run."""
+    from benchmarks.suite_arrays import array_scenarios  # it builds on this module
+
     return [
         tiny_processes(quick),
         tiny_threads(quick),
@@ -564,15 +568,18 @@ def build_suite(quick: bool, loops: int) -> list[Scenario]:
         one_shot(8, "process", quick),
         one_shot(9, "thread", quick),
         import_time(quick),
+        *array_scenarios(quick),
     ]
 
 
 #: every scenario's number, in suite order
-SCENARIO_NUMBERS = tuple(range(1, 11))
+SCENARIO_NUMBERS = tuple(range(1, 14))
 
 
 def targets(quick: bool) -> list[Target]:
-    """The issue's targets, each evaluated from the medians of this run."""
+    """The issues' targets, each evaluated from the medians of this run."""
+    from benchmarks.suite_arrays import array_targets  # it builds on this module
+
     small, large = ("100k", "200k") if quick else ("100k", "1M")
     return [
         Target(
@@ -641,6 +648,7 @@ def targets(quick: bool) -> list[Target]:
             1.3,
             "stdlib",
         ),
+        *array_targets(),
     ]
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 
@@ -223,6 +223,93 @@ def test_a_failed_copy_out_does_not_pin_its_region(monkeypatch: pytest.MonkeyPat
 
 def _fail_memory() -> Any:
     raise MemoryError
+
+
+# --- the copy-out into fresh memory ----------------------------------------------------------
+
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.parametrize(
+    ("setting", "advise"),
+    [
+        ("always [madvise] never\n", True),
+        ("[always] madvise never\n", False),  # every big allocation gets huge pages unasked
+        ("always madvise [never]\n", False),
+        ("", False),
+    ],
+)
+def test_huge_pages_are_advised_only_where_the_kernel_waits_for_advice(
+    setting: str, advise: bool
+) -> None:
+    assert _shm.huge_pages_need_advice(setting) is advise
+
+
+def _pretend_huge_page_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, setting: Optional[str]
+) -> None:
+    """Make ``_shm`` read ``setting`` as the kernel's (``None``: no such file) afresh."""
+    path = tmp_path / "enabled"
+    if setting is not None:
+        path.write_text(setting)
+    monkeypatch.setattr(_shm, "_THP_SETTING", str(path))
+    monkeypatch.setattr(_shm, "_huge_page_calls", None)
+    monkeypatch.setattr(_shm, "_huge_pages_checked", False)
+
+
+@pytest.mark.parametrize("setting", ["always [madvise] never", "[always] madvise never", None])
+def test_a_big_copy_out_is_the_receivers_own_bytearray_whatever_the_setting(
+    setting: Optional[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _pretend_huge_page_setting(monkeypatch, tmp_path, setting)
+    size = 16 * MIB + 12345  # big enough to be advised; not a whole number of pages
+    sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
+    first = _round_trip(sender, receiver, sh.Blob(sh.pattern(size, 1)))
+    second = _round_trip(sender, receiver, sh.Blob(sh.pattern(size, 2)))  # same arena bytes
+    assert sender.arenas_created == 1
+    assert type(first.data) is type(second.data) is bytearray
+    # Every byte was written (storage that starts out unwritten holds nothing stale)...
+    assert first == sh.Blob(sh.pattern(size, 1))
+    assert second == sh.Blob(sh.pattern(size, 2))
+    # ...and each copy is private: changing one changes nothing else.
+    first.data[-1] ^= 0xFF
+    first.data[0] ^= 0xFF
+    assert second == sh.Blob(sh.pattern(size, 2))
+    sender.close()
+    receiver.close()
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The ``VmFlags`` of the mapping of this process that holds ``address``."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                low, high = (int(part, 16) for part in head.split("-"))
+                inside = low <= address < high
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not THP_SETTING.exists(), reason="no transparent huge pages here")
+def test_big_copies_are_advised_for_huge_pages_where_that_helps(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import ctypes
+
+    source = sh.pattern(16 * MIB, 3)
+    _pretend_huge_page_setting(monkeypatch, tmp_path, "always [madvise] never")
+    advised = _shm._private_copy(memoryview(source))
+    assert advised == source
+    address = ctypes.addressof(ctypes.c_char.from_buffer(advised))
+    # A whole huge page of the buffer, whatever its alignment, is advised (flag "hg").
+    assert "hg" in _vm_flags(address + 8 * MIB)
+    # Where huge pages come unasked (or never), nothing is looked up or advised.
+    _pretend_huge_page_setting(monkeypatch, tmp_path, "[always] madvise never")
+    assert _shm._huge_page_api() is None
+    assert _shm._private_copy(memoryview(source)) == source
 
 
 def test_a_withdrawn_message_frees_its_room_and_its_announcement() -> None:
