@@ -5,6 +5,7 @@ report through files, never through shared locks)."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,25 @@ def count_then_unreadable_on(x: int, target: int, log: str) -> Any:
     """Log one execution of ``x``; ``target``'s result cannot be unpickled in the parent."""
     fh.append_line(log, str(x))
     return ph.RaiseOnUnpickleInParent(x) if x == target else x * 10
+
+
+class ExitOnUnpickleInParent:
+    """A result whose reconstructor calls ``sys.exit()`` in the parent (the stdlib's
+    ``test_exit_during_result_unpickle_in_result_handler`` case)."""
+
+    def __reduce__(self) -> Any:
+        return _exit_outside, (os.getpid(),)
+
+
+def _exit_outside(worker_pid: int) -> None:
+    if os.getpid() != worker_pid:
+        sys.exit(1)
+
+
+def count_then_exit_on_unpickle_on(x: int, target: int, log: str) -> Any:
+    """Log one execution of ``x``; unpickling ``target``'s result in the parent exits."""
+    fh.append_line(log, str(x))
+    return ExitOnUnpickleInParent() if x == target else x * 10
 
 
 def count_then_nested_unreadable_on(x: int, target: int, log: str) -> Any:

@@ -375,13 +375,18 @@ UNREADABLE_TASKS = {
     "reconstructor raises": hh.count_then_unreadable_on,
     "nested in a container": hh.count_then_nested_unreadable_on,
     "class missing in the parent": hh.count_then_missing_class_on,
+    "reconstructor exits": hh.count_then_exit_on_unpickle_on,
 }
 
 
 @pytest.mark.parametrize(
     ("kind", "case"),
     [(kind, "reconstructor raises") for kind in PROCESS_KINDS]
-    + [("fork", "nested in a container"), ("spawn", "class missing in the parent")],
+    + [
+        ("fork", "nested in a container"),
+        ("spawn", "class missing in the parent"),
+        ("fork", "reconstructor exits"),
+    ],
 )
 def test_unreadable_result_fails_only_its_item_and_nothing_runs_twice(
     guard: Guard, kind: str, case: str
@@ -415,6 +420,7 @@ def test_unreadable_result_fails_only_its_item_and_nothing_runs_twice(
         ):
             got.append(value)
     assert got == [0, 10, 20]
+    assert ex.submit(pow, 2, 5).result(timeout=30) == 32, "the pool is still usable"
     ex.shutdown()
 
 

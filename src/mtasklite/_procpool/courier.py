@@ -237,7 +237,7 @@ class Courier:
         cannot be rebuilt here (nothing runs twice); ``False`` if it cannot be read even so."""
         try:
             message, stand_ins = salvage(data)
-        except Exception:
+        except BaseException:  # whatever the bytes run while read (sys.exit() too) stays here
             return False
         if not isinstance(message, wire.Results) or not stand_ins:
             return False

@@ -45,7 +45,7 @@ def _replacing(opcode: bytes, net: int) -> _Handler:
         operands = stack[keep:]
         try:
             handler(self)
-        except Exception as exc:
+        except BaseException as exc:  # a reconstructor's sys.exit() too: it runs in our thread
             del stack[keep:]
             stack.append(_placeholder(self, operands, exc))
 
@@ -60,14 +60,14 @@ def _filling(opcode: bytes) -> _Handler:
     def run(self: Any) -> None:
         try:
             handler(self)
-        except Exception as exc:
+        except BaseException as exc:  # as above
             target = self.stack[-1]
             self.stack[-1] = _placeholder(self, [target], exc)
 
     return run
 
 
-def _placeholder(unpickler: Any, operands: list[Any], exc: Exception) -> Unrebuildable:
+def _placeholder(unpickler: Any, operands: list[Any], exc: BaseException) -> Unrebuildable:
     # An operand that is already a stand-in carries the original reason.
     for operand in operands:
         if isinstance(operand, Unrebuildable):
