@@ -107,10 +107,9 @@ class StatefulExecutorMixin(ImapMethods):
         raise NotImplementedError
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: Sequence[Any], passing: Any, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], passing: int, timeout: Optional[float]
     ) -> Future[ChunkResult]:
-        # ``passing``: a Passing value (an int).  Typed Any while the process pool still
-        # names it ``star: bool`` (the values agree: SINGLE is falsy, STAR truthy).
+        # ``passing``: a :class:`~mtasklite._passing.Passing` value.
         raise NotImplementedError
 
     def _submit_call(

@@ -23,12 +23,13 @@ from . import _shm
 from ._cpu import usable_cpu_count
 from ._force_stop import TERMINATE, ForceStopMixin
 from ._futures import TaskFuture, cancel_dropped
+from ._lifecycle import WAIT_AFTER_SHUTDOWN_MESSAGE, ExecutorLifecycle
 from ._procpool import wire
-from ._procpool.control import PoolControl, interpreter_exiting
+from ._procpool.control import PoolControl
 from ._procpool.dispatcher import Dispatcher
 from ._procpool.jobs import Job, Piece, StoppableFuture, copy_error
 from ._procpool.slots import PoolConfig
-from .executor_api import SHUTDOWN_MESSAGE, StatefulExecutorMixin, check_timeout
+from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import SentByValue, WorkerLike, describe_worker, resolve_workers
 from .windowing import ChunkResult
 
@@ -50,7 +51,9 @@ class _Channels:
             control.thread.join()
 
 
-class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, ProcessPoolExecutor):
+class StatefulProcessPoolExecutor(
+    StatefulExecutorMixin, ExecutorLifecycle, ForceStopMixin, ProcessPoolExecutor
+):
     """``ProcessPoolExecutor`` on owned worker slots: stateful workers, crash isolation,
     per-task timeouts and lazy, adaptively chunked ``imap``.
 
@@ -150,9 +153,9 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
         return self._enqueue(fn, [args], wire.STAR, timeout, True)
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], passing: int, timeout: Optional[float]
     ) -> Future[ChunkResult]:
-        return self._enqueue(fn, items, wire.STAR if star else wire.SINGLE, timeout, False)
+        return self._enqueue(fn, items, int(passing), timeout, False)  # the wire takes ints
 
     def _enqueue(
         self,
@@ -164,9 +167,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
     ) -> Future[Any]:
         control = self._control
         with self._shutdown_lock:
-            self._refuse_if_closed(SHUTDOWN_MESSAGE)
-            if interpreter_exiting():
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            self._check_accepting()
             # Workers first: if none can start (the initializer or its arguments cannot be
             # sent to a spawned process, say), the caller gets the error and nothing is queued.
             if self._executor_manager_thread is None:
@@ -181,13 +182,18 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
             control.wakeup()
         return future
 
-    def _refuse_if_closed(self, after_shutdown: str) -> None:
-        """Raise (a copy of) the pool's breakage, or ``after_shutdown`` once shut down."""
+    # -- the life-cycle's state (see _lifecycle.ExecutorLifecycle) ------------------------------
+
+    def _is_broken(self) -> bool:
+        return self._control.broken is not None
+
+    def _is_shut_down(self) -> bool:
+        return self._shutdown_thread
+
+    def _broken_error(self) -> BaseException:
         broken = self._control.broken
-        if broken is not None:
-            raise copy_error(broken)
-        if self._shutdown_thread:
-            raise RuntimeError(after_shutdown)
+        assert broken is not None
+        return copy_error(broken)  # a fresh one: it is raised in many threads
 
     def _on_interrupt(self) -> None:
         # Ctrl-C during imap/map: one is enough, so stop the workers instead of letting them
@@ -205,7 +211,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
         deadline = None if timeout is None else time.monotonic() + timeout
         control, slots = self._control, self._dispatcher.slots
         with self._shutdown_lock:
-            self._refuse_if_closed("cannot wait for workers after shutdown")
+            self._check_accepting(WAIT_AFTER_SHUTDOWN_MESSAGE)
             if self._executor_manager_thread is None:
                 self._executor_manager_thread = self._dispatcher.launch()
             self._dispatcher.start_all()

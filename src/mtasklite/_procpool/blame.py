@@ -26,6 +26,7 @@ import signal
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, NamedTuple, Optional
 
+from .._task_text import timeout_error as task_timeout_error
 from ..errors import (
     DeserializationError,
     TaskTimeoutError,
@@ -33,7 +34,6 @@ from ..errors import (
     WorkerInitError,
     abrupt_exit_cause,
 )
-from . import wire
 from .jobs import Span
 from .slots import SlotState
 from .wire import RECEIVING, SENDING, UNTRACKED
@@ -228,17 +228,6 @@ def describe_exit(exitcode: Optional[int]) -> str:
     return f"exit code {exitcode}"
 
 
-def describe_item(item: Any, mode: int) -> str:
-    if mode == wire.CALL:
-        args, kwargs = item
-        text = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
-    elif mode == wire.STAR:
-        text = ", ".join(repr(a) for a in item)
-    else:
-        text = repr(item)
-    return f"({text})" if len(text) <= 60 else f"({text[:56]}...)"
-
-
 def crash_error(slot: int, pid: int, exitcode: Optional[int], during: str) -> WorkerCrashedError:
     return WorkerCrashedError(
         f"worker {slot} (pid {pid}) died {during} ({describe_exit(exitcode)})",
@@ -320,10 +309,8 @@ def unreadable_result_error(slot: int, cause: BaseException) -> DeserializationE
 def timeout_error(
     fn: Callable[..., Any], item: Any, mode: int, timeout: float, slot: int, pid: int
 ) -> TaskTimeoutError:
-    fn_name = getattr(fn, "__qualname__", None) or repr(fn)
-    return TaskTimeoutError(
-        f"task {fn_name}{describe_item(item, mode)} exceeded its {timeout:g} s limit in "
-        f"worker {slot} (pid {pid}); the worker was stopped and replaced"
+    return task_timeout_error(
+        fn, item, mode, timeout, slot, f"pid {pid}", "the worker was stopped and replaced"
     )
 
 

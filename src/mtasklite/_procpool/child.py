@@ -22,6 +22,7 @@ from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional
 
 from .. import _shm
+from .._passing import call_item
 from ..stateful import WorkerContext, WorkerLike, build_worker, set_process_context
 from . import wire
 from .wire import PHASE, STARTED
@@ -191,7 +192,7 @@ def _run_streaming(conn: Connection, run: wire.Run, cell: Cell) -> None:
         start = time.perf_counter()
         errors: Optional[dict[int, BaseException]] = None
         try:
-            value = wire.call_item(fn, item, mode)
+            value = call_item(fn, item, mode)
         except BaseException as exc:
             value, errors = None, {0: wire.wrap_exception(exc)}
         elapsed = time.perf_counter() - start

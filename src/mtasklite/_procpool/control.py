@@ -8,23 +8,20 @@ which tells the executor through the callback it was built with.
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
+from .._exit_hooks import interpreter_exiting, on_exit_and_fork
 from .jobs import Backlog
 from .waiting import WakeupPipe
 
-_interpreter_exiting = False
 _live_controls: weakref.WeakSet[PoolControl] = weakref.WeakSet()
 
 
-def _python_exit() -> None:
+def _finish_at_exit() -> None:
     # Like the stdlib: let every pool finish its queued work, then stop its workers.
-    global _interpreter_exiting
-    _interpreter_exiting = True
     for control in list(_live_controls):
         control.wakeup()
     for control in list(_live_controls):
@@ -32,21 +29,9 @@ def _python_exit() -> None:
             control.thread.join()
 
 
-threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
-
-
-def _after_fork_in_child() -> None:
-    # A forked worker must not run the parent's pools' exit hook: their dispatcher threads
-    # and locks did not survive the fork.
-    _live_controls.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def interpreter_exiting() -> bool:
-    return _interpreter_exiting
+# A forked worker forgets the parent's pools: their dispatcher threads and locks did not
+# survive the fork, and it must not wait for them at its exit.
+on_exit_and_fork(_finish_at_exit, _live_controls.clear)
 
 
 class PoolControl:
@@ -77,7 +62,7 @@ class PoolControl:
 
     def should_stop(self) -> bool:
         """No more work will come: finish what is queued, then exit."""
-        if self.shutting_down or _interpreter_exiting or self.broken is not None:
+        if self.shutting_down or interpreter_exiting() or self.broken is not None:
             return True
         if self._owner() is None:
             self.shutting_down = True

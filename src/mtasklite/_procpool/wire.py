@@ -19,12 +19,14 @@ from concurrent.futures.process import _RemoteTraceback
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
+from .._passing import Passing
 from ..errors import RemoteError
 
-# How a Run's items become calls (see ``call_item``).
-SINGLE = 0  # fn(item)
-STAR = 1  # fn(*item)
-CALL = 2  # item is (args, kwargs): fn(*args, **kwargs)
+# How a Run's items become calls (see ``_passing.call_item``): plain ints on the wire, so a
+# Run pickles no enum reference.
+SINGLE = int(Passing.SINGLE)
+STAR = int(Passing.STAR)
+CALL = int(Passing.CALL)
 
 # Phases a worker writes to its progress cell besides item indices >= 0.
 IDLE = -1.0  # waiting for work
@@ -151,15 +153,6 @@ def has_cloudpickle() -> bool:
 
 
 loads = pickle.loads
-
-
-def call_item(fn: Callable[..., Any], item: Any, mode: int) -> Any:
-    if mode == SINGLE:
-        return fn(item)
-    if mode == STAR:
-        return fn(*item)
-    args, kwargs = item
-    return fn(*args, **kwargs)
 
 
 class _ExceptionWithTraceback:
