@@ -385,3 +385,20 @@ def test_pqdm_moves_to_the_cluster_with_one_argument(client: Any) -> None:
     assert [r[-1] for r in out] == list(range(20))
     assert {(r[0], r[3]) for r in out} == {(a, 0), (b, 1)}
     assert {r[2] for r in out} == {1}
+
+
+@pytest.mark.timeout(120)
+def test_a_spec_used_as_the_function_is_built_once_per_dask_worker_thread(client: Any) -> None:
+    # As on the thread and process pools (issue 20): one object per worker, kept, calls never
+    # overlapping; before, a Dask task built the spec anew every time.
+    from first_hour_helpers import Model
+
+    spec = Model("dask")
+    with StatefulDaskExecutor(client) as ex:
+        results = list(ex.imap(spec, range(12), chunksize=1))
+        results += [ex.submit(spec, 100).result(60)]
+        results += list(ex.map(spec, range(3)))
+    assert [r[3] for r in results] == [*range(12), 100, 0, 1, 2]
+    assert {r[4] for r in results} == {1}, "a Dask worker built the spec more than once"
+    objects = {(r[0], r[1]) for r in results}
+    assert len(objects) <= 2, "one object per Dask worker thread (2 workers, 1 thread each)"

@@ -10,6 +10,7 @@ asynchronous exception and the object is rebuilt for the next call.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import functools
 import re
@@ -115,6 +116,38 @@ def _retire(key: _InstanceKey, entry: _Instance) -> None:
             del instances[key]
 
 
+#: per Dask worker thread: the contexts of the executors it served lately, kept between
+#: tasks so that a spec called as the function is built once per thread (Dask runs one task
+#: per thread at a time, so its calls never overlap); a bounded number, least recent dropped
+_thread_contexts = threading.local()
+CONTEXTS_KEPT_PER_THREAD = 8
+
+
+def _context_for(key: _InstanceKey, index: Optional[int], instance: Any) -> WorkerContext:
+    """This thread's context for ``key``, made on first use and kept."""
+    contexts: Optional[collections.OrderedDict[_InstanceKey, WorkerContext]]
+    contexts = getattr(_thread_contexts, "by_key", None)
+    if contexts is None:
+        contexts = _thread_contexts.by_key = collections.OrderedDict()
+    ctx = contexts.get(key)
+    if ctx is None:
+        # Replicated workers without an integer name have no index (the context types int).
+        ctx = contexts[key] = WorkerContext(index, instance)  # type: ignore[arg-type]
+        if len(contexts) > CONTEXTS_KEPT_PER_THREAD:
+            contexts.popitem(last=False)
+    else:
+        ctx.index, ctx.instance = index, instance
+        contexts.move_to_end(key)
+    return ctx
+
+
+def _drop_context(key: _InstanceKey) -> None:
+    """Forget this thread's context for ``key``: an abandoned call may still use its objects."""
+    contexts = getattr(_thread_contexts, "by_key", None)
+    if contexts is not None:
+        contexts.pop(key, None)
+
+
 def forget(token: str) -> int:
     """Drop every instance an executor built in this process (run on each worker)."""
     with _instances_lock:
@@ -186,8 +219,7 @@ def _execute(
         instance = entry.value
     elif job.spec is not None:
         instance = job.spec  # a plain callable is its own (stateless) worker object
-    # Replicated workers without an integer name have no index; the context types it as int.
-    ctx = WorkerContext(index, instance)  # type: ignore[arg-type]
+    ctx = _context_for(key, index, instance)
     try:
         if job.timeout is None:
             set_thread_context(ctx)
@@ -205,6 +237,7 @@ def _execute(
         )
         runner.start()
         if not timed.finished.wait(job.timeout) and timed.abandon(runner):
+            _drop_context(key)
             if entry is not None:
                 _retire(key, entry)
             rebuilt = " and the worker object will be rebuilt" if entry is not None else ""
