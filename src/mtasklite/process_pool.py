@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import signal
 import threading
 import time
 import weakref
@@ -20,9 +21,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from ._cpu import usable_cpu_count
-from ._force_stop import TERMINATE, ForceStopMixin
+from ._force_stop import KILL, TERMINATE, ForceStopMixin
 from ._futures import TaskFuture, cancel_dropped
-from ._procpool import wire
+from ._procpool import groups, wire
 from ._procpool.control import PoolControl, interpreter_exiting
 from ._procpool.dispatcher import Dispatcher
 from ._procpool.jobs import Job, Piece, StoppableFuture, copy_error
@@ -229,11 +230,9 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
             control.wakeup()
             # Signal now, from this thread: no worker may start another item while the
             # dispatcher wakes up (it escalates to SIGKILL and reaps them).
+            signum = signal.SIGKILL if operation == KILL else signal.SIGTERM
             for process in list(self._processes.values()):
-                try:
-                    getattr(process, operation)()
-                except (OSError, ValueError):  # pragma: no cover - already reaped or closed
-                    pass
+                groups.signal_worker(process, signum)  # the processes its task started too
         self._join_dispatcher(wait)
 
     def _stop_now(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import multiprocessing.connection
-import os
 import signal
 import sys
 import threading
@@ -22,7 +21,7 @@ from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional
 
 from ..stateful import WorkerContext, WorkerLike, build_worker, set_process_context
-from . import wire
+from . import groups, wire
 from .wire import PHASE, STARTED
 
 _PR_SET_PDEATHSIG = 1
@@ -43,6 +42,7 @@ def worker_main(
     die_with_parent: bool,
 ) -> None:
     """Entry point of worker process ``slot`` (the target of its ``Process``)."""
+    groups.lead_own_group()  # first: whatever a task starts joins the group the pool signals
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(die_with_parent)
@@ -215,25 +215,27 @@ def _send(conn: Connection, message: object) -> None:
 
 
 def _exit_with_parent(die_with_parent: bool) -> None:
-    """Never outlive the parent: a kernel death signal on Linux, a watcher thread anywhere."""
+    """Never outlive the parent, nor let the worker's group do so: a kernel death signal on
+    Linux, a watcher thread anywhere; either kills the whole group."""
     parent = multiprocessing.parent_process()
     if die_with_parent and sys.platform.startswith("linux"):
         try:
             import ctypes
 
+            signal.signal(groups.PARENT_DEATH_SIGNAL, groups.die_with_group)
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            libc.prctl(_PR_SET_PDEATHSIG, groups.PARENT_DEATH_SIGNAL, 0, 0, 0)
         except (OSError, AttributeError):  # pragma: no cover - exotic libc
             pass
     if parent is None:  # pragma: no cover - always set for a multiprocessing child
         return
     if not parent.is_alive():
-        os._exit(1)
+        groups.kill_own_group()
     sentinel = parent.sentinel
 
     def watch() -> None:
         multiprocessing.connection.wait([sentinel])
-        os._exit(1)
+        groups.kill_own_group()
 
     try:
         threading.Thread(target=watch, name="mtasklite-parent-watch", daemon=True).start()

@@ -6,6 +6,7 @@ every worker process it started is reaped, before the thread exits.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from concurrent.futures._base import LOGGER
@@ -13,7 +14,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Optional
 
 from ..stateful import describe_worker
-from . import blame, wire
+from . import blame, groups, wire
 from .control import PoolControl
 from .courier import Courier, break_pool, init_error
 from .jobs import Span, copy_error, set_exception
@@ -150,7 +151,8 @@ class Dispatcher:
             if slot.state is IDLE:
                 self.slots.send_stop(slot)
             elif slot.state is STARTING:
-                slot.process.terminate()  # nothing left to do: don't wait for a slow init
+                # nothing left to do: don't wait for a slow init
+                groups.signal_worker(slot.process, signal.SIGTERM)
                 slot.state = STOPPING
         return all(slot.state is EMPTY for slot in self.slots.all) and not self.slots.retiring
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import multiprocessing.connection
 import os
+import signal
 import socket
 import threading
 import time
@@ -21,7 +22,7 @@ from collections import deque
 from typing import Any, Callable, Deque, NamedTuple, Optional
 
 from ..stateful import WorkerLike, spec_for
-from . import wire
+from . import groups, wire
 from .child import worker_main
 from .jobs import Piece, copy_error, set_exception
 
@@ -118,13 +119,13 @@ class Slot:
     def escalate(self, now: float) -> None:
         """KILLING: SIGKILL once the grace after SIGTERM is over."""
         if now >= self.kill_at and self.process is not None:
-            self.process.kill()
+            groups.signal_worker(self.process, signal.SIGKILL)
             self.kill_at = float("inf")
 
     def stop_at(self, kill_at: float) -> None:
         """SIGTERM now; the dispatcher sends SIGKILL at ``kill_at`` if it is still alive."""
         self.state, self.kill_at = KILLING, kill_at
-        self.process.terminate()
+        groups.signal_worker(self.process, signal.SIGTERM)
 
 
 class Remains(NamedTuple):
@@ -239,6 +240,7 @@ class SlotTable:
         for process in list(self.retiring):
             if process.exitcode is not None:
                 process.join()  # returns at once: it has exited
+                groups.kill_leftovers(process.pid)
                 self.retiring.remove(process)
                 self.hung_up.discard(process.pid)
 
@@ -247,6 +249,7 @@ class SlotTable:
         make the slot EMPTY; what it held is returned for the dispatcher to judge."""
         process = slot.process
         process.join()  # returns at once: it has exited
+        groups.kill_leftovers(process.pid)
         self.hung_up.discard(process.pid)
         self.processes.pop(process.pid, None)
         if slot.conn is not None:
@@ -283,14 +286,16 @@ class SlotTable:
             if slot.process is not None:
                 slot.process.join(KILL_GRACE)
                 if slot.process.is_alive():
-                    slot.process.kill()
+                    groups.signal_worker(slot.process, signal.SIGKILL)
                     slot.process.join()
+                groups.kill_leftovers(slot.process.pid)
                 self.processes.pop(slot.process.pid, None)
                 slot.process, slot.state = None, EMPTY
 
     def close(self) -> None:
         for process in self.retiring:
             process.join()
+            groups.kill_leftovers(process.pid)
         self.retiring.clear()
         for slot in self.all:
             if slot.conn is not None:

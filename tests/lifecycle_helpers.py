@@ -1,0 +1,57 @@
+"""Module-level tasks for tests/test_lifecycle.py (importable by name in spawned workers).
+
+Each task reports through files: a pid file written atomically (so a reader never sees it
+half written), marker files written by ``finally`` blocks and ``close()`` methods.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+#: the subprocesses a task started, kept referenced so their objects never warn on collection
+_children: list[subprocess.Popen[bytes]] = []
+
+
+def write_atomically(path: str, text: str) -> None:
+    temporary = f"{path}.{os.getpid()}.tmp"
+    Path(temporary).write_text(text)
+    os.replace(temporary, path)
+
+
+def start_sleeper(pid_file: str) -> int:
+    """Start ``sleep 300`` from this (worker) process; its pid goes to ``pid_file``."""
+    child = subprocess.Popen(["sleep", "300"])
+    _children.append(child)
+    write_atomically(pid_file, str(child.pid))
+    return child.pid
+
+
+def sleeper_then(pid_file: str, then: str) -> int:
+    """Start a sleeper, then ``then``: "return" its pid, "crash" (SIGKILL this worker), or
+    "hang" until stopped."""
+    pid = start_sleeper(pid_file)
+    if then == "return":
+        return pid
+    if then == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    while True:
+        time.sleep(0.05)  # sleep-ok: hangs until the pool stops this worker
+
+
+def read_pid(pid_file: str, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return int(Path(pid_file).read_text())
+        except (OSError, ValueError):
+            time.sleep(0.01)  # sleep-ok: polling for a file under a deadline
+    raise AssertionError(f"no pid in {pid_file} within {timeout} s")
+
+
+def unused(_: Any = None) -> None:
+    """Nothing: a task for a pool that must start a worker."""

@@ -1,0 +1,155 @@
+"""Worker lifecycle (issue 16): what happens to a worker, and what it started, when it stops.
+
+- Nothing a task starts outlives its worker: a subprocess started by a task is gone within
+  :data:`GONE_LIMIT` seconds of the worker being stopped (overrun, ``cancel_running``,
+  ``terminate()``, ``kill_workers()``, a crash, shutdown, or the parent being SIGKILLed).
+
+Each case runs under fork, spawn and forkserver.  Tasks report through files (see
+:mod:`lifecycle_helpers`); every wait is bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import fault_helpers as fh
+import lifecycle_helpers as lh
+import mtasklite as mt
+
+pytestmark = pytest.mark.timeout(60)
+
+METHODS = ["fork", "spawn", "forkserver"]
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+#: how long after a worker is stopped what its task started may still be alive
+GONE_LIMIT = 2.0
+#: how long a worker may take to start and run a task far enough (spawn on a busy machine)
+START_LIMIT = 30.0
+
+
+class Sleepers:
+    """Pids of the subprocesses tasks started, killed at teardown whatever happened."""
+
+    def __init__(self, tmp_path: Path):
+        self.pid_file = str(tmp_path / "sleeper.pid")
+        self.pids: set[int] = set()
+
+    def started(self, alive: bool = True) -> int:
+        """The pid the task wrote; ``alive``: check it still runs."""
+        pid = lh.read_pid(self.pid_file, START_LIMIT)
+        self.pids.add(pid)
+        assert not alive or fh.alive(pid)
+        return pid
+
+    def assert_gone(self, pid: int, what: str) -> None:
+        left = fh.wait_gone([pid], GONE_LIMIT)
+        assert not left, f"the task's subprocess outlived its worker by {GONE_LIMIT} s ({what})"
+
+
+@pytest.fixture
+def sleepers(tmp_path: Path) -> Iterator[Sleepers]:
+    s = Sleepers(tmp_path)
+    yield s
+    fh.kill_quietly(s.pids)
+
+
+def pool(method: str, **kwargs: Any) -> mt.StatefulProcessPoolExecutor:
+    return mt.StatefulProcessPoolExecutor(1, multiprocessing.get_context(method), **kwargs)
+
+
+# --- nothing a task starts outlives its worker -------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_overrun_takes_the_tasks_subprocess_down(method: str, sleepers: Sleepers) -> None:
+    with pool(method, task_timeout=1.0) as ex:
+        future = ex.submit(lh.sleeper_then, sleepers.pid_file, "hang")
+        pid = sleepers.started()
+        with pytest.raises(mt.TaskTimeoutError):
+            future.result(START_LIMIT)
+        sleepers.assert_gone(pid, "overrun")
+        assert ex.submit(fh.square, 3).result(START_LIMIT) == 9, "the slot was replaced"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cancel_running_takes_the_tasks_subprocess_down(method: str, sleepers: Sleepers) -> None:
+    with pool(method, cancel_running=True) as ex:
+        future = ex.submit(lh.sleeper_then, sleepers.pid_file, "hang")
+        pid = sleepers.started()
+        assert future.cancel()
+        sleepers.assert_gone(pid, "cancelled")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("how", ["terminate", "terminate_workers", "kill_workers"])
+def test_stopping_the_pool_takes_the_tasks_subprocess_down(
+    method: str, how: str, sleepers: Sleepers
+) -> None:
+    ex = pool(method)
+    future = ex.submit(lh.sleeper_then, sleepers.pid_file, "hang")
+    pid = sleepers.started()
+    getattr(ex, how)()
+    sleepers.assert_gone(pid, how)
+    with pytest.raises(cf.process.BrokenProcessPool):
+        future.result(START_LIMIT)
+    ex.shutdown()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_crash_takes_the_tasks_subprocess_down(method: str, sleepers: Sleepers) -> None:
+    with pool(method) as ex:
+        future = ex.submit(lh.sleeper_then, sleepers.pid_file, "crash")
+        with pytest.raises(mt.WorkerCrashedError):
+            future.result(START_LIMIT)
+        pid = sleepers.started(alive=False)  # the crash came right after it started
+        sleepers.assert_gone(pid, "crash")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shutdown_takes_a_left_running_subprocess_down(method: str, sleepers: Sleepers) -> None:
+    ex = pool(method)
+    pid = ex.submit(lh.sleeper_then, sleepers.pid_file, "return").result(START_LIMIT)
+    sleepers.pids.add(pid)
+    assert fh.alive(pid), "the subprocess runs on while its worker lives"
+    ex.shutdown(wait=True)
+    sleepers.assert_gone(pid, "shutdown")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_killed_parent_takes_the_tasks_subprocess_down(
+    method: str, sleepers: Sleepers, tmp_path: Path
+) -> None:
+    with open(tmp_path / "stderr", "wb") as stderr:
+        parent = subprocess.Popen(
+            [
+                sys.executable,
+                str(SCRIPTS / "parent_killed_with_child.py"),
+                method,
+                sleepers.pid_file,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        try:
+            assert parent.stdout is not None
+            line = parent.stdout.readline().decode()  # bounded by the test's timeout
+            assert line.startswith("READY"), (tmp_path / "stderr").read_text()
+            workers = {int(p) for p in line.split()[1:]}
+            pid = sleepers.started()
+            parent.kill()
+            parent.wait()
+            sleepers.assert_gone(pid, "parent SIGKILLed")
+            assert not fh.wait_gone(workers, GONE_LIMIT)
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+                parent.wait()
+            assert parent.stdout is not None
+            parent.stdout.close()
