@@ -55,3 +55,26 @@ def read_pid(pid_file: str, timeout: float = 10.0) -> int:
 
 def unused(_: Any = None) -> None:
     """Nothing: a task for a pool that must start a worker."""
+
+
+def hang_with_finally(pid_file: str, marker: str) -> None:
+    """Write this worker's pid, then hang; the ``finally`` block writes ``marker``."""
+    try:
+        write_atomically(pid_file, str(os.getpid()))
+        while True:
+            time.sleep(0.05)  # sleep-ok: hangs until the pool stops this worker
+    finally:
+        write_atomically(marker, "unwound")
+
+
+def hang_ignoring_stops(pid_file: str, log: str) -> None:
+    """Write this worker's pid, then hang, swallowing every exception raised into it (and
+    logging it to ``log``): only SIGKILL ends it."""
+    write_atomically(pid_file, str(os.getpid()))
+    while True:
+        try:
+            while True:
+                time.sleep(0.05)  # sleep-ok: hangs until SIGKILLed
+        except BaseException as exc:
+            with open(log, "a") as f:
+                f.write(f"{type(exc).__name__}\n")

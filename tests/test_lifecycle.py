@@ -14,6 +14,7 @@ import concurrent.futures as cf
 import multiprocessing
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -153,3 +154,61 @@ def test_a_killed_parent_takes_the_tasks_subprocess_down(
                 parent.wait()
             assert parent.stdout is not None
             parent.stdout.close()
+
+
+# --- graceful stop -------------------------------------------------------------------------------
+
+
+def wait_for_file(path: Path, timeout: float) -> bool:
+    return fh.wait_for(path.exists, timeout)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_overrun_task_unwinds_its_finally_block(method: str, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    with pool(method, task_timeout=1.0) as ex:
+        future = ex.submit(lh.hang_with_finally, str(tmp_path / "pid"), str(marker))
+        with pytest.raises(mt.TaskTimeoutError):
+            future.result(START_LIMIT)
+        assert wait_for_file(marker, GONE_LIMIT), "the finally block did not run"
+        assert ex.submit(fh.square, 4).result(START_LIMIT) == 16
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_terminate_lets_running_tasks_unwind(method: str, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    ex = pool(method)
+    future = ex.submit(lh.hang_with_finally, str(tmp_path / "pid"), str(marker))
+    lh.read_pid(str(tmp_path / "pid"), START_LIMIT)
+    ex.terminate()
+    assert marker.exists(), "terminate() returned before the task's finally block ran"
+    with pytest.raises(cf.process.BrokenProcessPool):
+        future.result(0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_task_that_ignores_the_stop_is_killed_after_the_grace(
+    method: str, tmp_path: Path
+) -> None:
+    grace = 2.0
+    log = tmp_path / "log"
+    with pool(method, task_timeout=0.5, stop_grace=grace) as ex:
+        future = ex.submit(lh.hang_ignoring_stops, str(tmp_path / "pid"), str(log))
+        worker = lh.read_pid(str(tmp_path / "pid"), START_LIMIT)
+        with pytest.raises(mt.TaskTimeoutError):
+            future.result(START_LIMIT)  # at the limit: the grace delays only the replacement
+        failed = time.monotonic()
+        assert fh.wait_for(lambda: fh.read_lines(log) == ["WorkerStopping"], GONE_LIMIT)
+        left = fh.wait_gone([worker], grace + GONE_LIMIT)
+        assert not left, "the worker outlived its grace period"
+        assert time.monotonic() - failed > grace / 2, "SIGKILL came before the grace"
+        assert ex.submit(fh.square, 5).result(START_LIMIT) == 25, "the slot was replaced"
+
+
+@pytest.mark.parametrize(
+    ("grace", "error"),
+    [(-1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError), ("1", TypeError)],
+)
+def test_stop_grace_must_be_a_finite_number_of_seconds(grace: Any, error: type) -> None:
+    with pytest.raises(error, match="stop_grace"):
+        mt.StatefulProcessPoolExecutor(1, stop_grace=grace)

@@ -32,6 +32,7 @@ import compat_helpers as ch
 import mtasklite as mt
 import process_helpers as ph
 from mtasklite._futures import TaskFuture
+from mtasklite._procpool import groups
 from mtasklite.errors import abrupt_exit_cause
 
 pytestmark = pytest.mark.timeout(60)
@@ -170,11 +171,12 @@ def test_force_methods_stop_running_work_cancel_queued_work_and_respawn_nothing(
     queued = [ex.submit(ch.append_line, log, f"queued {i}") for i in range(3)]
     assert ch.wait_until(lambda: len(ch.read_lines(log)) == 1)
     (worker,) = ex._processes.values()
-    calls = mock.Mock(wraps=getattr(worker, OPERATION[name]))
-    with mock.patch.object(worker, OPERATION[name], calls):
+    # the worker's whole process group gets the operation's signal (see _procpool.groups)
+    calls = mock.Mock(wraps=groups.signal_worker)
+    with mock.patch.object(groups, "signal_worker", calls):
         getattr(ex, name)()
     worker.join(LIMIT)
-    calls.assert_called()
+    calls.assert_any_call(worker, signum)
     assert worker.exitcode == -signum
     with pytest.raises(BrokenProcessPool) as info:
         running.result(LIMIT)

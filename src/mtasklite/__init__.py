@@ -34,6 +34,7 @@ _SUBMODULE_OF = {
     "TaskTimeoutError": "errors",
     "WorkerCrashedError": "errors",
     "WorkerInitError": "errors",
+    "WorkerStopping": "errors",
     "Pool": "pool",
     "PoolResults": "pool",
     "SizedPoolResults": "pool",
@@ -77,6 +78,7 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerHandle",
     "WorkerInitError",
+    "WorkerStopping",
     "__version__",
     "current_worker",
     "delayed_init",
@@ -97,6 +99,7 @@ if TYPE_CHECKING:
         TaskTimeoutError,
         WorkerCrashedError,
         WorkerInitError,
+        WorkerStopping,
     )
     from .pool import Pool, PoolResults, SizedPoolResults, is_exception
     from .process_pool import StatefulProcessExecutor, StatefulProcessPoolExecutor

@@ -27,7 +27,7 @@ from ._procpool import groups, wire
 from ._procpool.control import PoolControl, interpreter_exiting
 from ._procpool.dispatcher import Dispatcher
 from ._procpool.jobs import Job, Piece, StoppableFuture, copy_error
-from ._procpool.slots import PoolConfig
+from ._procpool.slots import DEFAULT_STOP_GRACE, PoolConfig
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import WorkerLike, describe_worker, resolve_workers
 from .windowing import ChunkResult
@@ -60,7 +60,12 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
     worker died and respawns it; ``"break"`` breaks the whole pool as the stdlib does.
     ``cancel_running=True``: ``Future.cancel()`` (and cancelling an asyncio task awaiting
     ``run_in_executor``) also stops a running task, as a timeout does; the stdlib never stops
-    running work.
+    running work.  ``stop_grace``: seconds a worker being stopped (a timeout, a cancel,
+    ``terminate()``) gets to unwind before SIGKILL: the running task sees
+    :class:`~mtasklite.WorkerStopping` raised inside it, so its ``finally`` blocks and ``with``
+    exits run.  The default, 1 s, covers what cleanup usually does (delete a file, release a
+    lock, close a connection) while a stuck task still delays only its replacement, and
+    ``terminate()``, by a second; the future fails at the limit whatever the grace.
     """
 
     _default_chunksize = None
@@ -78,6 +83,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
         task_timeout: Optional[float] = None,
         on_worker_crash: str = "isolate",
         cancel_running: bool = False,
+        stop_grace: float = DEFAULT_STOP_GRACE,
     ):
         # The stdlib __init__ is deliberately not called: it builds queues we do not use.
         specs, max_workers = resolve_workers(worker, max_workers)
@@ -115,6 +121,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
             max_tasks=max_tasks_per_child,
             break_on_crash=on_worker_crash == "break",
             cancel_running=self._cancel_running,
+            stop_grace=_checked_grace(stop_grace),
         )
         self._control = PoolControl(self, _broken_reporter(self))
         self._dispatcher = Dispatcher(config, self._control)
@@ -214,8 +221,9 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
     def terminate(self, wait: bool = True) -> None:
         """Stop now: cancel queued tasks, fail running ones, stop every worker process.
 
-        Running tasks' futures fail with ``BrokenProcessPool``; workers get SIGTERM, then
-        SIGKILL after a short grace.  The executor is shut down afterwards.
+        Running tasks' futures fail with ``BrokenProcessPool``; workers get SIGTERM (the
+        running task sees :class:`~mtasklite.WorkerStopping`), then SIGKILL after
+        ``stop_grace``.  The executor is shut down afterwards.
         """
         self._stop_workers(TERMINATE, wait)
 
@@ -286,6 +294,15 @@ def _checked_context(
                 "method; supply a different mp_context."
             )
     return mp_context
+
+
+def _checked_grace(stop_grace: float) -> float:
+    """``stop_grace`` as a float, refused unless it is a finite number of seconds >= 0."""
+    if isinstance(stop_grace, bool) or not isinstance(stop_grace, (int, float)):
+        raise TypeError(f"stop_grace must be a number of seconds, got {stop_grace!r}")
+    if not 0 <= stop_grace < float("inf"):
+        raise ValueError(f"stop_grace must be a finite number of seconds >= 0, got {stop_grace!r}")
+    return float(stop_grace)
 
 
 def _check_specs_picklable(specs: Sequence[WorkerLike], method: str) -> None:

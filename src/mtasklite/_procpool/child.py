@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ import time
 from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional
 
+from ..errors import WorkerStopping
 from ..stateful import WorkerContext, WorkerLike, build_worker, set_process_context
 from . import groups, wire
 from .wire import PHASE, STARTED
@@ -63,7 +65,29 @@ def worker_main(
             _send(conn, wire.InitFailed(wire.wrap_exception(exc), in_spec=True))
             return
     _send(conn, wire.Ready())
-    _serve(conn, cell)
+    # From now on a SIGTERM unwinds the running task (see WorkerStopping); while starting it
+    # still ends the process at once, so a stopped start never reports an InitFailed.
+    signal.signal(signal.SIGTERM, _stop_gracefully)
+    try:
+        _serve(conn, cell)
+    except WorkerStopping:
+        _exit_stopped()
+
+
+def _stop_gracefully(_signum: int, _frame: Any) -> None:
+    """SIGTERM handler: raise :class:`WorkerStopping` in whatever runs (a task, or our own
+    wait for work); one unwinding only, the pool's SIGKILL follows its grace period."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise WorkerStopping("the pool is stopping this worker process")
+
+
+def _exit_stopped() -> None:
+    """The stop has unwound: exit as the SIGTERM would have (the exit status says so)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    os._exit(1)  # pragma: no cover - SIGTERM blocked by the task
 
 
 def _serve(conn: Connection, cell: Cell) -> None:
@@ -80,6 +104,7 @@ def _serve(conn: Connection, cell: Cell) -> None:
         try:
             run = wire.loads(data)
         except BaseException as exc:
+            _reraise_stop(exc)
             _send(conn, wire.Unreadable(wire.wrap_exception(exc)))
             continue
         del data
@@ -121,6 +146,7 @@ def _loop_untracked(run: wire.Run) -> Outcomes:
             # extend() swallowed it (the exception object is gone).  Fail that item.
             exc: BaseException = _task_stop_iteration()
         except BaseException as raised:
+            _reraise_stop(raised)
             exc = raised
         if errors is None:
             errors = {}
@@ -162,6 +188,7 @@ def _loop_tracked(run: wire.Run, cell: Cell) -> Outcomes:
                     append(fn(*args, **kwargs))
             break
         except BaseException as exc:
+            _reraise_stop(exc)
             if errors is None:
                 errors = {}
             errors[current] = wire.wrap_exception(exc)
@@ -181,6 +208,7 @@ def _run_streaming(conn: Connection, run: wire.Run, cell: Cell) -> None:
         try:
             value = wire.call_item(fn, item, mode)
         except BaseException as exc:
+            _reraise_stop(exc)
             value, errors = None, {0: wire.wrap_exception(exc)}
         elapsed = time.perf_counter() - start
         _send_results(conn, [value], errors, elapsed, last=index == last_index)
@@ -196,18 +224,26 @@ def _send_results(
 ) -> None:
     try:
         data = wire.dumps(wire.Results(values, errors, elapsed, last))
-    except BaseException:
+    except BaseException as problem:
+        _reraise_stop(problem)
         # Some value does not pickle: it fails alone, the others still go.
         for index, value in enumerate(values):
             try:
                 wire.dumps(value)
             except BaseException as exc:
+                _reraise_stop(exc)
                 if errors is None:
                     errors = {}
                 errors[index] = wire.wrap_exception(exc)
                 values[index] = None
         data = wire.dumps(wire.Results(values, errors, elapsed, last))
     conn.send_bytes(data)
+
+
+def _reraise_stop(exc: BaseException) -> None:
+    """A stop is never an item's outcome: it ends the worker (see ``_stop_gracefully``)."""
+    if isinstance(exc, WorkerStopping):
+        raise exc
 
 
 def _send(conn: Connection, message: object) -> None:

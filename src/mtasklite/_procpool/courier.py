@@ -21,7 +21,6 @@ from .salvage import find_unrebuildable, salvage
 from .slots import (
     BUSY,
     IDLE,
-    KILL_GRACE,
     STARTING,
     STOPPING,
     PoolConfig,
@@ -45,6 +44,7 @@ class Courier:
         self.backlog = control.backlog
         self.slots = slots
         self.max_tasks = config.max_tasks
+        self.stop_grace = config.stop_grace
         self.encoder = RunEncoder(control.backlog)
 
     # -- sending ------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ class Courier:
         them and stop the workers running them."""
         for future in self.backlog.drop_cancelled():
             cancel_dropped(future)  # no lock held: this runs the future's callbacks
-        kill_at = time.monotonic() + KILL_GRACE
+        kill_at = time.monotonic() + self.stop_grace
         for slot in self.slots.all:
             piece = slot.piece
             if slot.state is BUSY and piece is not None and piece.job.future.cancelled():

@@ -22,7 +22,6 @@ from .slots import (
     BUSY,
     EMPTY,
     IDLE,
-    KILL_GRACE,
     KILLING,
     STARTING,
     STOPPING,
@@ -181,7 +180,7 @@ class Dispatcher:
         assert piece is not None
         job = piece.job
         slot.accept = running
-        slot.stop_at(time.monotonic() + KILL_GRACE)
+        slot.stop_at(time.monotonic() + self.config.stop_grace)
         index = piece.start + running
         error = blame.timeout_error(
             job.fn, job.items[index], job.mode, timeout, slot.index, slot.process.pid

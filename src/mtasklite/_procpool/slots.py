@@ -26,8 +26,9 @@ from . import groups, wire
 from .child import worker_main
 from .jobs import Piece, copy_error, set_exception
 
-#: seconds between SIGTERM and SIGKILL when stopping a worker
-KILL_GRACE = 0.2
+#: seconds a stopped worker gets to unwind (``finally`` blocks, ``with`` exits, teardown)
+#: between SIGTERM and SIGKILL, unless the executor's ``stop_grace`` says otherwise
+DEFAULT_STOP_GRACE = 1.0
 #: the send buffer asked for on the parent's end of each worker's socket pair (the kernel
 #: caps it at net.core.wmem_max); a quarter of what it grants bounds a Run sent ahead
 SEND_BUFFER = 1 << 20
@@ -45,6 +46,7 @@ class PoolConfig(NamedTuple):
     max_tasks: Optional[int]  # items a process runs before it is replaced
     break_on_crash: bool  # on_worker_crash="break"
     cancel_running: bool  # Future.cancel() stops running work
+    stop_grace: float = DEFAULT_STOP_GRACE  # seconds between SIGTERM and SIGKILL
 
     @property
     def prefetch(self) -> bool:
@@ -265,7 +267,7 @@ class SlotTable:
 
     def terminate_all(self) -> None:
         """SIGTERM every live worker now, SIGKILL after the grace period."""
-        kill_at = time.monotonic() + KILL_GRACE
+        kill_at = time.monotonic() + self.config.stop_grace
         for slot in self.all:
             if slot.process is not None and slot.state is not EMPTY:
                 slot.stop_at(kill_at)
@@ -284,7 +286,7 @@ class SlotTable:
     def reap_all_blocking(self) -> None:
         for slot in self.all:
             if slot.process is not None:
-                slot.process.join(KILL_GRACE)
+                slot.process.join(self.config.stop_grace)
                 if slot.process.is_alive():
                     groups.signal_worker(slot.process, signal.SIGKILL)
                     slot.process.join()
