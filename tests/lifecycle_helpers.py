@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mtasklite as mt
+
 #: the subprocesses a task started, kept referenced so their objects never warn on collection
 _children: list[subprocess.Popen[bytes]] = []
 
@@ -78,3 +80,59 @@ def hang_ignoring_stops(pid_file: str, log: str) -> None:
         except BaseException as exc:
             with open(log, "a") as f:
                 f.write(f"{type(exc).__name__}\n")
+
+
+def append(path: str, line: str) -> None:
+    """One ``O_APPEND`` write: safe from several processes at once."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@mt.delayed_init
+class Closable:
+    """A stateful worker that logs ``closed <pid>`` to ``log`` when closed (and raises then
+    if ``fail``)."""
+
+    def __init__(self, log: str, fail: bool = False) -> None:
+        self.log = log
+        self.fail = fail
+
+    def __call__(self, x: Any) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        append(self.log, f"closed {os.getpid()}")
+        if self.fail:
+            raise RuntimeError("close failed")
+
+
+def worker_pid(x: Any) -> int:
+    """The pid of the worker process running this task (through its stateful object)."""
+    return int(mt.current_worker()(x))
+
+
+def worker_pid_then(x: Any, then: str) -> int:
+    """``worker_pid``, then "hang" until stopped or "crash" (SIGKILL this worker)."""
+    pid = worker_pid(x)
+    if then == "crash":
+        os.kill(pid, signal.SIGKILL)
+    while True:
+        time.sleep(0.05)  # sleep-ok: hangs until the pool stops this worker
+
+
+def lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
+def log_to(path: str) -> None:
+    """Pool initializer: the worker's ``concurrent.futures`` log records go to ``path``."""
+    import logging
+
+    logger = logging.getLogger("concurrent.futures")
+    logger.addHandler(logging.FileHandler(path))

@@ -376,3 +376,14 @@ def test_pqdm_moves_to_the_cluster_with_one_argument(client: Any) -> None:
     assert [r[-1] for r in out] == list(range(20))
     assert {(r[0], r[3]) for r in out} == {(a, 0), (b, 1)}
     assert {r[2] for r in out} == {1}
+
+
+def test_shutdown_closes_each_built_object_once(client: Any, tmp_path: Any) -> None:
+    import lifecycle_helpers as lh
+
+    log = str(tmp_path / "closes")
+    with StatefulDaskExecutor(client, worker=[lh.Closable(log), lh.Closable(log)]) as ex:
+        pids = set(ex.map(ex.worker, range(20)))
+        assert lh.lines(log) == [], "nothing is closed while the executor runs"
+    assert sorted(lh.lines(log)) == sorted(f"closed {pid}" for pid in pids)
+    assert len(pids) == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -212,3 +213,74 @@ def test_a_task_that_ignores_the_stop_is_killed_after_the_grace(
 def test_stop_grace_must_be_a_finite_number_of_seconds(grace: Any, error: type) -> None:
     with pytest.raises(error, match="stop_grace"):
         mt.StatefulProcessPoolExecutor(1, stop_grace=grace)
+
+
+# --- teardown ----------------------------------------------------------------------------------
+
+
+def closes(log: Path) -> list[int]:
+    return sorted(int(line.split()[1]) for line in lh.lines(str(log)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shutdown_closes_each_workers_object_once(method: str, tmp_path: Path) -> None:
+    log = tmp_path / "closes"
+    ctx = multiprocessing.get_context(method)
+    with mt.StatefulProcessPoolExecutor(2, ctx, worker=lh.Closable(str(log))) as ex:
+        ex.wait_ready(START_LIMIT)
+        pids = set(ex._processes)
+        assert set(ex.map(lh.worker_pid, range(20))) <= pids
+        assert closes(log) == [], "nothing is closed while the pool runs"
+    assert closes(log) == sorted(pids)
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])  # max_tasks_per_child: no fork
+def test_recycling_by_task_count_closes_each_retired_object(method: str, tmp_path: Path) -> None:
+    log = tmp_path / "closes"
+    ctx = multiprocessing.get_context(method)
+    with mt.StatefulProcessPoolExecutor(
+        1, ctx, worker=lh.Closable(str(log)), max_tasks_per_child=1
+    ) as ex:
+        pids = [ex.submit(lh.worker_pid, i).result(START_LIMIT) for i in range(3)]
+    assert len(set(pids)) == 3
+    assert closes(log) == sorted(pids), "each retired process closed its object, once"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_graceful_stop_closes_the_object_and_a_crash_cannot(method: str, tmp_path: Path) -> None:
+    log = tmp_path / "closes"
+    ctx = multiprocessing.get_context(method)
+    with mt.StatefulProcessPoolExecutor(
+        1, ctx, worker=lh.Closable(str(log)), task_timeout=1.0
+    ) as ex:
+        stopped = ex.submit(lh.worker_pid_then, 0, "hang")
+        with pytest.raises(mt.TaskTimeoutError):
+            stopped.result(START_LIMIT)
+        crashed = ex.submit_with_timeout(None, lh.worker_pid_then, 1, "crash")
+        with pytest.raises(mt.WorkerCrashedError):
+            crashed.result(START_LIMIT)
+        assert fh.wait_for(lambda: len(lh.lines(str(log))) == 1, GONE_LIMIT)
+        last = ex.submit(lh.worker_pid, 2).result(START_LIMIT)
+    assert len(closes(log)) == 2, "the stopped worker and the last one closed; the crash not"
+    assert last in closes(log)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_exception_in_close_is_logged_not_raised(method: str, tmp_path: Path) -> None:
+    log, records = tmp_path / "closes", tmp_path / "records"
+    ctx = multiprocessing.get_context(method)
+    with mt.StatefulProcessPoolExecutor(
+        1, ctx, lh.log_to, (str(records),), worker=lh.Closable(str(log), fail=True)
+    ) as ex:
+        assert ex.submit(lh.worker_pid, 0).result(START_LIMIT) > 0
+    assert len(closes(log)) == 1
+    assert "RuntimeError: close failed" in records.read_text()
+
+
+def test_thread_pool_shutdown_closes_each_threads_object_once(tmp_path: Path) -> None:
+    log = tmp_path / "closes"
+    with mt.StatefulThreadPoolExecutor(3, worker=lh.Closable(str(log))) as ex:
+        ex.wait_ready(START_LIMIT)
+        assert list(ex.map(ex.worker, range(9))) == [os.getpid()] * 9
+        assert lh.lines(str(log)) == []
+    assert lh.lines(str(log)) == [f"closed {os.getpid()}"] * 3

@@ -80,6 +80,7 @@ from .stateful import (
     WorkerHandle,
     WorkerLike,
     build_worker,
+    close_worker,
     describe_worker,
     resolve_workers,
     set_thread_context,
@@ -183,11 +184,14 @@ def _retire(key: _InstanceKey, entry: _Instance) -> None:
 
 
 def _forget(token: str) -> int:
-    """Drop every instance an executor built in this process (run on each worker)."""
+    """Drop every instance an executor built in this process (run on each worker at
+    shutdown), closing each (``close_worker``) once."""
     with _instances_lock:
         keys = [key for key in _instances if key[0] == token]
-        for key in keys:
-            del _instances[key]
+        dropped = [_instances.pop(key) for key in keys]
+    for entry in dropped:
+        if entry.built and entry.error is None:
+            close_worker(entry.value)
     return len(keys)
 
 

@@ -43,6 +43,8 @@ from .stateful import (
     WorkerContext,
     WorkerLike,
     build_worker,
+    close_worker,
+    current_worker,
     describe_worker,
     resolve_workers,
     set_thread_context,
@@ -303,7 +305,7 @@ def _worker(
             if _global_shutdown or executor is None or executor._shutdown:
                 if executor is not None:
                     executor._shutdown = True
-                work_queue.put(None)  # tell the next thread
+                _retire_thread(work_queue)  # tells the next thread, closes our object
                 return
             del executor
     except _Abandoned:
@@ -312,6 +314,12 @@ def _worker(
         LOGGER.critical("Exception in worker", exc_info=True)
     finally:
         set_thread_context(None)
+
+
+def _retire_thread(work_queue: queue.SimpleQueue[Optional[_WorkItem]]) -> None:
+    """A worker thread leaves at shutdown: tell the next thread, close its object."""
+    work_queue.put(None)
+    close_worker(current_worker())
 
 
 class StatefulThreadPoolExecutor(StatefulExecutorMixin, ThreadPoolExecutor):

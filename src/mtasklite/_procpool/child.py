@@ -22,7 +22,13 @@ from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional
 
 from ..errors import WorkerStopping
-from ..stateful import WorkerContext, WorkerLike, build_worker, set_process_context
+from ..stateful import (
+    WorkerContext,
+    WorkerLike,
+    build_worker,
+    close_worker,
+    set_process_context,
+)
 from . import groups, wire
 from .wire import PHASE, STARTED
 
@@ -58,9 +64,11 @@ def worker_main(
             LOGGER.critical("Exception in initializer:", exc_info=True)
             _send(conn, wire.InitFailed(wire.wrap_exception(exc), in_spec=False))
             return
+    instance = None
     if spec is not None:
         try:
-            set_process_context(WorkerContext(slot, build_worker(spec)))
+            instance = build_worker(spec)
+            set_process_context(WorkerContext(slot, instance))
         except BaseException as exc:
             _send(conn, wire.InitFailed(wire.wrap_exception(exc), in_spec=True))
             return
@@ -71,7 +79,9 @@ def worker_main(
     try:
         _serve(conn, cell)
     except WorkerStopping:
+        close_worker(instance)
         _exit_stopped()
+    close_worker(instance)
 
 
 def _stop_gracefully(_signum: int, _frame: Any) -> None:
