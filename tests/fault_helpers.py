@@ -275,10 +275,6 @@ class Model:
         return self.name, x
 
 
-def call_model(x: Any) -> Any:
-    return mt.current_worker()(x)
-
-
 @mt.delayed_init
 class GpuWorker:
     """The GPU-per-worker recipe: pick the device *before* importing the framework.
@@ -387,15 +383,6 @@ def wait_threads_gone(threads: Iterable[threading.Thread], timeout: float) -> li
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     return [t.name for t in threads if t.is_alive()]
-
-
-def executor_threads(ex: Any) -> set[threading.Thread]:
-    """The threads an executor owns right now."""
-    if isinstance(ex, mt.StatefulProcessPoolExecutor):
-        thread = ex._executor_manager_thread
-        return {thread} if thread is not None else set()
-    prefix = ex._thread_name_prefix
-    return {t for t in threading.enumerate() if t.name.startswith(prefix)}
 
 
 def assert_gone(

@@ -896,7 +896,7 @@ BAD_CONSTRUCTIONS: list[tuple[str, Callable[[], Any], type[BaseException], str]]
     ("process max_workers=0", lambda: PPE(0), ValueError, r"max_workers must be greater than 0"),
     ("process max_workers<0", lambda: PPE(-2), ValueError, r"max_workers must be greater than 0"),
     ("thread max_workers=0", lambda: TPE(0), ValueError, r"max_workers must be greater than 0"),
-    ("Pool n_jobs=0", lambda: mt.Pool(fh.square, 0), ValueError, r"max_workers must be greater"),
+    ("Pool n_jobs=0", lambda: mt.Pool(fh.square, 0), ValueError, r"n_jobs must be a positive"),
     ("process worker", lambda: PPE(2, worker=42), TypeError, r"worker= is not callable: 42"),
     ("thread worker", lambda: TPE(2, worker="m"), TypeError, r"worker= is not callable: 'm'"),
     (
@@ -922,7 +922,7 @@ BAD_CONSTRUCTIONS: list[tuple[str, Callable[[], Any], type[BaseException], str]]
         "Pool list length",
         lambda: mt.Pool([fh.Model("a"), fh.Model("b")], 3, use_threads=True),
         ValueError,
-        r"max_workers=3 does not match the 2 workers",
+        r"n_jobs=3 does not match the 2 workers",
     ),
     (
         "Pool argument_type",

@@ -40,6 +40,7 @@ PROCESS_MACHINERY = {
     "mtasklite._procpool.child",
     "mtasklite._procpool.dispatcher",
     "mtasklite._procpool.wire",
+    "mtasklite._shm",
     "mtasklite.dask",
     "mtasklite.pool",
     "mtasklite.process_pool",

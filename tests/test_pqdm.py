@@ -859,7 +859,6 @@ def test_mp_context_reaches_the_process_pool() -> None:
 @pytest.mark.parametrize(
     "extra",
     [
-        {"exception_behavior": "ignore"},
         {"use_threads": True},
     ],
 )

@@ -176,6 +176,9 @@ def test_force_methods_stop_running_work_cancel_queued_work_and_respawn_nothing(
     with mock.patch.object(groups, "signal_worker", calls):
         getattr(ex, name)()
     worker.join(LIMIT)
+    # The dispatcher reaps the worker too: when both wait at once, the stdlib's Popen.poll()
+    # of the loser returns None until the winner has recorded the status (a moment later).
+    assert ch.wait_until(lambda: worker.exitcode is not None)
     calls.assert_any_call(worker, signum)
     assert worker.exitcode == -signum
     with pytest.raises(BrokenProcessPool) as info:
@@ -220,7 +223,7 @@ def test_force_methods_leave_the_pool_unusable(name: str, signum: int) -> None:
         with pytest.raises(RuntimeError):
             ex.map(abs, [1])
         worker.join(LIMIT)
-        assert not worker.is_alive()
+        assert ch.wait_until(lambda: not worker.is_alive())  # see the note above
 
 
 # --- one exception per failed future (test_broken_process_pool_traceback) --------------------

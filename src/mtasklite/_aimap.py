@@ -37,7 +37,9 @@ from typing import (
     Union,
 )
 
-from .windowing import AdaptiveChunkSize, ChunkResult, Submitter, open_window
+from ._chunk_run import ChunkResult
+from ._chunk_sizing import AdaptiveChunkSize
+from ._window import Submitter, open_window
 
 __all__ = ["AsyncInput", "AsyncResultIterator", "async_result_iterator"]
 
@@ -84,9 +86,9 @@ class _Recorder:
         return future
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], passing: int, timeout: Optional[float]
     ) -> Future[ChunkResult]:
-        future = self.executor._submit_chunk(fn, items, star, timeout)
+        future = self.executor._submit_chunk(fn, items, passing, timeout)
         self.fresh.append(future)
         return future
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from .windowing import AdaptiveChunkSize
+from ._chunk_sizing import AdaptiveChunkSize
 
 __all__ = ["ThreadChunkSize"]
 

@@ -44,22 +44,42 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Callable, Deque, Iterable, Iterator, Optional
+from typing import Any, Callable, Deque, Iterable, Iterator, Optional, Protocol
 
 from ._outcomes import task_outcome
-from .windowing import (
-    _INTERRUPT_POLL,
-    ResultIterator,
-    SizedResultIterator,
-    _total_length,
-    interrupted,
-)
+from ._passing import Passing, input_items, passing_for
+from ._result_iterators import INTERRUPT_POLL, ResultIterator, guarded, wrap_results
 
-__all__ = ["drained_imap"]
+__all__ = ["DrainHost", "drained_imap"]
 
 #: fewest items a drainer runs before it hands its thread back to the pool's queue (it runs
 #: a window's worth when the window is larger)
 _MIN_BATCH = 16
+
+
+class DrainHost(Protocol):
+    """What the drainers need of their executor (the stateful thread pool)."""
+
+    _max_workers: int
+    #: set when the pool drops its queued work (broken, ``cancel_futures``): drainers start
+    #: no further item
+    _stop_draining: bool
+
+    def _submit_timed(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: Optional[float],
+    ) -> Future[Any]: ...
+
+    def _check_accepting(self, after_shutdown: str = ...) -> None: ...
+
+    def _accepting(self) -> bool: ...
+
+    def _is_broken(self) -> bool: ...
+
+    def _broken_error(self) -> BaseException: ...
 
 
 class _Cell:
@@ -80,7 +100,7 @@ class _DrainWindow:
 
     def __init__(
         self,
-        executor: Any,
+        executor: DrainHost,
         fn: Callable[..., Any],
         iterables: tuple[Iterable[Any], ...],
         limit: int,
@@ -88,11 +108,11 @@ class _DrainWindow:
     ):
         # Held until the iteration ends: cells may still need a drainer after the input is
         # exhausted (the executor's own threads keep it alive until then anyway).
-        self.executor: Any = executor
+        self.executor: DrainHost = executor
         self.executor_ref = weakref.ref(executor)  # still there after cancel_all (Ctrl-C)
         self.fn = fn
-        self.star = len(iterables) != 1
-        self.source: Iterator[Any] = zip(*iterables) if self.star else iter(iterables[0])
+        self.star = passing_for(iterables) is Passing.STAR
+        self.source: Iterator[Any] = input_items(iterables)
         self.limit = limit
         self.max_drainers: int = executor._max_workers
         # Refill in steps of up to half the window, but never let fewer cells than workers
@@ -176,7 +196,7 @@ class _DrainWindow:
                 return
             started += 1
 
-    def submit_drainer(self, executor: Any) -> None:
+    def submit_drainer(self, executor: DrainHost) -> None:
         """Queue one drainer, counted in ``active`` until its future is done."""
         with self.lock:
             self.active += 1
@@ -193,7 +213,7 @@ class _DrainWindow:
         if self.executor._stop_draining:
             # The pool dropped its queued work (broken, or cancel_futures): so are the cells
             # nobody started, each failing as its future would.  Running ones still finish.
-            broken = bool(self.executor._broken)
+            broken = self.executor._is_broken()
             while True:
                 try:
                     cell = self.todo.popleft()
@@ -229,9 +249,9 @@ class _DrainWindow:
                         or self.active >= self.max_drainers
                     ):
                         if deadline is None:
-                            timeout = _INTERRUPT_POLL  # wake now and then to see a late Ctrl-C
+                            timeout = INTERRUPT_POLL  # wake now and then to see a late Ctrl-C
                         else:
-                            timeout = min(_INTERRUPT_POLL, deadline - time.monotonic())
+                            timeout = min(INTERRUPT_POLL, deadline - time.monotonic())
                             if timeout <= 0:
                                 raise concurrent.futures.TimeoutError()
                         self.cond.wait(timeout)
@@ -245,7 +265,7 @@ class _DrainWindow:
             return self.fifo[0].done
         return bool(self.finished)
 
-    def interrupt_target(self) -> Any:
+    def interrupt_target(self) -> object:
         return self.executor_ref()
 
     def cancel_all(self) -> None:
@@ -254,7 +274,7 @@ class _DrainWindow:
         self.fifo.clear()
         self.finished.clear()
         self.exhausted = True
-        self.executor = None
+        self.executor = None  # type: ignore[assignment]
 
 
 # The drainer and its callback reach the window through a weak reference, and drop their
@@ -339,57 +359,41 @@ def _ordered(
 ) -> Iterator[Any]:
     fifo = window.fifo
     position = 0
-    try:
-        while True:
-            if window.needs_fill():
-                window.fill()
-            if not fifo:
-                break
-            if not fifo[0].done:
-                window.wait(deadline)
-            if indexed:
-                yield position, _outcome(fifo.popleft(), return_exceptions)
-            else:
-                yield _outcome(fifo.popleft(), return_exceptions)
-            position += 1
-        if window.input_error is not None:
-            raise window.input_error
-    except KeyboardInterrupt:
-        interrupted(window)
-        raise
-    finally:
-        window.cancel_all()
+    while True:
+        if window.needs_fill():
+            window.fill()
+        if not fifo:
+            return
+        if not fifo[0].done:
+            window.wait(deadline)
+        if indexed:
+            yield position, _outcome(fifo.popleft(), return_exceptions)
+        else:
+            yield _outcome(fifo.popleft(), return_exceptions)
+        position += 1
 
 
 def _unordered(
     window: _DrainWindow, deadline: Optional[float], return_exceptions: bool, indexed: bool
 ) -> Iterator[Any]:
     finished = window.finished
-    try:
-        while True:
-            if window.needs_fill():
-                window.fill()
-            if not window.outstanding:
-                break
-            if not finished:
-                window.wait(deadline)
-            window.outstanding -= 1
-            if indexed:
-                index = finished[0].index
-                yield index, _outcome(finished.popleft(), return_exceptions)
-            else:
-                yield _outcome(finished.popleft(), return_exceptions)
-        if window.input_error is not None:
-            raise window.input_error
-    except KeyboardInterrupt:
-        interrupted(window)
-        raise
-    finally:
-        window.cancel_all()
+    while True:
+        if window.needs_fill():
+            window.fill()
+        if not window.outstanding:
+            return
+        if not finished:
+            window.wait(deadline)
+        window.outstanding -= 1
+        if indexed:
+            index = finished[0].index
+            yield index, _outcome(finished.popleft(), return_exceptions)
+        else:
+            yield _outcome(finished.popleft(), return_exceptions)
 
 
 def drained_imap(
-    executor: Any,
+    executor: DrainHost,
     fn: Callable[..., Any],
     iterables: tuple[Iterable[Any], ...],
     *,
@@ -399,14 +403,10 @@ def drained_imap(
     return_exceptions: bool,
     indexed: bool,
 ) -> ResultIterator[Any]:
-    """The result iterator of a one-item-per-task ``imap`` on ``executor`` (the stateful
-    thread pool: ``_submit_timed``, ``_max_workers``, ``_check_accepting``/``_accepting``,
-    ``_stop_draining`` and ``_broken``/``_broken_error``)."""
+    """The result iterator of a one-item-per-task ``imap`` on ``executor``."""
     window = _DrainWindow(executor, fn, iterables, buffersize, ordered)
     deadline = None if timeout is None else time.monotonic() + timeout
     run = _ordered if ordered else _unordered
-    generator = run(window, deadline, return_exceptions, indexed)
-    total = _total_length(iterables)
-    if total is None:
-        return ResultIterator(generator)
-    return SizedResultIterator(generator, total)
+    return wrap_results(
+        guarded(window, run(window, deadline, return_exceptions, indexed)), iterables
+    )

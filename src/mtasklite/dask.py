@@ -7,14 +7,15 @@ executors (:class:`~mtasklite.executor_api.StatefulExecutorMixin` over the windo
 input is pulled lazily with a bounded window; ``Client.map`` instead needs a sized input and
 submits every task up front.
 
-Where the state lives.  Every task is a call to :func:`_run_task` (or :func:`_run_chunk_task`)
-on a Dask worker, carrying a small :class:`_Job`: the executor's random token, the spec and,
-when pinned, the spec's index.  The worker process keeps the objects built from specs in the
-module-level ``_instances`` dict, keyed by ``(token, spec index, worker address)``, so each
-Dask worker builds its object on the first task that needs it and reuses it afterwards.  A
-replacement worker (a new process) starts with an empty dict and builds again from the same
-spec.  Calls to a ``@delayed_init`` object are serialised by a lock, so it is never used by two
-tasks at once even on a multi-threaded Dask worker.  Shutdown clears the dict on every worker.
+Where the state lives.  Every task is a call to ``run_task`` (or ``run_chunk_task``) of
+:mod:`~mtasklite._dask_worker` on a Dask worker, carrying a small ``Job``: the executor's random
+token, the spec and, when pinned, the spec's index.  The worker process keeps the objects built
+from specs in that module's ``instances`` dict, keyed by ``(token, spec index, worker
+address)``, so each Dask worker builds its object on the first task that needs it and reuses it
+afterwards.  A replacement worker (a new process) starts with an empty dict and builds again
+from the same spec.  Calls to a ``@delayed_init`` object are serialised by a lock, so it is
+never used by two tasks at once even on a multi-threaded Dask worker.  Shutdown clears the dict
+on every worker.
 
 Routing.  One spec (or none) is *replicated*: tasks go wherever Dask schedules them, and Dask
 itself reruns the tasks of a worker that dies.  A *list* of specs pins spec ``i`` to one Dask
@@ -22,10 +23,8 @@ worker (the workers sorted by name, so LocalCluster worker ``i`` gets spec ``i``
 carry ``workers=[address], allow_other_workers=False`` and each call goes to the spec with the
 fewest calls in flight.  Dask never retargets such restrictions: a task pinned to a dead
 worker waits forever.  So a service thread checks the pinned addresses about once a second
-while calls are in flight; when one is gone it moves the spec to a worker with the same name
-(the nanny's restart of the dead one), else to a worker hosting no spec, else, after
-``REPLACEMENT_GRACE`` seconds, to the one hosting the fewest, and resubmits that spec's
-unfinished calls there.
+while calls are in flight (:mod:`~mtasklite._dask_service`); when one is gone it moves the
+spec as :func:`reassign_slots` decides and resubmits that spec's unfinished calls there.
 
 Futures.  Every call returns a plain ``concurrent.futures.Future``.  A done-callback on the
 Dask future (run in Dask's callback thread) fetches the outcome and settles it.  Races, all
@@ -53,264 +52,36 @@ the thread (the abandoned call may still be using the old one).
 from __future__ import annotations
 
 import concurrent.futures
-import contextvars
-import ctypes
 import functools
-import re
 import threading
 import time
 import uuid
-import weakref
 from concurrent.futures import Future
-from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 try:
-    import distributed
+    import distributed  # noqa: F401  # the import error below names the extra to install
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "mtasklite.dask needs the 'distributed' package: pip install 'mtasklite[dask]'"
     ) from exc
 
+from ._chunk_run import ChunkResult
+from ._dask_service import HEALTH_INTERVAL, Service
+from ._dask_worker import Job, call_label, instances, run_chunk_task, run_task
 from ._futures import TaskFuture
-from .errors import TaskTimeoutError, WorkerInitError
-from .executor_api import StatefulExecutorMixin, check_timeout
-from .stateful import (
-    DelayedInit,
-    WorkerContext,
-    WorkerHandle,
-    WorkerLike,
-    build_worker,
-    close_worker,
-    describe_worker,
-    resolve_workers,
-    set_thread_context,
-)
-from .windowing import ChunkResult, run_chunk
+from ._lifecycle import ExecutorLifecycle
+from ._validate import check_timeout
+from .errors import WorkerInitError
+from .executor_api import StatefulExecutorMixin
+from .stateful import DelayedInit, WorkerLike, resolve_workers
 
-__all__ = ["StatefulDaskExecutor"]
+__all__ = ["HEALTH_INTERVAL", "REPLACEMENT_GRACE", "StatefulDaskExecutor"]
 
-T = TypeVar("T")
-
-#: Seconds between checks that the workers hosting pinned specs are alive.
-HEALTH_INTERVAL = 1.0
 #: Seconds a pinned spec waits for a free or same-named worker before sharing a busy one.
 REPLACEMENT_GRACE = 10.0
-
-
-# === worker side: runs inside Dask worker processes =========================================
-
-
-class _Job(NamedTuple):
-    """What every task carries besides the user's call."""
-
-    token: str
-    slot: Optional[int]  # the spec's index when pinned, else None
-    spec: Optional[WorkerLike]
-    timeout: Optional[float]
-
-
-class _Instance:
-    """An object built from a spec on one Dask worker; ``lock`` serialises calls to it."""
-
-    __slots__ = ("built", "error", "lock", "value")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.built = False
-        self.value: Any = None
-        self.error: Optional[str] = None  # why building failed (every later call fails too)
-
-
-_InstanceKey = tuple[str, Optional[int], str]
-_instances: dict[_InstanceKey, _Instance] = {}
-_instances_lock = threading.Lock()
-
-
-_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.]")
-
-
-class _Abandoned(BaseException):
-    """Raised asynchronously in a helper thread whose call ran past its time limit."""
-
-
-def _locate(job: _Job) -> tuple[Optional[int], str]:
-    """``(worker_index(), worker address)`` for a task of ``job`` on this Dask worker."""
-    try:
-        worker = distributed.get_worker()
-    except ValueError:  # not on a Dask worker (e.g. called directly in a test)
-        return job.slot, ""
-    if job.slot is not None:
-        return job.slot, str(worker.address)
-    # Replicated: Dask has no worker numbering; LocalCluster and other SpecCluster
-    # deployments name workers 0..n-1 and a restarted worker keeps its name.
-    name = worker.name
-    index = name if isinstance(name, int) and not isinstance(name, bool) else None
-    return index, str(worker.address)
-
-
-def _acquire(key: _InstanceKey, spec: DelayedInit[Any], index: Optional[int]) -> _Instance:
-    """The built instance for ``key``, its lock held by the caller; builds it on first use."""
-    while True:
-        with _instances_lock:
-            entry = _instances.get(key)
-            if entry is None:
-                entry = _instances[key] = _Instance()
-        entry.lock.acquire()
-        with _instances_lock:
-            current = _instances.get(key) is entry
-        if current:
-            break
-        entry.lock.release()  # retired by a timeout (or forgotten) while we waited: retry
-    if not entry.built:
-        try:
-            entry.value = build_worker(spec)
-        except BaseException as exc:
-            entry.error = (
-                f"building worker {index} ({describe_worker(spec)}) on Dask worker "
-                f"{key[2] or '?'} failed: {exc!r}; the executor is not usable anymore"
-            )
-        entry.built = True
-    if entry.error is not None:
-        entry.lock.release()
-        raise WorkerInitError(entry.error)
-    return entry
-
-
-def _retire(key: _InstanceKey, entry: _Instance) -> None:
-    """Make the next call on ``key`` build a fresh instance (the old one is abandoned)."""
-    with _instances_lock:
-        if _instances.get(key) is entry:
-            del _instances[key]
-
-
-def _forget(token: str) -> int:
-    """Drop every instance an executor built in this process (run on each worker at
-    shutdown), closing each (``close_worker``) once."""
-    with _instances_lock:
-        keys = [key for key in _instances if key[0] == token]
-        dropped = [_instances.pop(key) for key in keys]
-    for entry in dropped:
-        if entry.built and entry.error is None:
-            close_worker(entry.value)
-    return len(keys)
-
-
-def _set_async_exc(ident: Optional[int], exc_type: Optional[type[BaseException]]) -> None:
-    """Best effort: make ``exc_type`` pending in thread ``ident`` (``None`` clears it)."""
-    set_async = getattr(ctypes.pythonapi, "PyThreadState_SetAsyncExc", None)
-    if set_async is None or ident is None:  # pragma: no cover - non-CPython
-        return
-    set_async(ctypes.c_ulong(ident), ctypes.py_object(exc_type) if exc_type else None)
-
-
-class _TimedCall:
-    """One call run in a helper thread so the Dask task can give up on it at a deadline."""
-
-    def __init__(self, ctx: WorkerContext, call: Callable[[], Any]):
-        self._ctx = ctx
-        self._call = call
-        self._lock = threading.Lock()
-        self.finished = threading.Event()
-        self._abandoned = False
-        self.value: Any = None
-        self.error: Optional[BaseException] = None
-
-    def run(self) -> None:
-        try:
-            set_thread_context(self._ctx)
-            try:
-                value, error = self._call(), None
-            except _Abandoned:
-                raise
-            except BaseException as exc:
-                value, error = None, exc
-            with self._lock:
-                self.value, self.error = value, error
-                self.finished.set()
-                abandoned = self._abandoned
-            if abandoned:  # lost the race: clear the exception abandon() left pending
-                _set_async_exc(threading.get_ident(), None)
-        except _Abandoned:
-            pass
-
-    def abandon(self, thread: threading.Thread) -> bool:
-        """Give up on the call; ``False`` if it finished first (its outcome then stands)."""
-        with self._lock:
-            if self.finished.is_set():
-                return False
-            self._abandoned = True
-            _set_async_exc(thread.ident, _Abandoned)
-            return True
-
-
-def _call_label(fn: Callable[..., Any]) -> str:
-    """A short name for ``fn``: messages and Dask task keys (the dashboard groups by it)."""
-    if isinstance(fn, WorkerHandle):
-        return "worker"
-    name = getattr(fn, "__qualname__", None) or type(fn).__name__
-    return _UNSAFE_KEY_CHARS.sub("_", str(name))
-
-
-def _execute(job: _Job, call: Callable[[], Any], what: str) -> Any:
-    """Run ``call`` with the worker context of ``job`` set, honouring its time limit."""
-    index, address = _locate(job)
-    key: _InstanceKey = (job.token, job.slot, address)
-    entry: Optional[_Instance] = None
-    instance: Any = None
-    if isinstance(job.spec, DelayedInit):
-        entry = _acquire(key, job.spec, index)
-        instance = entry.value
-    elif job.spec is not None:
-        instance = job.spec  # a plain callable is its own (stateless) worker object
-    # Replicated workers without an integer name have no index; the context types it as int.
-    ctx = WorkerContext(index, instance)  # type: ignore[arg-type]
-    try:
-        if job.timeout is None:
-            set_thread_context(ctx)
-            try:
-                return call()
-            finally:
-                set_thread_context(None)
-        timed = _TimedCall(ctx, call)
-        # Copy the context so distributed.get_worker() also works inside the helper thread.
-        runner = threading.Thread(
-            target=contextvars.copy_context().run,
-            args=(timed.run,),
-            name="mtasklite-dask-timed",
-            daemon=True,
-        )
-        runner.start()
-        if not timed.finished.wait(job.timeout) and timed.abandon(runner):
-            if entry is not None:
-                _retire(key, entry)
-            where = f" in worker {index}" if index is not None else ""
-            rebuilt = "; the worker object will be rebuilt" if entry is not None else ""
-            raise TaskTimeoutError(
-                f"task {what} exceeded its {job.timeout:g} s limit{where} (Dask worker "
-                f"{address or '?'}) and was abandoned{rebuilt}"
-            )
-        if timed.error is not None:
-            raise timed.error
-        return timed.value
-    finally:
-        if entry is not None:
-            entry.lock.release()
-
-
-def _run_task(
-    job: _Job, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """The Dask task behind ``submit``: ``fn(*args, **kwargs)`` in the worker context."""
-    return _execute(job, functools.partial(fn, *args, **kwargs), _call_label(fn))
-
-
-def _run_chunk_task(
-    job: _Job, fn: Callable[..., Any], items: Sequence[Any], star: bool
-) -> ChunkResult:
-    """The Dask task behind one ``imap`` chunk."""
-    call = functools.partial(run_chunk, fn, items, star)
-    result: ChunkResult = _execute(job, call, f"chunk of {_call_label(fn)}")
-    return result
+#: each Dask worker's built objects (the worker-side registry, importable from here)
+_instances = instances
 
 
 # === client side ===========================================================================
@@ -319,7 +90,7 @@ def _run_chunk_task(
 class _Call:
     """One submitted call: its public future and the Dask future currently running it."""
 
-    __slots__ = ("address", "dask_future", "future", "key_prefix", "payload", "settled", "slot")
+    __slots__ = ("dask_future", "future", "key_prefix", "payload", "settled", "slot")
 
     def __init__(
         self,
@@ -332,8 +103,44 @@ class _Call:
         self.key_prefix = key_prefix
         self.slot = slot
         self.dask_future: Any = None  # None while (re)submitting
-        self.address: Optional[str] = None  # where the current Dask future is pinned
         self.settled = False  # outcome decided (result, error or cancelled)
+
+
+def reassign_slots(
+    addresses: list[str],
+    slot_names: list[Any],
+    lost_since: list[Optional[float]],
+    names: dict[str, Any],
+    now: float,
+) -> set[int]:
+    """Give each pinned spec whose worker vanished a new one; the specs moved.
+
+    ``addresses[i]`` is where spec ``i`` is pinned, ``slot_names[i]`` that worker's name and
+    ``lost_since[i]`` when it was first found gone; ``names`` maps the live workers'
+    addresses to their names.  The choice, in order: a live worker with the lost one's name
+    (the nanny's restart), a worker hosting no spec, and after ``REPLACEMENT_GRACE`` seconds
+    the one hosting the fewest.  Updates the three lists in place.
+    """
+    changed: set[int] = set()
+    for i, address in enumerate(addresses):
+        if address in names:
+            lost_since[i] = None
+            continue
+        lost = lost_since[i]
+        if lost is None:
+            lost = lost_since[i] = now
+        hosting = {a: addresses.count(a) for a in names}
+        choice = next((a for a in sorted(names) if names[a] == slot_names[i]), None)
+        if choice is None:
+            choice = next((a for a in sorted(names) if hosting[a] == 0), None)
+        if choice is None and names and now - lost >= REPLACEMENT_GRACE:
+            choice = min(sorted(names), key=hosting.__getitem__)
+        if choice is not None:
+            addresses[i] = choice
+            slot_names[i] = names[choice]
+            lost_since[i] = None
+            changed.add(i)
+    return changed
 
 
 def _worker_order(item: tuple[str, Any]) -> tuple[int, Any, str]:
@@ -343,7 +150,7 @@ def _worker_order(item: tuple[str, Any]) -> tuple[int, Any, str]:
     return (1, str(name), item[0])
 
 
-class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
+class StatefulDaskExecutor(StatefulExecutorMixin, ExecutorLifecycle, concurrent.futures.Executor):
     """A ``concurrent.futures.Executor`` running tasks on a Dask cluster, with stateful workers.
 
     ``client`` is a (synchronous) ``distributed.Client``; the executor never closes it.
@@ -414,7 +221,16 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
             self._max_workers = max(1, len(workers))  # calls to one object are serialised
         else:
             self._max_workers = max(1, sum(int(info.get("nthreads", 1)) for _, info in workers))
-        self._service = _Service(self)
+        self._service = Service(self, client, self._token, pinned)
+
+    def _is_broken(self) -> bool:
+        return self._broken is not None
+
+    def _is_shut_down(self) -> bool:
+        return self._shutdown
+
+    def _broken_error(self) -> WorkerInitError:
+        return WorkerInitError(self._broken)
 
     @property
     def client(self) -> Any:
@@ -423,10 +239,6 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
 
     # -- submission -------------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        """Schedule ``fn(*args, **kwargs)`` on the cluster; returns a stdlib ``Future``."""
-        return self._submit_timed(fn, args, kwargs, self._task_timeout)
-
     def _submit_timed(
         self,
         fn: Callable[..., Any],
@@ -434,13 +246,13 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
         kwargs: dict[str, Any],
         timeout: Optional[float],
     ) -> Future[Any]:
-        return self._start(_run_task, (fn, args, kwargs), _call_label(fn), timeout)
+        return self._start(run_task, (fn, args, kwargs), call_label(fn), timeout)
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], passing: int, timeout: Optional[float]
     ) -> Future[ChunkResult]:
         # Timed imap sends single items (_chunks_take_timeouts is False), never a timed chunk.
-        return self._start(_run_chunk_task, (fn, items, star), _call_label(fn), None)
+        return self._start(run_chunk_task, (fn, items, passing), call_label(fn), None)
 
     def _start(
         self,
@@ -450,12 +262,9 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
         timeout: Optional[float],
     ) -> Future[Any]:
         with self._lock:
-            if self._broken is not None:
-                raise WorkerInitError(self._broken)
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_accepting()
             slot = self._pick_slot() if self._slot_address else None
-            job = _Job(self._token, slot, self._spec_for(slot), timeout)
+            job = Job(self._token, slot, self._spec_for(slot), timeout)
             call = _Call((task, job, *args), f"mtasklite-{label}", slot)
             self._calls.add(call)
         self._service.ensure_started()
@@ -506,7 +315,7 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
                 moved = call.slot is not None and self._slot_address[call.slot] != address
                 keep = not call.settled and not moved
                 if keep:
-                    call.dask_future, call.address = dask_future, address
+                    call.dask_future = dask_future
             if keep:
                 dask_future.add_done_callback(functools.partial(self._relay, call, dask_future))
                 return
@@ -595,7 +404,9 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
         moved: list[_Call] = []
         old_futures: list[Any] = []
         with self._lock:
-            changed = self._reassign(names)
+            changed = reassign_slots(
+                self._slot_address, self._slot_name, self._slot_lost, names, time.monotonic()
+            )
             for call in self._calls:
                 if call.slot in changed and call.dask_future is not None:
                     old_futures.append(call.dask_future)
@@ -605,30 +416,6 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
             self._service.cancel(dask_future)
         for call in moved:
             self._dispatch(call)
-
-    def _reassign(self, names: dict[str, Any]) -> set[int]:
-        """Give each spec on a vanished worker a new one (caller holds the lock)."""
-        now = time.monotonic()
-        changed: set[int] = set()
-        for i, address in enumerate(self._slot_address):
-            if address in names:
-                self._slot_lost[i] = None
-                continue
-            lost = self._slot_lost[i]
-            if lost is None:
-                lost = self._slot_lost[i] = now
-            hosting = {a: self._slot_address.count(a) for a in names}
-            choice = next((a for a in sorted(names) if names[a] == self._slot_name[i]), None)
-            if choice is None:
-                choice = next((a for a in sorted(names) if hosting[a] == 0), None)
-            if choice is None and names and now - lost >= REPLACEMENT_GRACE:
-                choice = min(sorted(names), key=hosting.__getitem__)
-            if choice is not None:
-                self._slot_address[i] = choice
-                self._slot_name[i] = names[choice]
-                self._slot_lost[i] = None
-                changed.add(i)
-        return changed
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -653,85 +440,3 @@ class StatefulDaskExecutor(StatefulExecutorMixin, concurrent.futures.Executor):
         mode = "pinned" if self._slot_address else "replicated"
         state = "shutdown" if self._shutdown else "running"
         return f"<{type(self).__name__} {mode} workers={self._max_workers} {state}>"
-
-
-class _Service:
-    """The executor's daemon thread: batches Dask cancellations, follows pinned workers, and
-    clears the workers' state once the executor is shut down and idle."""
-
-    def __init__(self, executor: StatefulDaskExecutor):
-        self._executor_ref = weakref.ref(executor, lambda _: self.wake())
-        self._client = executor._client
-        self._token = executor._token
-        self._pinned = bool(executor._slot_address)
-        self._cond = threading.Condition()
-        self._cancels: list[Any] = []
-        self._thread: Optional[threading.Thread] = None
-        self._stopping = False
-        self._kicked = False  # a wake-up arrived since the thread last looked: never lose one
-
-    def ensure_started(self) -> None:
-        with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="mtasklite-dask-service", daemon=True
-                )
-                self._thread.start()
-
-    def cancel(self, dask_future: Any) -> None:
-        with self._cond:
-            self._cancels.append(dask_future)
-            self._kick()
-
-    def wake(self) -> None:
-        with self._cond:
-            self._kick()
-
-    def stop(self, wait: bool) -> None:
-        with self._cond:
-            self._stopping = True
-            thread = self._thread
-            self._kick()
-        if wait and thread is not None and thread is not threading.current_thread():
-            thread.join()
-
-    def _kick(self) -> None:
-        self._kicked = True
-        self._cond.notify()
-
-    def _run(self) -> None:
-        next_check = time.monotonic() + HEALTH_INTERVAL
-        while True:
-            with self._cond:
-                if not self._kicked:
-                    timeout = max(0.0, next_check - time.monotonic()) if self._pinned else None
-                    self._cond.wait(timeout)
-                self._kicked = False
-                batch, self._cancels = self._cancels, []
-                stopping = self._stopping
-            if batch:
-                try:
-                    self._client.cancel(batch)
-                except Exception:
-                    pass  # client closed: its futures are gone anyway
-                del batch
-            executor = self._executor_ref()
-            busy = executor is not None and executor._has_calls()
-            now = time.monotonic()
-            if self._pinned and now >= next_check:
-                next_check = now + HEALTH_INTERVAL
-                if executor is not None and busy:
-                    try:
-                        executor._check_slots()
-                    except Exception:
-                        pass  # scheduler unreachable right now: try again next round
-            del executor
-            if not busy and (stopping or self._executor_ref() is None):
-                with self._cond:
-                    if self._cancels:
-                        continue
-                break
-        try:
-            self._client.run(_forget, self._token)
-        except Exception:
-            pass  # client or cluster already closed: nothing left to clear

@@ -1,14 +1,18 @@
-"""What both stateful executors add on top of ``concurrent.futures``: one mixin, no state.
+"""What every stateful executor (thread, process, Dask) adds to ``concurrent.futures``: one mixin.
 
 The concrete pools provide ``_submit_call`` / ``_submit_chunk`` (the windowing engine's
 :class:`~mtasklite.windowing.Submitter` protocol) and ``_submit_timed``; everything users call
 beyond the stdlib API (``imap``, ``imap_unordered``, ``map(buffersize=)``,
-``submit_with_timeout``, ``worker``) is written once here.
+``submit_with_timeout``, ``worker``) is written once here, with the defaults of the hooks
+the rest of the package calls on any of them: ``_on_interrupt`` (Ctrl-C in an ``imap``),
+``_stop_now`` and ``_close_within`` (what :class:`PoolBackend`, ``Pool``'s view of an
+executor, needs).
 """
 
 from __future__ import annotations
 
-import math
+import sys
+import threading
 from concurrent.futures import Executor, Future
 from typing import (
     TYPE_CHECKING,
@@ -18,17 +22,26 @@ from typing import (
     Iterator,
     Literal,
     Optional,
+    Protocol,
     Sequence,
     TypeVar,
+    cast,
 )
 
+if sys.version_info >= (3, 10):
+    from typing import ParamSpec
+else:  # pragma: no cover - 3.9 only (typing_extensions costs ~10 ms of import time)
+    from typing_extensions import ParamSpec
+
+from ._chunk_run import ChunkResult
+from ._chunk_sizing import AdaptiveChunkSize
+from ._imap_api import DEFAULT, ImapMethods
+from ._lifecycle import SHUTDOWN_MESSAGE
 from ._outcomes import is_ctrl_c
+from ._validate import check_buffersize, check_timeout
 from .stateful import WORKER_HANDLE, WorkerHandle, WorkerLike
 from .windowing import (
-    AdaptiveChunkSize,
-    ChunkResult,
     ResultIterator,
-    check_buffersize,
     check_imap_args,
     make_result_iterator,
     submits_everything,
@@ -37,11 +50,13 @@ from .windowing import (
 if TYPE_CHECKING:  # asyncio loads only when aimap is used
     from ._aimap import AsyncInput, AsyncResultIterator
 
-__all__ = ["StatefulExecutorMixin", "check_timeout"]
+# SHUTDOWN_MESSAGE and check_timeout live in _lifecycle and _validate; importable from here.
+__all__ = ["SHUTDOWN_MESSAGE", "PoolBackend", "StatefulExecutorMixin", "check_timeout"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
-_DEFAULT: Any = object()  # "use the executor's task_timeout"
+_DEFAULT: Any = DEFAULT  # "use the executor's chunksize / task_timeout"
 
 #: ``imap``'s default window, in tasks per worker.  A chunk can hold thousands of items, so
 #: few of them; a single item is cheap to hold but each one costs a hand-off to a worker, and
@@ -51,19 +66,18 @@ CHUNKS_IN_FLIGHT_PER_WORKER = 4
 ITEMS_IN_FLIGHT_PER_WORKER = 16
 
 
-def check_timeout(name: str, value: Optional[float]) -> Optional[float]:
-    """Validate a timeout in seconds (``None`` means no limit)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
-    if math.isinf(value):
-        return None
-    return float(value)
+_FAILURES_DOC = """
+        Besides the task's own exception, the future can fail with
+        :class:`~mtasklite.TaskTimeoutError` (the task overran ``task_timeout``),
+        :class:`~mtasklite.WorkerCrashedError` (its worker process died),
+        :class:`~mtasklite.TaskPicklingError` (``fn`` or an argument could not be sent to a
+        worker process) or :class:`~mtasklite.WorkerInitError` (a worker's object could not
+        be built).  Raises ``RuntimeError`` once the executor has shut down.
+        """
 
 
-class StatefulExecutorMixin:
-    """imap, timeouts and the worker handle, shared by the thread and process executors."""
+class StatefulExecutorMixin(ImapMethods):
+    """imap, timeouts and the worker handle, shared by the thread, process and Dask executors."""
 
     _max_workers: int
     _worker_specs: Optional[list[WorkerLike]]
@@ -93,8 +107,10 @@ class StatefulExecutorMixin:
         raise NotImplementedError
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: Sequence[Any], star: bool, timeout: Optional[float]
+        self, fn: Callable[..., Any], items: Sequence[Any], passing: Any, timeout: Optional[float]
     ) -> Future[ChunkResult]:
+        # ``passing``: a Passing value (an int).  Typed Any while the process pool still
+        # names it ``star: bool`` (the values agree: SINGLE is falsy, STAR truthy).
         raise NotImplementedError
 
     def _submit_call(
@@ -110,12 +126,28 @@ class StatefulExecutorMixin:
         threads cannot be stopped: drop the queue and do not wait)."""
         self.shutdown(wait=False, cancel_futures=True)
 
+    def _on_interrupt(self) -> None:
+        """Ctrl-C reached an ``imap`` on this executor, which already cancelled its queued
+        tasks: stop running work if this pool can (threads cannot; the process pool does)."""
+
+    def _close_within(self, timeout: float) -> None:
+        """Shut down, cancelling queued work, and give running tasks ``timeout`` seconds to
+        finish before stopping them as :meth:`_stop_now` does (``Pool(join_timeout=)``)."""
+        self.shutdown(wait=False, cancel_futures=True)
+        # A process pool's work ends with its management thread (the stdlib's attribute,
+        # which ours keeps); other executors override this method or have nothing to wait for.
+        thread = cast(Optional[threading.Thread], getattr(self, "_executor_manager_thread", None))
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                self._stop_now()
+
     # -- public API -----------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         return self._submit_timed(fn, args, kwargs, self._task_timeout)
 
-    submit.__doc__ = Executor.submit.__doc__
+    submit.__doc__ = (Executor.submit.__doc__ or "") + _FAILURES_DOC
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
         if is_ctrl_c(exc_val):
@@ -134,46 +166,14 @@ class StatefulExecutorMixin:
         return WORKER_HANDLE
 
     def submit_with_timeout(
-        self, timeout: Optional[float], fn: Callable[..., T], /, *args: Any, **kwargs: Any
+        self, timeout: Optional[float], fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     ) -> Future[T]:
         """``submit`` with this task's own time limit (seconds from when it starts running).
 
         A late task's future fails with :class:`~mtasklite.TaskTimeoutError` and the worker is
-        replaced; ``None`` means no limit.
+        replaced; ``None`` means no limit.  Raises ``ValueError`` for a bad ``timeout``.
         """
         return self._submit_timed(fn, args, kwargs, check_timeout("timeout", timeout))
-
-    def imap(
-        self,
-        fn: Callable[..., T],
-        *iterables: Iterable[Any],
-        timeout: Optional[float] = None,
-        chunksize: Optional[int] = _DEFAULT,
-        buffersize: Optional[int] = None,
-        task_timeout: Optional[float] = _DEFAULT,
-    ) -> ResultIterator[T]:
-        """Lazy, bounded, ordered ``map`` that also works on unsized and infinite inputs.
-
-        At most ``buffersize`` tasks (chunks, when chunking) are submitted and not yet yielded;
-        the default is four chunks, or 16 single items (64 on threads), per worker.
-        ``chunksize=None`` (the default) sizes chunks from measured task durations; on
-        threads an item over half a millisecond still gets a task of its own.  ``timeout`` is an
-        overall deadline as in :meth:`map`; ``task_timeout`` limits each item.  The result has
-        ``len()`` exactly when every input has one.
-        """
-        return self._imap(fn, iterables, True, timeout, chunksize, buffersize, task_timeout)
-
-    def imap_unordered(
-        self,
-        fn: Callable[..., T],
-        *iterables: Iterable[Any],
-        timeout: Optional[float] = None,
-        chunksize: Optional[int] = _DEFAULT,
-        buffersize: Optional[int] = None,
-        task_timeout: Optional[float] = _DEFAULT,
-    ) -> ResultIterator[T]:
-        """Like :meth:`imap`, but yields results as tasks complete."""
-        return self._imap(fn, iterables, False, timeout, chunksize, buffersize, task_timeout)
 
     def map(
         self,
@@ -187,7 +187,9 @@ class StatefulExecutorMixin:
 
         Without ``buffersize`` every task is submitted before this returns, as the stdlib does;
         with it, at most ``buffersize`` tasks are in flight and input is read lazily (the
-        Python 3.14 contract).
+        Python 3.14 contract), so the result must be consumed before the executor shuts down.
+        Iterating raises what a task raised, or what :meth:`imap` lists for the pool's own
+        failures.
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -330,3 +332,31 @@ class StatefulExecutorMixin:
             workers=self._max_workers,
             adaptive=self._adaptive_sizer,
         )
+
+
+class PoolBackend(Protocol):
+    """What :class:`~mtasklite.Pool` needs of the executor it runs on (every stateful one)."""
+
+    _max_workers: int
+
+    @property
+    def worker(self) -> WorkerHandle: ...
+
+    def _imap(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        timeout: Optional[float],
+        chunksize: Optional[int],
+        buffersize: Optional[int],
+        task_timeout: Optional[float],
+        return_exceptions: bool = False,
+        indexed: bool = False,
+    ) -> ResultIterator[Any]: ...
+
+    def _close_within(self, timeout: float) -> None: ...
+
+    def _stop_now(self) -> None: ...
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...

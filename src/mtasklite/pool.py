@@ -8,102 +8,132 @@ exception modes (see :mod:`mtasklite.constants`).  The pqdm functions in
 
 from __future__ import annotations
 
-import collections.abc
 import threading
-from concurrent.futures import Executor
-from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence, TypeVar, Union
+import warnings
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Collection,
+    Generic,
+    Iterable,
+    Iterator,
+    Literal,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+    overload,
+)
 
+if TYPE_CHECKING:  # annotations only: typing_extensions costs ~10 ms of import time
+    from typing_extensions import Self, TypeIs
+
+from ._imap_api import DEFAULT
 from ._outcomes import is_ctrl_c, task_outcome
+from ._pool_args import KeywordArgs, StarArgs, check_n_jobs, either_spelling
+from ._validate import input_length, positive_int_or_none
+from ._worker_checks import NamedWorkerHandle, workers_name
 from .constants import (
     ArgumentPassing,
     ExceptionBehaviour,
     argument_passing,
-    exception_behaviour,
 )
 from .errors import DeferredExceptions
-from .executor_api import StatefulExecutorMixin
+from .executor_api import PoolBackend
 from .process_pool import StatefulProcessPoolExecutor
 from .stateful import WorkerLike
 from .thread_pool import StatefulThreadPoolExecutor
 
-__all__ = ["Pool", "PoolResults", "SizedPoolResults", "is_exception"]
+__all__ = ["Pool", "PoolResults", "SizedPoolResults", "is_exception", "run_closing_pool"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
-def is_exception(obj: object) -> bool:
+def is_exception(obj: object) -> TypeIs[BaseException]:
     """Whether ``obj`` is an exception (how a failed item shows up in ``"ignore"`` mode)."""
     return isinstance(obj, BaseException)
 
 
-class _StarArgs:
-    """Calls ``fn(*item)``; a non-iterable item fails with a message naming the mode."""
-
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
-
-    def __call__(self, item: Any) -> Any:
-        if not isinstance(item, collections.abc.Iterable):
-            raise TypeError(
-                f"argument_type='args' needs an iterable of arguments per input item, got "
-                f"{type(item).__name__}: {item!r:.80}"
-            )
-        return self.fn(*item)
-
-
-class _KeywordArgs:
-    """Calls ``fn(**item)``; a non-mapping item fails with a message naming the mode."""
-
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
-
-    def __call__(self, item: Any) -> Any:
-        if not isinstance(item, collections.abc.Mapping):
-            raise TypeError(
-                f"argument_type='kwargs' needs a mapping of keyword arguments per input item, "
-                f"got {type(item).__name__}: {item!r:.80}"
-            )
-        return self.fn(**item)
-
-
-class PoolResults(Iterator[Any]):
+class PoolResults(Iterator[T]):
     """The lazy results of one :class:`Pool` run (or one pqdm call).
 
-    Iterate it, or use it as a context manager: leaving ``with`` (or :meth:`close`) stops
-    reading input, cancels what has not started and, for pqdm, shuts its pool down.
+    Nothing runs until it is iterated, and it can be iterated once: ``list(results)`` keeps
+    the values (a result dropped before its first item warns, as an un-awaited coroutine
+    does; its ``repr`` says how far it got).  Iterate it, or use it as a context manager:
+    leaving ``with`` (or :meth:`close`) stops reading input, cancels what has not started
+    and, for pqdm, shuts its pool down.
     """
 
     def __init__(
         self,
-        source: Iterator[Any],
+        source: Iterator[T],
         on_close: Callable[[], None],
         on_interrupt: Optional[Callable[[], None]] = None,
     ):
         self._source = source
         self._on_close = on_close
         self._on_interrupt = on_interrupt
+        self._read = 0
+        #: "not started" until the first ``next()``; ``None`` when nobody should be warned
+        #: about a drop (an inner result that another PoolResults iterates)
+        self._state: Optional[str] = "not started"
 
-    def __iter__(self) -> PoolResults:
+    def __iter__(self) -> Self:
         return self
 
-    def __next__(self) -> Any:
+    def __next__(self) -> T:
         try:
-            return next(self._source)
+            value = next(self._source)
+        except StopIteration:
+            if self._state != "closed":
+                self._state = "finished"
+            raise
         except KeyboardInterrupt as exc:
             # Ctrl-C may land in the progress bar's frame rather than in the wait for a
             # result: stop the workers here too, so no further item starts.
+            self._state = "interrupted"
             if self._on_interrupt is not None and is_ctrl_c(exc):
                 self._on_interrupt()
             raise
+        except BaseException:
+            self._state = "stopped by an exception"
+            raise
+        self._read += 1
+        self._state = "running"
+        return value
 
     def close(self) -> None:
         """Stop the run now (idempotent)."""
+        if self._state != "finished":
+            self._state = "closed"
         close = getattr(self._source, "close", None)
         if close is not None:
             close()
         self._on_close()
 
-    def __enter__(self) -> PoolResults:
+    def __repr__(self) -> str:
+        length = getattr(self, "_length", None)
+        read = f"{self._read} of {length}" if length is not None else str(self._read)
+        return (
+            f"<{type(self).__name__}: lazy, {read} results read, {self._state}; "
+            "iterate it once (list(results), for ...) to run the items>"
+        )
+
+    def __del__(self) -> None:
+        # Like an un-awaited coroutine: a run dropped before it started did nothing.
+        if getattr(self, "_state", None) == "not started":
+            warnings.warn(
+                f"{type(self).__name__} dropped before it was iterated: its items never ran "
+                "and no exception was raised (pqdm and Pool results are lazy: iterate them, "
+                "e.g. list(pqdm(...)), or use them in a for loop or a with block)",
+                RuntimeWarning,
+                stacklevel=2,
+                source=self,
+            )
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
@@ -113,12 +143,12 @@ class PoolResults(Iterator[Any]):
         return False
 
 
-class SizedPoolResults(PoolResults):
+class SizedPoolResults(PoolResults[T]):
     """:class:`PoolResults` of a sized input: ``len()`` is the number of results."""
 
     def __init__(
         self,
-        source: Iterator[Any],
+        source: Iterator[T],
         on_close: Callable[[], None],
         length: int,
         on_interrupt: Optional[Callable[[], None]] = None,
@@ -130,14 +160,15 @@ class SizedPoolResults(PoolResults):
         return self._length
 
 
-def _length(iterable: Iterable[Any]) -> Optional[int]:
-    try:
-        return len(iterable)  # type: ignore[arg-type]
-    except (TypeError, OverflowError):
-        return None
+_Raising = Literal[
+    "immediate", "deferred", ExceptionBehaviour.IMMEDIATE, ExceptionBehaviour.DEFERRED
+]
+_Workers = Union[Callable[..., T], Sequence[Callable[..., T]]]
+_Mode = Union[ExceptionBehaviour, str]
+_SINGLE = ArgumentPassing.AS_SINGLE_ARG
 
 
-class Pool:
+class Pool(Generic[R]):
     """A pool of stateful worker processes (or threads) mapping one worker over iterables.
 
     ``worker_or_worker_arr``: a function, a ``@delayed_init`` spec, or a list of them, one per
@@ -156,7 +187,39 @@ class Pool:
     closing waits for the workers before stopping them.  ``mp_context``, ``initializer``,
     ``initargs`` and ``max_tasks_per_child`` go to the process executor; ``client`` (a Dask
     ``distributed.Client``) runs the pool on a Dask cluster instead.
+    ``exception_behaviour`` (pqdm's spelling) is accepted for ``exception_behavior``.
+
+    The results are lazy: nothing runs until they are iterated (a :class:`PoolResults`
+    dropped unread warns), and they can be iterated once.
     """
+
+    # Types: "immediate"/"deferred" (the default) yield the worker's results; in "ignore"
+    # mode an item may be the exception it raised.
+    @overload
+    def __init__(
+        self: Pool[T], worker_or_worker_arr: _Workers[T], n_jobs: Optional[int] = None,
+        argument_type: Union[ArgumentPassing, str] = _SINGLE, exception_behavior: _Raising = ...,
+        bounded: bool = True, chunk_size: Optional[int] = None,
+        chunk_prefill_ratio: Optional[int] = None, is_unordered: bool = False,
+        use_threads: bool = False, task_timeout: Optional[float] = None,
+        join_timeout: Optional[float] = None, *, mp_context: Any = None,
+        initializer: Optional[Callable[..., object]] = None, initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: Optional[int] = None, client: Any = None,
+        exception_behaviour: Optional[_Raising] = None,
+    ) -> None: ...  # fmt: skip
+
+    @overload
+    def __init__(
+        self: Pool[Union[T, BaseException]], worker_or_worker_arr: _Workers[T],
+        n_jobs: Optional[int] = None, argument_type: Union[ArgumentPassing, str] = _SINGLE,
+        exception_behavior: _Mode = ..., bounded: bool = True,
+        chunk_size: Optional[int] = None, chunk_prefill_ratio: Optional[int] = None,
+        is_unordered: bool = False, use_threads: bool = False,
+        task_timeout: Optional[float] = None, join_timeout: Optional[float] = None, *,
+        mp_context: Any = None, initializer: Optional[Callable[..., object]] = None,
+        initargs: tuple[Any, ...] = (), max_tasks_per_child: Optional[int] = None,
+        client: Any = None, exception_behaviour: Optional[_Mode] = None,
+    ) -> None: ...  # fmt: skip
 
     def __init__(
         self,
@@ -177,17 +240,19 @@ class Pool:
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: Optional[int] = None,
         client: Any = None,
+        exception_behaviour: Union[ExceptionBehaviour, str, None] = None,
     ):
+        check_n_jobs(n_jobs, worker_or_worker_arr)
         self.argument_type = argument_passing(argument_type)
-        self.exception_behavior = exception_behaviour(exception_behavior)
+        self.exception_behavior = either_spelling(exception_behavior, exception_behaviour)
         self.bounded = bool(bounded)
-        self.chunk_size = _positive_or_none("chunk_size", chunk_size)
-        self.chunk_prefill_ratio = _positive_or_none("chunk_prefill_ratio", chunk_prefill_ratio)
+        self.chunk_size = positive_int_or_none("chunk_size", chunk_size)
+        self.chunk_prefill_ratio = positive_int_or_none("chunk_prefill_ratio", chunk_prefill_ratio)
         self.is_unordered = bool(is_unordered)
         self.use_threads = bool(use_threads)
         self.task_timeout = task_timeout
         self.join_timeout = join_timeout
-        self._executor: Union[StatefulExecutorMixin, Executor]
+        self._executor: PoolBackend
         if client is not None:
             from .dask import StatefulDaskExecutor
 
@@ -206,21 +271,32 @@ class Pool:
                 worker=worker_or_worker_arr, task_timeout=task_timeout,
             )  # fmt: skip
         self.num_workers: int = self._executor._max_workers
+        self._worker_name = workers_name(worker_or_worker_arr)
         self._closed = False
         self._close_lock = threading.Lock()
 
-    def __call__(self, input_iterable: Iterable[Any]) -> PoolResults:
-        """Run the worker over ``input_iterable``; returns the lazy results."""
+    @overload
+    def __call__(self, input_iterable: Collection[Any]) -> SizedPoolResults[R]: ...
+
+    @overload
+    def __call__(self, input_iterable: Iterable[Any]) -> PoolResults[R]: ...
+
+    def __call__(self, input_iterable: Iterable[Any]) -> PoolResults[R]:
+        """Run the worker over ``input_iterable``; returns the lazy results (sized when the
+        input is), which run as they are iterated."""
         return self._run(input_iterable, close_pool=False)
 
-    def _run(self, input_iterable: Iterable[Any], close_pool: bool) -> PoolResults:
-        executor: Any = self._executor
-        fn: Callable[..., Any] = executor.worker
+    def _run(
+        self, input_iterable: Iterable[Any], close_pool: bool, inner: bool = False
+    ) -> PoolResults[Any]:
+        executor = self._executor
+        executor.worker  # noqa: B018  # raises if the executor has no worker objects
+        fn: Callable[..., Any] = NamedWorkerHandle(self._worker_name)
         if self.argument_type is ArgumentPassing.AS_ARGS:
-            fn = _StarArgs(fn)
+            fn = StarArgs(fn)
         elif self.argument_type is ArgumentPassing.AS_KWARGS:
-            fn = _KeywordArgs(fn)
-        length = _length(input_iterable)
+            fn = KeywordArgs(fn)
+        length = input_length(input_iterable)
         # Unbounded is only possible when the input is sized: everything is submitted now.
         buffersize = max(1, length) if not self.bounded and length is not None else None
         if buffersize is None:
@@ -232,7 +308,7 @@ class Pool:
             (input_iterable,),
             ordered,
             None,
-            self.chunk_size if self.chunk_size is not None else executor._default_chunksize,
+            self.chunk_size if self.chunk_size is not None else DEFAULT,
             buffersize,
             self.task_timeout,
             return_exceptions=True,
@@ -245,9 +321,14 @@ class Pool:
                 self.close()
 
         source = _apply_exception_mode(results, behaviour, ordered, close)
-        if length is None:
-            return PoolResults(source, close, self.terminate)
-        return SizedPoolResults(source, close, length, self.terminate)
+        wrapped = (
+            PoolResults(source, close, self.terminate)
+            if length is None
+            else SizedPoolResults(source, close, length, self.terminate)
+        )
+        if inner:
+            wrapped._state = None  # its owner warns, if anyone
+        return wrapped
 
     def _buffersize(self) -> int:
         ratio = self.chunk_prefill_ratio if self.chunk_prefill_ratio is not None else 4
@@ -260,32 +341,18 @@ class Pool:
             if self._closed:
                 return
             self._closed = True
-        executor: Any = self._executor
         if self.join_timeout is None:
-            executor.shutdown(wait=True, cancel_futures=True)
-            return
-        executor.shutdown(wait=False, cancel_futures=True)
-        if isinstance(executor, StatefulProcessPoolExecutor):
-            thread = executor._executor_manager_thread
-            if thread is not None:
-                thread.join(self.join_timeout)
-                if thread.is_alive():
-                    executor.terminate()
-        elif isinstance(executor, StatefulThreadPoolExecutor):
-            for thread in list(executor._threads):
-                thread.join(self.join_timeout)
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        else:
+            self._executor._close_within(self.join_timeout)
 
     def terminate(self) -> None:
         """Stop at once: cancel queued work, stop worker processes mid-task."""
         with self._close_lock:
             self._closed = True
-        executor: Any = self._executor
-        if isinstance(executor, StatefulProcessPoolExecutor):
-            executor.terminate()
-        else:
-            executor.shutdown(wait=False, cancel_futures=True)
+        self._executor._stop_now()
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
@@ -296,12 +363,10 @@ class Pool:
         return False
 
 
-def _positive_or_none(name: str, value: Optional[int]) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-    return value
+def run_closing_pool(pool: Pool[Any], input_iterable: Iterable[Any]) -> PoolResults[Any]:
+    """``pool(input_iterable)`` for a caller that owns ``pool`` (pqdm): ending the results
+    closes the pool, and a drop before iterating is left to the caller to warn about."""
+    return pool._run(input_iterable, close_pool=True, inner=True)
 
 
 def _apply_exception_mode(

@@ -20,6 +20,7 @@ import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
+from . import _shm
 from ._cpu import usable_cpu_count
 from ._force_stop import KILL, TERMINATE, ForceStopMixin
 from ._futures import TaskFuture, cancel_dropped
@@ -28,8 +29,8 @@ from ._procpool.control import PoolControl, interpreter_exiting
 from ._procpool.dispatcher import Dispatcher
 from ._procpool.jobs import Job, Piece, StoppableFuture, copy_error
 from ._procpool.slots import DEFAULT_STOP_GRACE, PoolConfig
-from .executor_api import StatefulExecutorMixin, check_timeout
-from .stateful import WorkerLike, describe_worker, resolve_workers
+from .executor_api import SHUTDOWN_MESSAGE, StatefulExecutorMixin, check_timeout
+from .stateful import SentByValue, WorkerLike, describe_worker, resolve_workers
 from .windowing import ChunkResult
 
 __all__ = ["StatefulProcessExecutor", "StatefulProcessPoolExecutor"]
@@ -55,12 +56,20 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
     per-task timeouts and lazy, adaptively chunked ``imap``.
 
     ``worker``: a ``@delayed_init`` spec or function (each worker process builds its own
-    instance), or a list of them, one per worker.  ``task_timeout``: default limit in seconds
+    instance), or a list of them, one per worker.  ``max_workers`` defaults to the number of
+    CPUs (``os.cpu_count()``), or to the length of a ``worker`` list.  ``mp_context``
+    defaults to ``multiprocessing.get_context()``, the platform's default start method
+    (``spawn`` when ``max_tasks_per_child`` is set); with ``spawn`` / ``forkserver`` specs
+    and tasks are pickled, lambdas and closures by value when ``cloudpickle`` is installed.
+    ``task_timeout``: default limit in seconds
     for every task.  ``on_worker_crash``: ``"isolate"`` (default) fails only the task whose
     worker died and respawns it; ``"break"`` breaks the whole pool as the stdlib does.
     ``cancel_running=True``: ``Future.cancel()`` (and cancelling an asyncio task awaiting
     ``run_in_executor``) also stops a running task, as a timeout does; the stdlib never stops
-    running work.  ``stop_grace``: seconds a worker being stopped (a timeout, a cancel,
+    running work.  ``shm_threshold``: arguments and results whose out-of-band pickle buffers
+    (numpy arrays, ``pickle.PickleBuffer``) add up to this many bytes or more (default 1 MiB)
+    travel through per-worker shared memory instead of the pipe; ``None`` or ``0``: never.
+    ``stop_grace``: seconds a worker being stopped (a timeout, a cancel,
     ``terminate()``) gets to unwind before SIGKILL: the running task sees
     :class:`~mtasklite.WorkerStopping` raised inside it, so its ``finally`` blocks and ``with``
     exits run.  The default, 1 s, covers what cleanup usually does (delete a file, release a
@@ -83,23 +92,15 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
         task_timeout: Optional[float] = None,
         on_worker_crash: str = "isolate",
         cancel_running: bool = False,
+        shm_threshold: Optional[int] = _shm.DEFAULT_THRESHOLD,
         stop_grace: float = DEFAULT_STOP_GRACE,
     ):
         # The stdlib __init__ is deliberately not called: it builds queues we do not use.
         specs, max_workers = resolve_workers(worker, max_workers)
-        if max_workers is None:
-            max_workers = usable_cpu_count()
-        elif max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+        max_workers = _checked_basics(max_workers, initializer, on_worker_crash)
         mp_context = _checked_context(mp_context, max_tasks_per_child)
-        if on_worker_crash not in ("isolate", "break"):
-            raise ValueError(
-                f"on_worker_crash must be 'isolate' or 'break', got {on_worker_crash!r}"
-            )
         if specs is not None and mp_context.get_start_method(allow_none=False) != "fork":
-            _check_specs_picklable(specs, mp_context.get_start_method(allow_none=False))
+            specs = _portable_specs(specs, mp_context.get_start_method(allow_none=False))
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._initializer = initializer  # type: ignore[assignment]
@@ -121,6 +122,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
             max_tasks=max_tasks_per_child,
             break_on_crash=on_worker_crash == "break",
             cancel_running=self._cancel_running,
+            shm_threshold=_shm.check_threshold(shm_threshold),
             stop_grace=_checked_grace(stop_grace),
         )
         self._control = PoolControl(self, _broken_reporter(self))
@@ -162,7 +164,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
     ) -> Future[Any]:
         control = self._control
         with self._shutdown_lock:
-            self._refuse_if_closed("cannot schedule new futures after shutdown")
+            self._refuse_if_closed(SHUTDOWN_MESSAGE)
             if interpreter_exiting():
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             # Workers first: if none can start (the initializer or its arguments cannot be
@@ -296,6 +298,22 @@ def _checked_context(
     return mp_context
 
 
+def _checked_basics(
+    max_workers: Optional[int], initializer: Optional[Callable[..., object]], on_crash: str
+) -> int:
+    """The worker count (the usable CPUs by default), once the stdlib's checks and ours on
+    ``initializer`` and ``on_worker_crash`` passed."""
+    if max_workers is None:
+        max_workers = usable_cpu_count()
+    elif max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    if on_crash not in ("isolate", "break"):
+        raise ValueError(f"on_worker_crash must be 'isolate' or 'break', got {on_crash!r}")
+    return max_workers
+
+
 def _checked_grace(stop_grace: float) -> float:
     """``stop_grace`` as a float, refused unless it is a finite number of seconds >= 0."""
     if isinstance(stop_grace, bool) or not isinstance(stop_grace, (int, float)):
@@ -305,18 +323,36 @@ def _checked_grace(stop_grace: float) -> float:
     return float(stop_grace)
 
 
-def _check_specs_picklable(specs: Sequence[WorkerLike], method: str) -> None:
-    """Fail fast, naming the worker, when a spec cannot reach a spawned worker process."""
+_CLOUDPICKLE_HINT = (
+    "; lambdas, closures and classes defined in a function need cloudpickle: "
+    "pip install 'mtasklite[cloudpickle]'"
+)
+
+
+def _portable_specs(specs: Sequence[WorkerLike], method: str) -> list[WorkerLike]:
+    """``specs`` made sendable to spawned workers: what plain pickle cannot send goes by value
+    with cloudpickle, as task functions do; fail fast, naming the worker, if neither can."""
+    portable: list[WorkerLike] = []
     for index, spec in enumerate(specs):
         try:
             wire.dumps(spec)
         except RuntimeError:
             pass  # multiprocessing objects that pickle only while spawning (an Event): fine
         except Exception as exc:
-            raise TypeError(
-                f"worker {index} ({describe_worker(spec)}) cannot be pickled to start a "
-                f"{method!r} worker process: {exc}"
-            ) from exc
+            try:
+                data = wire.cloud_dumps(spec)
+            except Exception:
+                data = None
+            if data is None:
+                hint = "" if wire.has_cloudpickle() else _CLOUDPICKLE_HINT
+                raise TypeError(
+                    f"worker {index} ({describe_worker(spec)}) cannot be pickled to start a "
+                    f"{method!r} worker process: {exc}{hint}"
+                ) from exc
+            portable.append(SentByValue(spec, data))
+            continue
+        portable.append(spec)
+    return portable
 
 
 def _broken_reporter(executor: StatefulProcessPoolExecutor) -> Callable[[BaseException], None]:

@@ -7,19 +7,38 @@ it through :func:`current_worker` or the executor's ``worker`` handle.
 
 from __future__ import annotations
 
+import collections
 import functools
+import os
 import sys
 import threading
-from typing import Any, Callable, Generic, Optional, Sequence, TypeVar, Union, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Generic,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+    cast,
+    overload,
+)
+
+if TYPE_CHECKING:
+    import inspect
 
 if sys.version_info >= (3, 10):
     from typing import ParamSpec
 else:  # pragma: no cover - 3.9 only (typing_extensions costs ~10 ms of import time)
     from typing_extensions import ParamSpec
 
+from ._spec_class import constructing, is_constructing, meta_for, rebuild_class
+
 __all__ = [
     "DelayedInit",
     "DelayedInitClass",
+    "DelayedInitFactory",
     "WorkerHandle",
     "current_worker",
     "delayed_init",
@@ -32,34 +51,63 @@ T = TypeVar("T")
 #: What ``worker=`` accepts per worker: a spec, or any plain (stateless) callable.
 WorkerLike = Callable[..., Any]
 
+#: how many specs' instances a worker keeps for specs called as functions (least recently
+#: used dropped first): a loop making a new spec per task must not grow a worker forever
+SPECS_KEPT_PER_WORKER = 16
+
 
 class DelayedInit(Generic[T]):
     """A recorded constructor call: ``Tokenizer("en")`` on a ``@delayed_init`` class.
 
-    Pickling it sends only the class reference and the arguments, never an instance.  Calling
-    it directly builds one instance (once, lazily) and calls it, so worker code also runs
-    serially without a pool.
+    Pickling it sends only the class reference and the arguments, never an instance.  Where a
+    function is expected it behaves as the object it describes, with one object per worker:
+    called inside a pool worker it calls that worker's own instance (built on first use and
+    kept, so calls never overlap, exactly as ``ex.worker`` with ``worker=spec``); called
+    anywhere else it builds one instance (once, lazily) and calls it, so worker code also
+    runs serially without a pool.  A worker keeps the instances of its
+    ``SPECS_KEPT_PER_WORKER`` most recently used specs.
     """
 
-    __slots__ = ("_factory", "_instance", "_lock", "args", "kwargs")
+    __slots__ = ("_constructor", "_factory", "_instance", "_lock", "_token", "args", "kwargs")
 
-    def __init__(self, factory: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]):
+    def __init__(
+        self,
+        factory: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        constructor: Optional[str] = None,
+        token: Optional[int] = None,
+    ):
         self._factory = factory
+        self._constructor = constructor
         self.args = args
         self.kwargs = kwargs
         self._instance: Optional[T] = None
         self._lock = threading.Lock()
+        # Identity across pickling: every copy of this spec shares one instance per worker.
+        self._token = token if token is not None else int.from_bytes(os.urandom(16), "big")
 
     @property
     def cls(self) -> Callable[..., T]:
-        """The wrapped class (or factory) this spec builds."""
+        """The class (or factory) this spec builds."""
+        if isinstance(self._factory, type):
+            return self._factory
         return getattr(self._factory, "__wrapped__", self._factory)
 
     def build(self) -> T:
         """Build and return a *new* instance (each pool worker calls this once)."""
-        return self.cls(*self.args, **self.kwargs)
+        factory = self._factory
+        if not isinstance(factory, DelayedInitClass):
+            return self.cls(*self.args, **self.kwargs)
+        with constructing(factory):
+            if self._constructor is not None:
+                return getattr(factory, self._constructor)(*self.args, **self.kwargs)  # type: ignore[no-any-return]
+            return factory(*self.args, **self.kwargs)  # type: ignore[no-any-return]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ctx = get_context()
+        if ctx is not None:
+            return ctx.instance_for(self)(*args, **kwargs)
         instance = self._instance
         if instance is None:
             with self._lock:
@@ -68,50 +116,124 @@ class DelayedInit(Generic[T]):
                 instance = self._instance
         return instance(*args, **kwargs)  # type: ignore[operator]
 
+    def __getattr__(self, name: str) -> Any:
+        # Static checkers type a spec as an instance of its class: say why it is not one.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"{self!r} is a @delayed_init spec, not an instance, so it has no attribute "
+            f"{name!r}: each worker builds its own instance (reach it with "
+            "mt.current_worker() inside a task); spec.build() builds one here"
+        )
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (DelayedInit, (self._factory, self.args, self.kwargs))
+        return (
+            DelayedInit,
+            (self._factory, self.args, self.kwargs, self._constructor, self._token),
+        )
 
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args]
         parts += [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        return f"{getattr(self.cls, '__qualname__', self.cls)!s}({', '.join(parts)})"
+        name = str(getattr(self.cls, "__qualname__", self.cls))
+        if self._constructor is not None:
+            name = f"{name}.{self._constructor}"
+        return f"{name}({', '.join(parts)})"
 
 
-class DelayedInitClass(Generic[P, T]):
-    """What ``@delayed_init`` turns a class into: calling it records a :class:`DelayedInit`."""
+def _record_constructor_call(
+    owner: type, constructor: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> DelayedInit[Any]:
+    return DelayedInit(owner, args, kwargs, constructor)
+
+
+class DelayedInitClass(type):
+    """The metaclass ``@delayed_init`` gives a class: calling the class records a
+    :class:`DelayedInit` spec instead of building an instance.
+
+    Everything else is the plain class: class attributes, ``super()``, ``isinstance`` and
+    ``issubclass``, pickling by reference.  Classmethods that return an instance
+    (alternative constructors such as ``from_name``) record specs too; the worker runs them.
+    """
+
+    # Both are properties of the metaclass, so the class has them and its instances do not
+    # (an instance's signature is its own __call__'s).
+
+    @property
+    def __wrapped__(cls) -> Callable[..., Any]:
+        """``Model.__wrapped__(...)`` builds a real instance at once (e.g. in ``__reduce__``)."""
+
+        def build_now(*args: Any, **kwargs: Any) -> Any:
+            with constructing(cls):
+                return cls(*args, **kwargs)
+
+        build_now.__qualname__ = f"{cls.__qualname__}.__wrapped__"
+        build_now.__doc__ = f"Build a real {cls.__name__} instance now (not a spec)."
+        build_now.__signature__ = _constructor_signature(cls)  # type: ignore[attr-defined]
+        return build_now
+
+    @property
+    def __signature__(cls) -> Optional[inspect.Signature]:
+        """The constructor's parameters, for ``inspect.signature(Model)`` and ``help()``."""
+        return _constructor_signature(cls)
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if is_constructing(cls):
+            return super().__call__(*args, **kwargs)
+        return DelayedInit(cls, args, kwargs)
+
+
+class DelayedInitFactory(Generic[P, T]):
+    """What ``@delayed_init`` turns a factory *function* into: calls record specs."""
 
     __wrapped__: Callable[P, T]
     __qualname__: str
 
-    def __init__(self, cls: Callable[P, T]):
-        # Copy only the identity attributes: updating __dict__ (update_wrapper's default) would
-        # pull the class's own methods, e.g. a custom __reduce__, onto this decorator object.
-        functools.update_wrapper(self, cls, updated=())
-        self.__wrapped__ = cls
+    def __init__(self, factory: Callable[P, T]):
+        # Copy only the identity attributes, not the wrapped object's __dict__.
+        functools.update_wrapper(self, factory, updated=())
+        self.__wrapped__ = factory
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> DelayedInit[T]:
         return DelayedInit(cast("Callable[..., T]", self), args, kwargs)
 
-    def __instancecheck__(self, obj: object) -> bool:
-        return isinstance(obj, self.__wrapped__)  # type: ignore[arg-type]
-
     def __reduce__(self) -> Union[str, tuple[Any, ...]]:
         # Pickle by reference to the decorated module-level name when it resolves to us (the
-        # original class is shadowed by this object, so pickling *it* by name would fail).
+        # original function is shadowed by this object, so pickling *it* by name would fail).
         module = sys.modules.get(self.__module__)
         found: Any = module
         for part in self.__qualname__.split("."):
             found = getattr(found, part, None)
         if found is self:
             return str(self.__qualname__)
-        return (DelayedInitClass, (self.__wrapped__,))
+        return (DelayedInitFactory, (self.__wrapped__,))
 
     def __repr__(self) -> str:
         return f"<delayed_init {self.__module__}.{self.__qualname__}>"
 
 
-def delayed_init(cls: Callable[P, T]) -> DelayedInitClass[P, T]:
+C = TypeVar("C", bound=type)
+
+
+@overload
+def delayed_init(cls: C) -> C: ...
+
+
+@overload
+def delayed_init(cls: Callable[P, T]) -> Callable[P, T]: ...
+
+
+def delayed_init(cls: Callable[P, T]) -> Any:
     """Class decorator: constructor calls return picklable specs instead of instances.
+
+    The class stays a class (attributes, classmethods, ``super()``, ``isinstance``,
+    ``issubclass`` and subclasses work as before); only calling it changes.  Its
+    classmethods that return an instance (no return annotation, or one naming the class,
+    ``Self`` or a type variable) become alternative constructors: ``Model.from_name("x")``
+    is a spec whose worker runs ``from_name``.  Annotate a helper classmethod's other return
+    type to call it directly.  ``Model.__wrapped__(...)`` builds a real instance at once
+    (for a custom ``__reduce__``).  Type checkers see the plain class, so a spec is typed as
+    an instance of it; it supports calling, not attribute access.
 
     >>> @delayed_init
     ... class Counter:
@@ -124,13 +246,63 @@ def delayed_init(cls: Callable[P, T]) -> DelayedInitClass[P, T]:
     >>> spec(1), spec(1)         # called directly: built once, then reused
     (12, 13)
     """
+    if isinstance(cls, type):
+        return _delayed_class(cls)
     if not callable(cls):
         raise TypeError(f"delayed_init expects a class or factory, got {cls!r}")
-    return DelayedInitClass(cls)
+    return DelayedInitFactory(cls)
+
+
+def _delayed_class(cls: type) -> type:
+    if isinstance(cls, DelayedInitClass):
+        return cls  # already delayed (or a subclass of a delayed class)
+    return rebuild_class(cls, meta_for(DelayedInitClass, type(cls)), _record_constructor_call)
+
+
+def _constructor_signature(cls: type) -> Optional[inspect.Signature]:
+    """The signature of calling ``cls``, read from its ``__init__`` or ``__new__``."""
+    import inspect  # only for help() and introspection: not on every import
+
+    for name in ("__init__", "__new__"):
+        method = getattr(cls, name)
+        if method is getattr(object, name):
+            continue
+        try:
+            signature = inspect.signature(method)
+        except (TypeError, ValueError, NameError):  # NameError: 3.14+ unresolved annotation
+            return None
+        parameters = list(signature.parameters.values())[1:]  # drop self / cls
+        return signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty)
+    return inspect.Signature()
+
+
+class SentByValue:
+    """A worker spec that plain pickle cannot send (a lambda, a closure, a local class),
+    carried to spawned worker processes as cloudpickle bytes; it unpickles as the spec itself.
+    """
+
+    __slots__ = ("data", "spec")
+
+    def __init__(self, spec: WorkerLike, data: bytes):
+        self.spec = spec
+        self.data = data
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.spec(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import pickle  # only spawned process pools send specs
+
+        return (pickle.loads, (self.data,))
+
+    def __repr__(self) -> str:
+        return repr(self.spec)
 
 
 def build_worker(spec: WorkerLike) -> Any:
     """The per-worker object for ``spec``: a fresh instance of a spec, or a plain callable as is."""
+    if isinstance(spec, SentByValue):
+        spec = spec.spec
     return spec.build() if isinstance(spec, DelayedInit) else spec
 
 
@@ -154,6 +326,8 @@ def close_worker(instance: object) -> None:
 
 def describe_worker(spec: WorkerLike) -> str:
     """A short human name for error messages."""
+    if isinstance(spec, SentByValue):
+        spec = spec.spec
     if isinstance(spec, DelayedInit):
         return repr(spec)
     return getattr(spec, "__qualname__", None) or repr(spec)
@@ -169,11 +343,28 @@ def describe_worker(spec: WorkerLike) -> str:
 class WorkerContext:
     """Who the calling worker is: its index and the object built from its spec."""
 
-    __slots__ = ("index", "instance")
+    __slots__ = ("_spec_instances", "index", "instance")
 
     def __init__(self, index: int, instance: Any):
         self.index = index
         self.instance = instance
+        self._spec_instances: Optional[collections.OrderedDict[int, Any]] = None
+
+    def instance_for(self, spec: DelayedInit[Any]) -> Any:
+        """This worker's own instance of ``spec`` (a spec called as a function), built once."""
+        cache = self._spec_instances
+        if cache is None:
+            cache = self._spec_instances = collections.OrderedDict()
+        token = spec._token
+        instance = cache.get(token)
+        if instance is None:
+            instance = spec.build()
+            cache[token] = instance
+            if len(cache) > SPECS_KEPT_PER_WORKER:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(token)
+        return instance
 
 
 _thread_context = threading.local()

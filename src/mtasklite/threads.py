@@ -1,9 +1,9 @@
 """pqdm-compatible parallel map on worker threads: ``from mtasklite.threads import pqdm``."""
 
-from ._pqdm import PqdmFunction
+from ._pqdm import Pqdm, make_pqdm
 
 __all__ = ["pqdm"]
 
 #: ``pqdm(input_iterable, worker_or_worker_arr, n_jobs=None, argument_type="single_arg",
 #: bounded=False, exception_behaviour="ignore", tqdm_class=tqdm.auto.tqdm, **kwargs)``
-pqdm = PqdmFunction(use_threads=True)
+pqdm: Pqdm = make_pqdm(use_threads=True)

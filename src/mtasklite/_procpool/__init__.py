@@ -16,9 +16,10 @@ How one task travels (the module that owns each step in brackets):
                                  pickles it as a Run      [courier, jobs]
                                       |                                  reads the Run,
                                       +===== pipe: Run =============>    runs its items,
-                                                                         names the running
+                                      +-- runs arena i (big buffers) -->  names the running
                                  <===== pipe: Results, Ready, ... =====  item in its cell
-                                 records outcomes, settles the job's     [child]
+                                 <-- results arena i (big buffers) ---   [child]
+                                 records outcomes, settles the job's
                                  future                   [courier, jobs]
                                  reads cell i  <---- progress cell i ----  (shared memory,
                                                      [wire]                 no message)
@@ -28,8 +29,13 @@ How one task travels (the module that owns each step in brackets):
                                                  [blame: pure verdicts]
                                  and applies it   [dispatcher, slots]
 
-Two channels link the dispatcher and worker *i*: its pipe (messages, see ``wire``) and its
-progress cell (what it is running right now, readable after it died).  Slot *i* always runs
+Three channels link the dispatcher and worker *i*: its pipe (messages, see ``wire``), its
+progress cell (what it is running right now, readable after it died), and a shared-memory
+arena per direction (``_shm``): the out-of-band pickle buffers of a message at or above
+``shm_threshold`` (numpy arrays, ``PickleBuffer``) are written there and the pipe carries
+only the rest of the pickle and, when an arena is new, its descriptor.  The arenas belong to
+the slot's Sender/Receiver pair (``slots``), replaced with each process and closed when it
+is reaped or retired and when the dispatcher closes.  Slot *i* always runs
 worker spec *i*; it has at most two Runs outstanding (``piece`` and ``next_piece``) and
 runs them in order, so no message needs a task id.
 
@@ -37,7 +43,8 @@ Modules, each importing only those above it:
 
 - ``wire``: messages, progress cells, (un)pickling;  ``child``: the worker process's loop;
   ``salvage``: what can still be read of a batch of results that does not unpickle.
-- ``jobs``: job, piece, backlog, pickling a piece into a Run.
+- ``jobs``: job, piece, backlog, pickling a piece into a Run (big buffers into the slot's
+  arena; a Run too big to send ahead is withdrawn from it, ``Courier.send_ahead``).
 - ``slots``: slot states, the slot table (start, stop, retire, reap), the prefetch rule.
 - ``blame``: pure functions from what happened to a verdict, and the errors they raise.
 - ``waiting`` and ``control``: how the dispatcher sleeps and is woken, and the state it
@@ -54,7 +61,8 @@ Races, and where they are settled:
 - a future cancelled while queued is skipped when its piece is taken (``Job.claim``); once
   sent it runs, unless ``cancel_running`` stops its worker (``Courier.stop_cancelled``);
 - a worker dies with work outstanding: its pipe is drained first, so results it sent
-  before dying count; then ``blame.judge_death`` decides from its cell what is charged;
+  before dying count (a message whose arena descriptor never follows was sent by the dead:
+  it is dropped); then ``blame.judge_death`` decides from its cell what is charged;
 - a timed item overruns: it fails at once and the worker is stopped; results of earlier
   items still arriving are kept, later ones dropped and re-run (``Dispatcher._overrun``);
 - ``terminate()`` signals the workers from the caller's thread; the dispatcher, seeing a

@@ -21,6 +21,7 @@ import time
 from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional
 
+from .. import _shm
 from ..errors import WorkerStopping
 from ..stateful import (
     WorkerContext,
@@ -39,6 +40,11 @@ Connection = multiprocessing.connection.Connection
 Cell = Any
 Outcomes = tuple[list[Any], Optional[dict[int, BaseException]]]
 
+# This process's shared-memory transport to the parent (a worker has one connection): Runs
+# come in through ``_receiver``, Results go out through ``_sender``'s arena.
+_sender = _shm.Sender(0)
+_receiver = _shm.Receiver()
+
 
 def worker_main(
     slot: int,
@@ -48,14 +54,18 @@ def worker_main(
     initializer: Optional[Callable[..., object]],
     initargs: tuple[Any, ...],
     die_with_parent: bool,
+    shm_threshold: int = 0,
 ) -> None:
     """Entry point of worker process ``slot`` (the target of its ``Process``)."""
+    global _sender
     groups.lead_own_group()  # first: whatever a task starts joins the group the pool signals
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(die_with_parent)
     cell = wire.ProgressCells(progress).cell(slot)
     cell[PHASE] = wire.IDLE
+    # Made after the first cell write: a death before it is still a launch failure.
+    _sender = _shm.Sender(shm_threshold, tag=f"results-{slot}")
     set_process_context(WorkerContext(slot, None))
     if initializer is not None:
         try:
@@ -112,7 +122,9 @@ def _serve(conn: Connection, cell: Cell) -> None:
             return  # the parent is gone
         cell[PHASE] = wire.RECEIVING
         try:
-            run = wire.loads(data)
+            run = _receiver.decode(data, lambda: _shm.recv_fd(conn))
+        except _shm.DescriptorLost:
+            return  # the parent is gone
         except BaseException as exc:
             _reraise_stop(exc)
             _send(conn, wire.Unreadable(wire.wrap_exception(exc)))
@@ -233,7 +245,7 @@ def _send_results(
     last: bool,
 ) -> None:
     try:
-        data = wire.dumps(wire.Results(values, errors, elapsed, last))
+        message = _sender.encode(wire.Results(values, errors, elapsed, last))
     except BaseException as problem:
         _reraise_stop(problem)
         # Some value does not pickle: it fails alone, the others still go.
@@ -246,8 +258,10 @@ def _send_results(
                     errors = {}
                 errors[index] = wire.wrap_exception(exc)
                 values[index] = None
-        data = wire.dumps(wire.Results(values, errors, elapsed, last))
-    conn.send_bytes(data)
+        message = _sender.encode(wire.Results(values, errors, elapsed, last))
+    conn.send_bytes(message.data)
+    if message.fd is not None:
+        _shm.send_fd(conn, message.fd)
 
 
 def _reraise_stop(exc: BaseException) -> None:

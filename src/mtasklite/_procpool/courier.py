@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from .. import _shm
 from .._futures import cancel_dropped
 from ..errors import DeserializationError, WorkerInitError
 from ..stateful import describe_worker
@@ -89,33 +90,49 @@ class Courier:
             piece = self.backlog.take_chunk()
             if piece is None:
                 return
-            if piece.data is None:
-                piece.data = self.encoder.encode(piece)
-                if piece.data is None:
-                    continue  # unpicklable: its items are failed or re-queued already
-            if len(piece.data) > slot.prefetch_bytes:
+            message = self._encode(slot, piece)
+            if message is None:
+                continue  # unpicklable: its items are failed or re-queued already
+            if len(message.data) > slot.prefetch_bytes:
                 # It might not fit in the socket buffer while the busy worker is not reading
-                # (see room_for_prefetch): it waits, pickled, for the next idle worker.
+                # (see room_for_prefetch): it waits, pickled, for the next idle worker; one
+                # written into this slot's shared memory is taken back from it first.
+                if piece.data is None:
+                    kept = slot.sender.withdraw(message)
+                    piece.data = None if kept is None else kept.data
                 self.backlog.put_back(piece)
                 return
-            if piece.job.claim() and self._send_piece(slot, piece):
+            if piece.job.claim() and self._send_piece(slot, piece, message):
                 slot.next_piece = piece
 
-    def _send_piece(self, slot: Slot, piece: Piece) -> Optional[bool]:
-        """Send ``piece`` to ``slot``: ``True`` once sent; ``False`` if the worker is gone
-        (the piece is re-queued); ``None`` if it could not be pickled (already reported)."""
-        data, piece.data = piece.data, None
-        if data is None:
-            data = self.encoder.encode(piece)
-            if data is None:
-                return None
+    def _encode(self, slot: Slot, piece: Piece) -> Optional[_shm.Outgoing]:
+        """``piece`` as a message for ``slot``: the plain pickle kept from an earlier try,
+        else a fresh one (big buffers in the slot's shared memory); ``None``: unpicklable."""
+        if piece.data is not None:
+            return _shm.Outgoing(piece.data, None)
+        return self.encoder.encode(piece, slot.sender)
+
+    def _send_piece(
+        self, slot: Slot, piece: Piece, message: Optional[_shm.Outgoing] = None
+    ) -> Optional[bool]:
+        """Send ``piece`` (``message``: already encoded for ``slot``) to ``slot``: ``True``
+        once sent; ``False`` if the worker is gone (the piece is re-queued); ``None`` if it
+        could not be pickled (already reported)."""
+        if message is None:
+            message = self._encode(slot, piece)
+        piece.data = None
+        if message is None:
+            return None
         assert slot.conn is not None
         try:
-            slot.conn.send_bytes(data)
+            slot.conn.send_bytes(message.data)
+            if message.fd is not None:
+                _shm.send_fd(slot.conn, message.fd)
         except OSError:  # the worker died; its sentinel will report it
             self.backlog.requeue(piece.job, [Span(piece.start, piece.stop)])
             return False
-        piece.job.nbytes += len(data)
+        # Shared-memory bytes count too: chunk sizes stay bounded by what items weigh.
+        piece.job.nbytes += len(message.data) + message.shared_nbytes
         return True
 
     # -- receiving ----------------------------------------------------------------------------
@@ -138,8 +155,12 @@ class Courier:
             self._on_message(slot, data)
 
     def _on_message(self, slot: Slot, data: bytes) -> None:
+        conn = slot.conn
+        assert conn is not None
         try:
-            message = wire.loads(data)
+            message = slot.receiver.decode(data, lambda: _shm.recv_fd(conn))
+        except _shm.DescriptorLost:
+            return  # the worker died sending it: its sentinel reports the death
         except BaseException as exc:
             self._unreadable_results(slot, exc, data)
             return

@@ -16,6 +16,7 @@ from collections import deque
 from concurrent.futures import Future, InvalidStateError, _base
 from typing import Any, Callable, Deque, Iterable, NamedTuple, Optional, Sequence
 
+from .. import _shm
 from .._futures import TaskFuture, cancel_dropped
 from .._outcomes import task_outcome
 from ..errors import TaskPicklingError
@@ -168,6 +169,7 @@ class Piece:
         self.stop = stop
         self.track = track
         self.data: Optional[bytes] = None  # the pickled Run, once made (kept if not sent)
+        # (only a plain pickle is kept: one in a slot's shared memory is that slot's alone)
 
 
 class Span(NamedTuple):
@@ -288,8 +290,9 @@ class RunEncoder:
         self._backlog = backlog
         self._cloud_fn: Any = None  # last function that needed cloudpickle: skip pickle
 
-    def encode(self, piece: Piece) -> Optional[bytes]:
-        """The pickled Run, or ``None`` when it cannot be pickled (its items are failed or
+    def encode(self, piece: Piece, sender: _shm.Sender) -> Optional[_shm.Outgoing]:
+        """The pickled Run, its big buffers written through ``sender`` (the shared memory of
+        the slot it goes to), or ``None`` when it cannot be pickled (its items are failed or
         re-queued already)."""
         job = piece.job
         items = job.items
@@ -298,7 +301,7 @@ class RunEncoder:
         run = wire.Run(job.fn, items, job.mode, job.timeout is not None, piece.track)
         if job.fn is not self._cloud_fn:
             try:
-                return wire.dumps(run)
+                return sender.encode(run)
             except BaseException:
                 pass
         try:
@@ -307,7 +310,7 @@ class RunEncoder:
             data = None
         if data is not None:
             self._cloud_fn = job.fn
-            return data
+            return _shm.Outgoing(data, None)
         self._fail_unpicklable(piece, items)
         return None
 

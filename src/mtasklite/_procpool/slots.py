@@ -21,6 +21,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, NamedTuple, Optional
 
+from .. import _shm
 from ..stateful import WorkerLike, spec_for
 from . import groups, wire
 from .child import worker_main
@@ -46,6 +47,7 @@ class PoolConfig(NamedTuple):
     max_tasks: Optional[int]  # items a process runs before it is replaced
     break_on_crash: bool  # on_worker_crash="break"
     cancel_running: bool  # Future.cancel() stops running work
+    shm_threshold: int  # bytes of out-of-band buffers that go through shared memory (0: never)
     stop_grace: float = DEFAULT_STOP_GRACE  # seconds between SIGTERM and SIGKILL
 
     @property
@@ -84,6 +86,8 @@ class Slot:
         "prefetch_bytes",
         "process",
         "received",
+        "receiver",
+        "sender",
         "spec",
         "state",
     )
@@ -106,6 +110,14 @@ class Slot:
         self.received = 0
         self.accept = 0
         self.next_piece: Optional[Piece] = None  # sent ahead, runs after ``piece``
+        # Shared memory for big buffers (see _shm): Runs out, Results in; new per process.
+        self.sender = _shm.Sender(0)
+        self.receiver = _shm.Receiver()
+
+    def close_transport(self) -> None:
+        """Unmap this slot's shared memory (the worker's own mappings stay valid)."""
+        self.sender.close()
+        self.receiver.close()
 
     def assign(self, piece: Piece) -> None:
         """``piece`` is what the worker runs now."""
@@ -172,6 +184,7 @@ class SlotTable:
         """Start (or restart) ``slot``'s process.  Callers hold the pool's lock."""
         config = self.config
         parent_end, child_end = config.ctx.Pipe(duplex=True)
+        threshold = config.shm_threshold if _shm.can_pass_descriptors(parent_end) else 0
         # Overwritten by the worker's first line of our code: a death before that happened
         # while the process was still being set up (importing the main module, ...).
         self.cells.set_phase(slot.index, wire.LAUNCHING)
@@ -186,6 +199,7 @@ class SlotTable:
                 config.initializer,
                 config.initargs,
                 die_with_parent,
+                threshold,
             ),
         )
         try:
@@ -196,6 +210,9 @@ class SlotTable:
             raise
         child_end.close()
         slot.prefetch_bytes = room_for_prefetch(parent_end)
+        slot.close_transport()
+        slot.sender = _shm.Sender(threshold, tag=f"runs-{slot.index}")
+        slot.receiver = _shm.Receiver()
         slot.process, slot.conn, slot.state = process, parent_end, STARTING
         slot.piece, slot.done_items = None, 0
         self.processes[process.pid] = process
@@ -226,6 +243,7 @@ class SlotTable:
         self.send_stop(slot)
         if slot.conn is not None:
             slot.conn.close()
+        slot.close_transport()
         self.processes.pop(process.pid, None)
         self.retiring.append(process)
         slot.process, slot.conn, slot.state = None, None, EMPTY
@@ -256,6 +274,7 @@ class SlotTable:
         self.processes.pop(process.pid, None)
         if slot.conn is not None:
             slot.conn.close()
+        slot.close_transport()
         remains = Remains(
             process, slot.state, slot.piece, slot.received, slot.accept, slot.next_piece
         )
@@ -303,6 +322,7 @@ class SlotTable:
             if slot.conn is not None:
                 slot.conn.close()
                 slot.conn = None
+            slot.close_transport()
 
     # -- waiting ------------------------------------------------------------------------------
 
