@@ -136,3 +136,19 @@ def log_to(path: str) -> None:
 
     logger = logging.getLogger("concurrent.futures")
     logger.addHandler(logging.FileHandler(path))
+
+
+_held: list[bytes] = []
+
+
+def hold_memory(megabytes: int) -> int:
+    """Keep ``megabytes`` of touched memory alive in this worker (a leak); return its pid."""
+    _held.append(b"\x01" * (megabytes << 20))
+    return os.getpid()
+
+
+def resident() -> int:
+    """This worker's resident memory in bytes."""
+    from mtasklite._procpool import memory
+
+    return memory.resident_bytes()

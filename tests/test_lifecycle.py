@@ -284,3 +284,43 @@ def test_thread_pool_shutdown_closes_each_threads_object_once(tmp_path: Path) ->
         assert list(ex.map(ex.worker, range(9))) == [os.getpid()] * 9
         assert lh.lines(str(log)) == []
     assert lh.lines(str(log)) == [f"closed {os.getpid()}"] * 3
+
+
+# --- max_memory_per_child ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_worker_above_its_memory_limit_is_replaced_after_its_task(
+    method: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "closes"
+    ctx = multiprocessing.get_context(method)
+    with mt.StatefulProcessPoolExecutor(1, ctx, worker=lh.Closable(str(log))) as probe:
+        start = probe.submit(lh.resident).result(START_LIMIT)
+    limit = start + (48 << 20)
+    with mt.StatefulProcessPoolExecutor(
+        1, ctx, worker=lh.Closable(str(log)), max_memory_per_child=limit
+    ) as ex:
+        first = ex.submit(lh.worker_pid, 0).result(START_LIMIT)
+        assert ex.submit(lh.worker_pid, 1).result(START_LIMIT) == first, "under the limit"
+        leaker = ex.submit(lh.hold_memory, 96).result(START_LIMIT)  # returns normally
+        assert leaker == first
+        after = ex.submit(lh.worker_pid, 2).result(START_LIMIT)
+        assert after != first, "the worker above the limit was replaced"
+        assert fh.wait_gone([first], GONE_LIMIT) == set()
+    assert first in closes(log), "the retired worker closed its object (a graceful retire)"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_imap_chunks_all_return_while_workers_recycle_by_memory(method: str) -> None:
+    ctx = multiprocessing.get_context(method)
+    with mt.StatefulProcessPoolExecutor(2, ctx, max_memory_per_child=1) as ex:  # always above
+        assert list(ex.imap(fh.square, range(200))) == [x * x for x in range(200)]
+        pids = {ex.submit(fh.pid_of).result(START_LIMIT) for _ in range(3)}
+    assert len(pids) == 3, "every task ran in a fresh worker"
+
+
+@pytest.mark.parametrize(("limit", "error"), [(0, ValueError), (-5, ValueError), (1.5, TypeError)])
+def test_max_memory_per_child_must_be_a_positive_number_of_bytes(limit: Any, error: type) -> None:
+    with pytest.raises(error, match="max_memory_per_child"):
+        mt.StatefulProcessPoolExecutor(1, max_memory_per_child=limit)

@@ -75,6 +75,9 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
     exits run.  The default, 1 s, covers what cleanup usually does (delete a file, release a
     lock, close a connection) while a stuck task still delays only its replacement, and
     ``terminate()``, by a second; the future fails at the limit whatever the grace.
+    ``max_memory_per_child``: bytes of resident memory above which a worker, after a task or
+    chunk, retires gracefully and is replaced with the same spec (nothing fails; prefetching
+    chunks is off, as with ``max_tasks_per_child``).
     """
 
     _default_chunksize = None
@@ -94,6 +97,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
         cancel_running: bool = False,
         shm_threshold: Optional[int] = _shm.DEFAULT_THRESHOLD,
         stop_grace: float = DEFAULT_STOP_GRACE,
+        max_memory_per_child: Optional[int] = None,
     ):
         # The stdlib __init__ is deliberately not called: it builds queues we do not use.
         specs, max_workers = resolve_workers(worker, max_workers)
@@ -124,6 +128,7 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
             cancel_running=self._cancel_running,
             shm_threshold=_shm.check_threshold(shm_threshold),
             stop_grace=_checked_grace(stop_grace),
+            max_memory=_checked_memory(max_memory_per_child),
         )
         self._control = PoolControl(self, _broken_reporter(self))
         self._dispatcher = Dispatcher(config, self._control)
@@ -312,6 +317,20 @@ def _checked_basics(
     if on_crash not in ("isolate", "break"):
         raise ValueError(f"on_worker_crash must be 'isolate' or 'break', got {on_crash!r}")
     return max_workers
+
+
+def _checked_memory(max_memory_per_child: Optional[int]) -> Optional[int]:
+    """``max_memory_per_child``: ``None`` or a positive number of bytes."""
+    if max_memory_per_child is None:
+        return None
+    if isinstance(max_memory_per_child, bool) or not isinstance(max_memory_per_child, int):
+        raise TypeError(
+            f"max_memory_per_child must be an integer number of bytes or None, got "
+            f"{max_memory_per_child!r}"
+        )
+    if max_memory_per_child <= 0:
+        raise ValueError(f"max_memory_per_child must be > 0 bytes, got {max_memory_per_child}")
+    return max_memory_per_child
 
 
 def _checked_grace(stop_grace: float) -> float:

@@ -30,8 +30,8 @@ from ..stateful import (
     close_worker,
     set_process_context,
 )
-from . import groups, wire
-from .wire import PHASE, STARTED
+from . import groups, memory, wire
+from .wire import PHASE, RESIDENT, STARTED
 
 _PR_SET_PDEATHSIG = 1
 
@@ -43,6 +43,8 @@ Outcomes = tuple[list[Any], Optional[dict[int, BaseException]]]
 # This process's shared-memory transport to the parent (a worker has one connection): Runs
 # come in through ``_receiver``, Results go out through ``_sender``'s arena.
 _sender = _shm.Sender(0)
+#: write resident memory to the progress cell after each Run (max_memory_per_child is set)
+_measure_memory = False
 _receiver = _shm.Receiver()
 
 
@@ -55,9 +57,11 @@ def worker_main(
     initargs: tuple[Any, ...],
     die_with_parent: bool,
     shm_threshold: int = 0,
+    measure_memory: bool = False,
 ) -> None:
     """Entry point of worker process ``slot`` (the target of its ``Process``)."""
-    global _sender
+    global _sender, _measure_memory
+    _measure_memory = measure_memory
     groups.lead_own_group()  # first: whatever a task starts joins the group the pool signals
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -148,6 +152,8 @@ def _run_batch(conn: Connection, run: wire.Run, cell: Cell) -> None:
         values, errors = _loop_untracked(run)
     elapsed = time.perf_counter() - start
     cell[PHASE] = wire.SENDING
+    if _measure_memory:  # before the results: the dispatcher reads it when they arrive
+        cell[RESIDENT] = memory.resident_bytes()
     _send_results(conn, values, errors, elapsed, last=True)
 
 
@@ -233,6 +239,8 @@ def _run_streaming(conn: Connection, run: wire.Run, cell: Cell) -> None:
             _reraise_stop(exc)
             value, errors = None, {0: wire.wrap_exception(exc)}
         elapsed = time.perf_counter() - start
+        if _measure_memory and index == last_index:
+            cell[RESIDENT] = memory.resident_bytes()
         _send_results(conn, [value], errors, elapsed, last=index == last_index)
         del value, errors
 

@@ -45,6 +45,7 @@ class Courier:
         self.backlog = control.backlog
         self.slots = slots
         self.max_tasks = config.max_tasks
+        self.max_memory = config.max_memory
         self.stop_grace = config.stop_grace
         self.encoder = RunEncoder(control.backlog)
 
@@ -203,7 +204,8 @@ class Courier:
             slot.assign(slot.next_piece)
             slot.next_piece = None
             return
-        if self.max_tasks is not None and slot.done_items >= self.max_tasks:
+        resident = self.slots.cells.resident(slot.index)
+        if blame.retires(slot.done_items, self.max_tasks, resident, self.max_memory):
             self._retire(slot)
         else:
             slot.state = IDLE
@@ -211,7 +213,8 @@ class Courier:
         self.control.idle_workers.release()
 
     def _retire(self, slot: Slot) -> None:
-        """``max_tasks_per_child`` reached: stop this process, start a fresh one in its place."""
+        """``max_tasks_per_child`` or ``max_memory_per_child`` reached: stop this process
+        (gracefully: it closes its object), start a fresh one in its place."""
         self.slots.retire(slot)
         if not self.control.should_stop() or self.backlog:
             with self.control.lock:

@@ -49,12 +49,13 @@ class PoolConfig(NamedTuple):
     cancel_running: bool  # Future.cancel() stops running work
     shm_threshold: int  # bytes of out-of-band buffers that go through shared memory (0: never)
     stop_grace: float = DEFAULT_STOP_GRACE  # seconds between SIGTERM and SIGKILL
+    max_memory: Optional[int] = None  # resident bytes above which a process is replaced
 
     @property
     def prefetch(self) -> bool:
         """Send a busy worker its next chunk ahead (off where a slot's work is counted or
         stopped piece by piece)."""
-        return self.max_tasks is None and not self.cancel_running
+        return self.max_tasks is None and self.max_memory is None and not self.cancel_running
 
 
 class SlotState(enum.Enum):
@@ -200,6 +201,7 @@ class SlotTable:
                 config.initargs,
                 die_with_parent,
                 threshold,
+                config.max_memory is not None,
             ),
         )
         try:
