@@ -324,3 +324,34 @@ def test_imap_chunks_all_return_while_workers_recycle_by_memory(method: str) -> 
 def test_max_memory_per_child_must_be_a_positive_number_of_bytes(limit: Any, error: type) -> None:
     with pytest.raises(error, match="max_memory_per_child"):
         mt.StatefulProcessPoolExecutor(1, max_memory_per_child=limit)
+
+
+# --- worker_stats() ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_worker_stats_count_what_each_slot_went_through(method: str, tmp_path: Path) -> None:
+    with pool(method) as ex:
+        assert [s.index for s in ex.worker_stats()] == [0]
+        assert ex.worker_stats()[0].pid is None, "no process before the first task"
+        assert [ex.submit(fh.square, x).result(START_LIMIT) for x in range(5)] == [
+            x * x for x in range(5)
+        ]
+        failing = [ex.submit(fh.fail_on, x, x) for x in range(2)]
+        assert all(isinstance(f.exception(START_LIMIT), ValueError) for f in failing)
+        late = ex.submit_with_timeout(
+            0.5, lh.hang_with_finally, str(tmp_path / "pid"), str(tmp_path / "m")
+        )
+        assert isinstance(late.exception(START_LIMIT), mt.TaskTimeoutError)
+        crashed = ex.submit(fh.crash_on, 0, 0, "sigkill")
+        assert isinstance(crashed.exception(START_LIMIT), mt.WorkerCrashedError)
+        pid = ex.submit(fh.pid_of).result(START_LIMIT)
+        (stats,) = ex.worker_stats()
+    assert stats.index == 0 and stats.pid == pid
+    assert stats.tasks_completed == 8  # 5 squares, 2 failures, the last pid_of
+    assert stats.failures == 2
+    assert stats.timeouts == 1
+    assert stats.crashes == 1
+    assert stats.restarts == 2  # after the timeout and after the crash
+    assert stats.busy_seconds > 0
+    assert stats.resident_bytes is not None and stats.resident_bytes > 1 << 20

@@ -35,6 +35,7 @@ _SUBMODULE_OF = {
     "WorkerCrashedError": "errors",
     "WorkerInitError": "errors",
     "WorkerStopping": "errors",
+    "WorkerStats": "_procpool.stats",
     "Pool": "pool",
     "PoolResults": "pool",
     "SizedPoolResults": "pool",
@@ -78,6 +79,7 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerHandle",
     "WorkerInitError",
+    "WorkerStats",
     "WorkerStopping",
     "__version__",
     "current_worker",
@@ -90,6 +92,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ._aimap import AsyncResultIterator
+    from ._procpool.stats import WorkerStats
     from .constants import ArgumentPassing, ExceptionBehaviour
     from .errors import (
         DeferredExceptions,

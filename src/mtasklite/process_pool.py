@@ -29,6 +29,7 @@ from ._procpool.control import PoolControl, interpreter_exiting
 from ._procpool.dispatcher import Dispatcher
 from ._procpool.jobs import Job, Piece, StoppableFuture, copy_error
 from ._procpool.slots import DEFAULT_STOP_GRACE, PoolConfig
+from ._procpool.stats import WorkerStats
 from .executor_api import SHUTDOWN_MESSAGE, StatefulExecutorMixin, check_timeout
 from .stateful import SentByValue, WorkerLike, describe_worker, resolve_workers
 from .windowing import ChunkResult
@@ -224,6 +225,13 @@ class StatefulProcessPoolExecutor(StatefulExecutorMixin, ForceStopMixin, Process
                 if remaining is not None and remaining <= 0:
                     raise concurrent.futures.TimeoutError(f"workers not ready within {timeout} s")
                 control.ready_changed.wait(remaining)
+
+    def worker_stats(self) -> list[WorkerStats]:
+        """One :class:`~mtasklite.WorkerStats` per worker slot: its index and current pid,
+        items completed, failed, timed out, crashes, restarts, seconds spent in tasks and
+        resident memory (``None`` where unknown).  Counting costs no message: the pool counts
+        what it already receives."""
+        return self._dispatcher.slots.stats()
 
     def terminate(self, wait: bool = True) -> None:
         """Stop now: cancel queued tasks, fail running ones, stop every worker process.

@@ -190,6 +190,7 @@ class Courier:
         first = slot.received
         slot.received += count
         keep = min(count, slot.accept - first)  # an overrun item and later ones are dropped
+        slot.counters.add_results(max(0, keep), results.errors, results.elapsed)
         piece.job.add_results(piece.start + first, results, keep)
         if results.last and slot.state is BUSY:
             self._piece_done(slot)

@@ -180,6 +180,7 @@ class Dispatcher:
         assert piece is not None
         job = piece.job
         slot.accept = running
+        slot.counters.timeouts += 1
         slot.stop_at(time.monotonic() + self.config.stop_grace)
         index = piece.start + running
         error = blame.timeout_error(
@@ -225,6 +226,8 @@ class Dispatcher:
             return
         init_failure, slot.init_failure = slot.init_failure, None
         remains = self.slots.clear_dead(slot)
+        if remains.state in (BUSY, IDLE, STARTING) and not self.control.terminate_requested:
+            slot.counters.crashes += 1  # a death nobody asked for
         if remains.next_piece is not None:  # never started: back to the queue, uncharged
             ahead = remains.next_piece
             self.backlog.requeue(ahead.job, [Span(ahead.start, ahead.stop)])

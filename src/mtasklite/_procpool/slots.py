@@ -26,6 +26,8 @@ from ..stateful import WorkerLike, spec_for
 from . import groups, wire
 from .child import worker_main
 from .jobs import Piece, copy_error, set_exception
+from .memory import resident_bytes
+from .stats import SlotCounters, WorkerStats
 
 #: seconds a stopped worker gets to unwind (``finally`` blocks, ``with`` exits, teardown)
 #: between SIGTERM and SIGKILL, unless the executor's ``stop_grace`` says otherwise
@@ -76,6 +78,7 @@ class Slot:
     __slots__ = (
         "accept",
         "conn",
+        "counters",
         "deaths_in_a_row",
         "done_items",
         "ever_ready",
@@ -111,6 +114,7 @@ class Slot:
         self.received = 0
         self.accept = 0
         self.next_piece: Optional[Piece] = None  # sent ahead, runs after ``piece``
+        self.counters = SlotCounters()  # for worker_stats()
         # Shared memory for big buffers (see _shm): Runs out, Results in; new per process.
         self.sender = _shm.Sender(0)
         self.receiver = _shm.Receiver()
@@ -211,6 +215,7 @@ class SlotTable:
             child_end.close()
             raise
         child_end.close()
+        slot.counters.starts += 1
         slot.prefetch_bytes = room_for_prefetch(parent_end)
         slot.close_transport()
         slot.sender = _shm.Sender(threshold, tag=f"runs-{slot.index}")
@@ -218,6 +223,19 @@ class SlotTable:
         slot.process, slot.conn, slot.state = process, parent_end, STARTING
         slot.piece, slot.done_items = None, 0
         self.processes[process.pid] = process
+
+    def stats(self) -> list[WorkerStats]:
+        """One record per slot (any thread: a snapshot, see :mod:`.stats`)."""
+        records = []
+        for slot in self.all:
+            process = slot.process  # read once: the dispatcher may clear it meanwhile
+            pid = None if process is None else process.pid
+            resident = self.cells.resident(slot.index) if self.config.max_memory else 0.0
+            if not resident and pid is not None:
+                resident = resident_bytes(str(pid))
+            known = int(resident) if resident and pid is not None else None
+            records.append(slot.counters.snapshot(slot.index, pid, known))
+        return records
 
     def all_ready(self) -> bool:
         return all(slot.ever_ready for slot in self.all)
