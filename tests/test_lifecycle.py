@@ -355,3 +355,25 @@ def test_worker_stats_count_what_each_slot_went_through(method: str, tmp_path: P
     assert stats.restarts == 2  # after the timeout and after the crash
     assert stats.busy_seconds > 0
     assert stats.resident_bytes is not None and stats.resident_bytes > 1 << 20
+
+
+# --- pqdm and Pool -------------------------------------------------------------------------------
+
+
+def test_pqdm_passes_the_lifecycle_options_to_the_process_pool() -> None:
+    from mtasklite.processes import pqdm
+
+    pids = list(pqdm(range(6), fh.pid_of, n_jobs=2, chunk_size=1, max_memory_per_child=1,
+                     disable=True))  # fmt: skip
+    assert len(set(pids)) == 6, "every item ran in a fresh worker: the limit reached the pool"
+    with mt.Pool(fh.square, 2, stop_grace=0.25, max_memory_per_child=1 << 40) as pool_:
+        assert list(pool_(range(4))) == [0, 1, 4, 9]
+        config = pool_._executor._dispatcher.config  # type: ignore[union-attr]
+        assert (config.stop_grace, config.max_memory) == (0.25, 1 << 40)
+
+
+@pytest.mark.parametrize("where", ["threads", "dask"])
+def test_pool_refuses_process_options_where_they_do_not_apply(where: str) -> None:
+    kwargs: dict[str, Any] = {"use_threads": True} if where == "threads" else {"client": object()}
+    with pytest.raises(ValueError, match="stop_grace applies to worker processes"):
+        mt.Pool(fh.square, 2, stop_grace=1.0, **kwargs)
