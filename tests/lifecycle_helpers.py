@@ -152,3 +152,19 @@ def resident() -> int:
     from mtasklite._procpool import memory
 
     return memory.resident_bytes()
+
+
+@mt.delayed_init
+class HangingClose:
+    """A stateful worker whose ``close()`` never returns (it logs its start to ``log``)."""
+
+    def __init__(self, log: str) -> None:
+        self.log = log
+
+    def __call__(self, x: Any) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        append(self.log, f"closing {os.getpid()}")
+        while True:
+            time.sleep(0.05)  # sleep-ok: a teardown that hangs until SIGKILLed

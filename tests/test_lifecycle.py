@@ -377,3 +377,21 @@ def test_pool_refuses_process_options_where_they_do_not_apply(where: str) -> Non
     kwargs: dict[str, Any] = {"use_threads": True} if where == "threads" else {"client": object()}
     with pytest.raises(ValueError, match="stop_grace applies to worker processes"):
         mt.Pool(fh.square, 2, stop_grace=1.0, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("how", ["shutdown", "recycling"])
+def test_a_close_that_hangs_is_killed_after_the_grace(
+    method: str, how: str, tmp_path: Path
+) -> None:
+    log, grace = str(tmp_path / "closes"), 0.5
+    recycle = {"max_memory_per_child": 1} if how == "recycling" else {}
+    ex = pool(method, worker=lh.HangingClose(log), stop_grace=grace, **recycle)
+    pid = ex.submit(lh.worker_pid, 0).result(START_LIMIT)
+    if how == "recycling":
+        assert ex.submit(lh.worker_pid, 1).result(START_LIMIT) != pid
+    started = time.monotonic()
+    ex.shutdown(wait=True)
+    assert time.monotonic() - started < grace + GONE_LIMIT + (1.0 if how == "recycling" else 0)
+    assert f"closing {pid}" in lh.lines(log), "close() ran"
+    assert not fh.wait_gone([pid], GONE_LIMIT)

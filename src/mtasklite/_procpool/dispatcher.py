@@ -123,7 +123,7 @@ class Dispatcher:
         cells = self.slots.cells
         for slot in self.slots.all:
             when = None
-            if slot.state is KILLING:
+            if slot.state is KILLING or slot.state is STOPPING:
                 if slot.kill_at != float("inf"):  # inf: SIGKILL sent, the sentinel will fire
                     when = slot.kill_at
             elif slot.state is BUSY and slot.piece is not None:
@@ -152,7 +152,7 @@ class Dispatcher:
             elif slot.state is STARTING:
                 # nothing left to do: don't wait for a slow init
                 groups.signal_worker(slot.process, signal.SIGTERM)
-                slot.state = STOPPING
+                slot.state, slot.kill_at = STOPPING, time.monotonic() + self.config.stop_grace
         return all(slot.state is EMPTY for slot in self.slots.all) and not self.slots.retiring
 
     # -- overruns -----------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class Dispatcher:
         now = time.monotonic()
         cells = self.slots.cells
         for slot in self.slots.all:
-            if slot.state is KILLING:
+            if slot.state is KILLING or slot.state is STOPPING:
                 slot.escalate(now)
             if slot.state is not BUSY or slot.piece is None:
                 continue

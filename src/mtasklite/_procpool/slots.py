@@ -136,7 +136,8 @@ class Slot:
         return self.piece.start + self.received
 
     def escalate(self, now: float) -> None:
-        """KILLING: SIGKILL once the grace after SIGTERM is over."""
+        """KILLING or STOPPING: SIGKILL once the grace after SIGTERM or Stop is over (a
+        ``close()`` that never returns must not hold up shutdown)."""
         if now >= self.kill_at and self.process is not None:
             groups.signal_worker(self.process, signal.SIGKILL)
             self.kill_at = float("inf")
@@ -172,6 +173,7 @@ class SlotTable:
         self.processes: dict[int, Any] = {}
         self.idle: Deque[Slot] = deque()  # ready for a piece, in the order they became so
         self.retiring: list[Any] = []  # stopped processes not yet reaped
+        self.kill_retired_at: dict[int, float] = {}  # pid -> when to SIGKILL a retired one
         self.fresh = 0  # slots started at least once (callers start them in index order)
         # pids whose sentinel or pipe hung up while the process still ran (it closed its
         # descriptors): no longer waited on (they stay readable), checked by pid instead
@@ -256,6 +258,7 @@ class SlotTable:
         if slot in self.idle:
             self.idle.remove(slot)
         slot.state = STOPPING
+        slot.kill_at = time.monotonic() + self.config.stop_grace  # to tear down, then SIGKILL
 
     def retire(self, slot: Slot) -> None:
         """Let ``slot``'s process exit in the background; the slot is EMPTY at once."""
@@ -266,6 +269,7 @@ class SlotTable:
         slot.close_transport()
         self.processes.pop(process.pid, None)
         self.retiring.append(process)
+        self.kill_retired_at[process.pid] = slot.kill_at
         slot.process, slot.conn, slot.state = None, None, EMPTY
 
     def sentinel_fired(self, sentinel: int) -> None:
@@ -277,12 +281,17 @@ class SlotTable:
 
     def collect_exited(self) -> None:
         """Forget the retired processes that have exited (checked by pid, never blocking)."""
+        now = time.monotonic()
         for process in list(self.retiring):
             if process.exitcode is not None:
                 process.join()  # returns at once: it has exited
                 groups.kill_leftovers(process.pid)
                 self.retiring.remove(process)
                 self.hung_up.discard(process.pid)
+                self.kill_retired_at.pop(process.pid, None)
+            elif now >= self.kill_retired_at.get(process.pid, now):
+                groups.signal_worker(process, signal.SIGKILL)  # its teardown overran the grace
+                self.kill_retired_at[process.pid] = float("inf")
 
     def clear_dead(self, slot: Slot) -> Remains:
         """The process of ``slot`` has exited (its ``exitcode`` is known): close its pipe and
