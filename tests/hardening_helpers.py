@@ -33,10 +33,13 @@ def close_fds_then_sleep(seconds: float, log: str) -> str:
 
 def fork_child_then_hang(pid_file: str, release_file: str) -> None:
     """Fork a child that outlives this task (it inherits the worker's descriptors, the
-    sentinel pipe among them) and lives until ``release_file`` exists; then hang."""
+    sentinel pipe among them) and lives until ``release_file`` exists; then hang.  The child
+    leaves the worker's process group (``setsid``, as a daemon would), the one way a process a
+    task starts escapes when the pool stops the worker."""
     child = os.fork()
     if child == 0:
         try:
+            os.setsid()
             fh.append_line(pid_file, str(os.getpid()))
             deadline = time.monotonic() + 30.0
             while not os.path.exists(release_file) and time.monotonic() < deadline:

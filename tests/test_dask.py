@@ -402,3 +402,14 @@ def test_a_spec_used_as_the_function_is_built_once_per_dask_worker_thread(client
     assert {r[4] for r in results} == {1}, "a Dask worker built the spec more than once"
     objects = {(r[0], r[1]) for r in results}
     assert len(objects) <= 2, "one object per Dask worker thread (2 workers, 1 thread each)"
+
+
+def test_shutdown_closes_each_built_object_once(client: Any, tmp_path: Any) -> None:
+    import lifecycle_helpers as lh
+
+    log = str(tmp_path / "closes")
+    with StatefulDaskExecutor(client, worker=[lh.Closable(log), lh.Closable(log)]) as ex:
+        pids = set(ex.map(ex.worker, range(20)))
+        assert lh.lines(log) == [], "nothing is closed while the executor runs"
+    assert sorted(lh.lines(log)) == sorted(f"closed {pid}" for pid in pids)
+    assert len(pids) == 2

@@ -32,6 +32,7 @@ import compat_helpers as ch
 import mtasklite as mt
 import process_helpers as ph
 from mtasklite._futures import TaskFuture
+from mtasklite._procpool import groups
 from mtasklite.errors import abrupt_exit_cause
 
 pytestmark = pytest.mark.timeout(60)
@@ -170,13 +171,15 @@ def test_force_methods_stop_running_work_cancel_queued_work_and_respawn_nothing(
     queued = [ex.submit(ch.append_line, log, f"queued {i}") for i in range(3)]
     assert ch.wait_until(lambda: len(ch.read_lines(log)) == 1)
     (worker,) = ex._processes.values()
-    calls = mock.Mock(wraps=getattr(worker, OPERATION[name]))
-    with mock.patch.object(worker, OPERATION[name], calls):
+    # the worker's whole process group gets the operation's signal (see _procpool.groups)
+    calls = mock.Mock(wraps=groups.signal_worker)
+    with mock.patch.object(groups, "signal_worker", calls):
         getattr(ex, name)()
-    # The dispatcher polls the same process: a join() racing its reap can return before
-    # the exit code is recorded (multiprocessing's poll), so wait for the code itself.
+    worker.join(LIMIT)
+    # The dispatcher reaps the worker too: when both wait at once, the stdlib's Popen.poll()
+    # of the loser returns None until the winner has recorded the status (a moment later).
     assert ch.wait_until(lambda: worker.exitcode is not None)
-    calls.assert_called()
+    calls.assert_any_call(worker, signum)
     assert worker.exitcode == -signum
     with pytest.raises(BrokenProcessPool) as info:
         running.result(LIMIT)
@@ -219,7 +222,8 @@ def test_force_methods_leave_the_pool_unusable(name: str, signum: int) -> None:
             ex.submit(abs, 0)
         with pytest.raises(RuntimeError):
             ex.map(abs, [1])
-        assert ch.wait_until(lambda: worker.exitcode is not None), "the worker is gone"
+        worker.join(LIMIT)
+        assert ch.wait_until(lambda: not worker.is_alive())  # see the note above
 
 
 # --- one exception per failed future (test_broken_process_pool_traceback) --------------------

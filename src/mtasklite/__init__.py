@@ -34,6 +34,8 @@ _SUBMODULE_OF = {
     "TaskTimeoutError": "errors",
     "WorkerCrashedError": "errors",
     "WorkerInitError": "errors",
+    "WorkerStopping": "errors",
+    "WorkerStats": "_procpool.stats",
     "Pool": "pool",
     "PoolResults": "pool",
     "SizedPoolResults": "pool",
@@ -77,6 +79,8 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerHandle",
     "WorkerInitError",
+    "WorkerStats",
+    "WorkerStopping",
     "__version__",
     "current_worker",
     "delayed_init",
@@ -88,6 +92,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ._aimap import AsyncResultIterator
+    from ._procpool.stats import WorkerStats
     from .constants import ArgumentPassing, ExceptionBehaviour
     from .errors import (
         DeferredExceptions,
@@ -97,6 +102,7 @@ if TYPE_CHECKING:
         TaskTimeoutError,
         WorkerCrashedError,
         WorkerInitError,
+        WorkerStopping,
     )
     from .pool import Pool, PoolResults, SizedPoolResults, is_exception
     from .process_pool import StatefulProcessExecutor, StatefulProcessPoolExecutor

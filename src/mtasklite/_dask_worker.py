@@ -30,6 +30,7 @@ from .stateful import (
     WorkerHandle,
     WorkerLike,
     build_worker,
+    close_worker,
     describe_worker,
     set_thread_context,
 )
@@ -149,11 +150,14 @@ def _drop_context(key: _InstanceKey) -> None:
 
 
 def forget(token: str) -> int:
-    """Drop every instance an executor built in this process (run on each worker)."""
+    """Drop every instance an executor built in this process (run on each worker at
+    shutdown), closing each (``close_worker``) once."""
     with _instances_lock:
         keys = [key for key in instances if key[0] == token]
-        for key in keys:
-            del instances[key]
+        dropped = [instances.pop(key) for key in keys]
+    for entry in dropped:
+        if entry.built and entry.error is None:
+            close_worker(entry.value)
     return len(keys)
 
 

@@ -24,7 +24,7 @@ class ForceStopMixin:
         raise NotImplementedError
 
     def terminate_workers(self) -> None:
-        """Stop every worker now with SIGTERM (SIGKILL after a short grace), without waiting.
+        """Stop every worker now with SIGTERM (SIGKILL after ``stop_grace``), without waiting.
 
         Queued tasks are cancelled, running ones fail with ``BrokenProcessPool``, no worker is
         replaced, and ``submit`` raises ``RuntimeError`` afterwards.  Nothing is signalled if

@@ -31,7 +31,14 @@ from ._exit_hooks import interpreter_exiting, on_exit_and_fork
 from ._outcomes import task_outcome
 from ._passing import Passing
 from ._task_text import timeout_error
-from .stateful import WorkerContext, WorkerLike, build_worker, set_thread_context
+from .stateful import (
+    WorkerContext,
+    WorkerLike,
+    build_worker,
+    close_worker,
+    current_worker,
+    set_thread_context,
+)
 
 __all__ = ["ThreadHost", "Watchdog", "WorkItem", "live_threads", "serve"]
 
@@ -290,5 +297,6 @@ def _serve_queue(
             if executor is not None:
                 executor._shutdown = True
             work_queue.put(None)  # tell the next thread
+            close_worker(current_worker())  # a graceful exit: close this thread's object
             return
         del executor

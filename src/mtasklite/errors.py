@@ -20,6 +20,7 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerCrashedError",
     "WorkerInitError",
+    "WorkerStopping",
 ]
 
 # On 3.9/3.10 ``concurrent.futures.TimeoutError`` is its own class; from 3.11 on it *is* the
@@ -34,6 +35,17 @@ class TaskTimeoutError(*_TIMEOUT_BASES):  # type: ignore[misc]
     """A task ran longer than its ``task_timeout`` and was stopped.
 
     Its message names the limit, the worker index and the task.
+    """
+
+
+class WorkerStopping(BaseException):
+    """Raised inside a task whose worker process the pool is stopping (a timeout,
+    ``cancel_running``, ``terminate()``, shutdown's stop of a slow start).
+
+    Guarantee: ``finally`` blocks and ``with`` exits run before the worker exits, within the
+    executor's ``stop_grace``; SIGKILL follows if the task is still running then.  A
+    ``BaseException``, like ``KeyboardInterrupt``, so ``except Exception`` does not swallow
+    it.  The task's future has already failed (or been cancelled) when it is raised.
     """
 
 

@@ -168,6 +168,22 @@ _Mode = Union[ExceptionBehaviour, str]
 _SINGLE = ArgumentPassing.AS_SINGLE_ARG
 
 
+def _process_options(
+    stop_grace: Optional[float], max_memory: Optional[int], client: Any, use_threads: bool
+) -> dict[str, Any]:
+    """The worker-process options given (refused for threads and Dask, where they do not
+    apply), as keywords for ``StatefulProcessPoolExecutor``."""
+    given = {
+        name: value
+        for name, value in (("stop_grace", stop_grace), ("max_memory_per_child", max_memory))
+        if value is not None
+    }
+    if given and (client is not None or use_threads):
+        where = "a Dask client" if client is not None else "use_threads=True"
+        raise ValueError(f"{', '.join(given)} applies to worker processes, not with {where}")
+    return given
+
+
 class Pool(Generic[R]):
     """A pool of stateful worker processes (or threads) mapping one worker over iterables.
 
@@ -185,7 +201,8 @@ class Pool(Generic[R]):
     flight (``chunk_size=None``: adaptive).  Unsized inputs
     always run bounded.  ``task_timeout`` limits each item; ``join_timeout`` bounds how long
     closing waits for the workers before stopping them.  ``mp_context``, ``initializer``,
-    ``initargs`` and ``max_tasks_per_child`` go to the process executor; ``client`` (a Dask
+    ``initargs``, ``max_tasks_per_child``, ``stop_grace`` and ``max_memory_per_child`` go to
+    the process executor; ``client`` (a Dask
     ``distributed.Client``) runs the pool on a Dask cluster instead.
     ``exception_behaviour`` (pqdm's spelling) is accepted for ``exception_behavior``.
 
@@ -205,7 +222,8 @@ class Pool(Generic[R]):
         join_timeout: Optional[float] = None, *, mp_context: Any = None,
         initializer: Optional[Callable[..., object]] = None, initargs: tuple[Any, ...] = (),
         max_tasks_per_child: Optional[int] = None, client: Any = None,
-        exception_behaviour: Optional[_Raising] = None,
+        exception_behaviour: Optional[_Raising] = None, stop_grace: Optional[float] = None,
+        max_memory_per_child: Optional[int] = None,
     ) -> None: ...  # fmt: skip
 
     @overload
@@ -219,6 +237,7 @@ class Pool(Generic[R]):
         mp_context: Any = None, initializer: Optional[Callable[..., object]] = None,
         initargs: tuple[Any, ...] = (), max_tasks_per_child: Optional[int] = None,
         client: Any = None, exception_behaviour: Optional[_Mode] = None,
+        stop_grace: Optional[float] = None, max_memory_per_child: Optional[int] = None,
     ) -> None: ...  # fmt: skip
 
     def __init__(
@@ -241,6 +260,8 @@ class Pool(Generic[R]):
         max_tasks_per_child: Optional[int] = None,
         client: Any = None,
         exception_behaviour: Union[ExceptionBehaviour, str, None] = None,
+        stop_grace: Optional[float] = None,
+        max_memory_per_child: Optional[int] = None,
     ):
         check_n_jobs(n_jobs, worker_or_worker_arr)
         self.argument_type = argument_passing(argument_type)
@@ -253,6 +274,7 @@ class Pool(Generic[R]):
         self.task_timeout = task_timeout
         self.join_timeout = join_timeout
         self._executor: PoolBackend
+        processes = _process_options(stop_grace, max_memory_per_child, client, use_threads)
         if client is not None:
             from .dask import StatefulDaskExecutor
 
@@ -268,7 +290,7 @@ class Pool(Generic[R]):
             self._executor = StatefulProcessPoolExecutor(
                 n_jobs, mp_context, initializer, initargs,
                 max_tasks_per_child=max_tasks_per_child,
-                worker=worker_or_worker_arr, task_timeout=task_timeout,
+                worker=worker_or_worker_arr, task_timeout=task_timeout, **processes,
             )  # fmt: skip
         self.num_workers: int = self._executor._max_workers
         self._worker_name = workers_name(worker_or_worker_arr)

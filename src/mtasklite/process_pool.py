@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import signal
 import threading
 import time
 import weakref
@@ -21,14 +22,15 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from . import _shm
 from ._cpu import usable_cpu_count
-from ._force_stop import TERMINATE, ForceStopMixin
+from ._force_stop import KILL, TERMINATE, ForceStopMixin
 from ._futures import TaskFuture, cancel_dropped
 from ._lifecycle import WAIT_AFTER_SHUTDOWN_MESSAGE, ExecutorLifecycle
-from ._procpool import wire
+from ._procpool import groups, wire
 from ._procpool.control import PoolControl
 from ._procpool.dispatcher import Dispatcher
 from ._procpool.jobs import Job, Piece, StoppableFuture, copy_error
-from ._procpool.slots import PoolConfig
+from ._procpool.slots import DEFAULT_STOP_GRACE, PoolConfig
+from ._procpool.stats import WorkerStats
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import SentByValue, WorkerLike, describe_worker, resolve_workers
 from .windowing import ChunkResult
@@ -71,6 +73,15 @@ class StatefulProcessPoolExecutor(
     running work.  ``shm_threshold``: arguments and results whose out-of-band pickle buffers
     (numpy arrays, ``pickle.PickleBuffer``) add up to this many bytes or more (default 1 MiB)
     travel through per-worker shared memory instead of the pipe; ``None`` or ``0``: never.
+    ``stop_grace``: seconds a worker being stopped (a timeout, a cancel,
+    ``terminate()``) gets to unwind before SIGKILL: the running task sees
+    :class:`~mtasklite.WorkerStopping` raised inside it, so its ``finally`` blocks and ``with``
+    exits run.  The default, 1 s, covers what cleanup usually does (delete a file, release a
+    lock, close a connection) while a stuck task still delays only its replacement, and
+    ``terminate()``, by a second; the future fails at the limit whatever the grace.
+    ``max_memory_per_child``: bytes of resident memory above which a worker, after a task or
+    chunk, retires gracefully and is replaced with the same spec (nothing fails; prefetching
+    chunks is off, as with ``max_tasks_per_child``).
     """
 
     _default_chunksize = None
@@ -89,20 +100,13 @@ class StatefulProcessPoolExecutor(
         on_worker_crash: str = "isolate",
         cancel_running: bool = False,
         shm_threshold: Optional[int] = _shm.DEFAULT_THRESHOLD,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+        max_memory_per_child: Optional[int] = None,
     ):
         # The stdlib __init__ is deliberately not called: it builds queues we do not use.
         specs, max_workers = resolve_workers(worker, max_workers)
-        if max_workers is None:
-            max_workers = usable_cpu_count()
-        elif max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+        max_workers = _checked_basics(max_workers, initializer, on_worker_crash)
         mp_context = _checked_context(mp_context, max_tasks_per_child)
-        if on_worker_crash not in ("isolate", "break"):
-            raise ValueError(
-                f"on_worker_crash must be 'isolate' or 'break', got {on_worker_crash!r}"
-            )
         if specs is not None and mp_context.get_start_method(allow_none=False) != "fork":
             specs = _portable_specs(specs, mp_context.get_start_method(allow_none=False))
         self._max_workers = max_workers
@@ -127,6 +131,8 @@ class StatefulProcessPoolExecutor(
             break_on_crash=on_worker_crash == "break",
             cancel_running=self._cancel_running,
             shm_threshold=_shm.check_threshold(shm_threshold),
+            stop_grace=_checked_grace(stop_grace),
+            max_memory=_checked_memory(max_memory_per_child),
         )
         self._control = PoolControl(self, _broken_reporter(self))
         self._dispatcher = Dispatcher(config, self._control)
@@ -226,11 +232,19 @@ class StatefulProcessPoolExecutor(
                     raise concurrent.futures.TimeoutError(f"workers not ready within {timeout} s")
                 control.ready_changed.wait(remaining)
 
+    def worker_stats(self) -> list[WorkerStats]:
+        """One :class:`~mtasklite.WorkerStats` per worker slot: its index and current pid,
+        items completed, failed, timed out, crashes, restarts, seconds spent in tasks and
+        resident memory (``None`` where unknown).  Counting costs no message: the pool counts
+        what it already receives."""
+        return self._dispatcher.slots.stats()
+
     def terminate(self, wait: bool = True) -> None:
         """Stop now: cancel queued tasks, fail running ones, stop every worker process.
 
-        Running tasks' futures fail with ``BrokenProcessPool``; workers get SIGTERM, then
-        SIGKILL after a short grace.  The executor is shut down afterwards.
+        Running tasks' futures fail with ``BrokenProcessPool``; workers get SIGTERM (the
+        running task sees :class:`~mtasklite.WorkerStopping`), then SIGKILL after
+        ``stop_grace``.  The executor is shut down afterwards.
         """
         self._stop_workers(TERMINATE, wait)
 
@@ -245,11 +259,9 @@ class StatefulProcessPoolExecutor(
             control.wakeup()
             # Signal now, from this thread: no worker may start another item while the
             # dispatcher wakes up (it escalates to SIGKILL and reaps them).
+            signum = signal.SIGKILL if operation == KILL else signal.SIGTERM
             for process in list(self._processes.values()):
-                try:
-                    getattr(process, operation)()
-                except (OSError, ValueError):  # pragma: no cover - already reaped or closed
-                    pass
+                groups.signal_worker(process, signum)  # the processes its task started too
         self._join_dispatcher(wait)
 
     def _stop_now(self) -> None:
@@ -303,6 +315,45 @@ def _checked_context(
                 "method; supply a different mp_context."
             )
     return mp_context
+
+
+def _checked_basics(
+    max_workers: Optional[int], initializer: Optional[Callable[..., object]], on_crash: str
+) -> int:
+    """The worker count (the usable CPUs by default), once the stdlib's checks and ours on
+    ``initializer`` and ``on_worker_crash`` passed."""
+    if max_workers is None:
+        max_workers = usable_cpu_count()
+    elif max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    if on_crash not in ("isolate", "break"):
+        raise ValueError(f"on_worker_crash must be 'isolate' or 'break', got {on_crash!r}")
+    return max_workers
+
+
+def _checked_memory(max_memory_per_child: Optional[int]) -> Optional[int]:
+    """``max_memory_per_child``: ``None`` or a positive number of bytes."""
+    if max_memory_per_child is None:
+        return None
+    if isinstance(max_memory_per_child, bool) or not isinstance(max_memory_per_child, int):
+        raise TypeError(
+            f"max_memory_per_child must be an integer number of bytes or None, got "
+            f"{max_memory_per_child!r}"
+        )
+    if max_memory_per_child <= 0:
+        raise ValueError(f"max_memory_per_child must be > 0 bytes, got {max_memory_per_child}")
+    return max_memory_per_child
+
+
+def _checked_grace(stop_grace: float) -> float:
+    """``stop_grace`` as a float, refused unless it is a finite number of seconds >= 0."""
+    if isinstance(stop_grace, bool) or not isinstance(stop_grace, (int, float)):
+        raise TypeError(f"stop_grace must be a number of seconds, got {stop_grace!r}")
+    if not 0 <= stop_grace < float("inf"):
+        raise ValueError(f"stop_grace must be a finite number of seconds >= 0, got {stop_grace!r}")
+    return float(stop_grace)
 
 
 _CLOUDPICKLE_HINT = (

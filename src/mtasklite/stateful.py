@@ -306,6 +306,24 @@ def build_worker(spec: WorkerLike) -> Any:
     return spec.build() if isinstance(spec, DelayedInit) else spec
 
 
+def close_worker(instance: object) -> None:
+    """A worker retires gracefully: close the object built from its spec, if it has a
+    ``close()``.  Called once, as the worker's last act; whatever ``close()`` raises is
+    logged, never raised into the pool (no future waits for it).  A worker killed outright
+    (SIGKILL, a crash) never gets here."""
+    close = getattr(instance, "close", None)
+    if instance is None or not callable(close):
+        return
+    try:
+        close()
+    except BaseException:
+        import logging  # only here: importing this module stays lean
+
+        logging.getLogger("concurrent.futures").error(
+            "mtasklite: closing the worker object %r failed", instance, exc_info=True
+        )
+
+
 def describe_worker(spec: WorkerLike) -> str:
     """A short human name for error messages."""
     if isinstance(spec, SentByValue):

@@ -42,7 +42,9 @@ runs them in order, so no message needs a task id.
 Modules, each importing only those above it:
 
 - ``wire``: messages, progress cells, (un)pickling;  ``child``: the worker process's loop;
-  ``salvage``: what can still be read of a batch of results that does not unpickle.
+  ``salvage``: what can still be read of a batch of results that does not unpickle;
+  ``groups``: each worker leads a process group, signalled as a whole (nothing a task starts
+  outlives its worker);  ``memory``: resident memory;  ``stats``: per-slot counters.
 - ``jobs``: job, piece, backlog, pickling a piece into a Run (big buffers into the slot's
   arena; a Run too big to send ahead is withdrawn from it, ``Courier.send_ahead``).
 - ``slots``: slot states, the slot table (start, stop, retire, reap), the prefetch rule.
@@ -63,6 +65,10 @@ Races, and where they are settled:
 - a worker dies with work outstanding: its pipe is drained first, so results it sent
   before dying count (a message whose arena descriptor never follows was sent by the dead:
   it is dropped); then ``blame.judge_death`` decides from its cell what is charged;
+- a worker is stopped (an overrun, a cancel, ``terminate()``): SIGTERM raises
+  ``WorkerStopping`` in its task, which unwinds and closes the worker's object; SIGKILL to
+  its group follows after ``stop_grace``, as it does for a worker told to exit (shutdown,
+  recycling by task count or memory) that is still closing its object by then;
 - a timed item overruns: it fails at once and the worker is stopped; results of earlier
   items still arriving are kept, later ones dropped and re-run (``Dispatcher._overrun``);
 - ``terminate()`` signals the workers from the caller's thread; the dispatcher, seeing a

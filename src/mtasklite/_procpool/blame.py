@@ -84,6 +84,20 @@ def death_poll_interval(
     return None
 
 
+# --- retiring -----------------------------------------------------------------------------
+
+
+def retires(
+    done_items: int, max_tasks: Optional[int], resident: float, max_memory: Optional[int]
+) -> bool:
+    """Whether a worker that just finished a piece is replaced by a fresh process: it ran its
+    ``max_tasks_per_child`` budget, or holds more than ``max_memory_per_child`` resident
+    bytes (0: not measured, never a reason).  The piece's results stand either way."""
+    if max_tasks is not None and done_items >= max_tasks:
+        return True
+    return max_memory is not None and resident > max_memory
+
+
 # --- deaths -------------------------------------------------------------------------------
 
 

@@ -23,9 +23,16 @@ from typing import Any, Callable, Optional
 
 from .. import _shm
 from .._passing import call_item
-from ..stateful import WorkerContext, WorkerLike, build_worker, set_process_context
-from . import wire
-from .wire import PHASE, STARTED
+from ..errors import WorkerStopping
+from ..stateful import (
+    WorkerContext,
+    WorkerLike,
+    build_worker,
+    close_worker,
+    set_process_context,
+)
+from . import groups, memory, wire
+from .wire import PHASE, RESIDENT, STARTED
 
 _PR_SET_PDEATHSIG = 1
 
@@ -37,6 +44,8 @@ Outcomes = tuple[list[Any], Optional[dict[int, BaseException]]]
 # This process's shared-memory transport to the parent (a worker has one connection): Runs
 # come in through ``_receiver``, Results go out through ``_sender``'s arena.
 _sender = _shm.Sender(0)
+#: write resident memory to the progress cell after each Run (max_memory_per_child is set)
+_measure_memory = False
 _receiver = _shm.Receiver()
 
 
@@ -49,9 +58,12 @@ def worker_main(
     initargs: tuple[Any, ...],
     die_with_parent: bool,
     shm_threshold: int = 0,
+    measure_memory: bool = False,
 ) -> None:
     """Entry point of worker process ``slot`` (the target of its ``Process``)."""
-    global _sender
+    global _sender, _measure_memory
+    _measure_memory = measure_memory
+    groups.lead_own_group()  # first: whatever a task starts joins the group the pool signals
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(die_with_parent)
@@ -67,14 +79,40 @@ def worker_main(
             LOGGER.critical("Exception in initializer:", exc_info=True)
             _send(conn, wire.InitFailed(wire.wrap_exception(exc), in_spec=False))
             return
+    instance = None
     if spec is not None:
         try:
-            set_process_context(WorkerContext(slot, build_worker(spec)))
+            instance = build_worker(spec)
+            set_process_context(WorkerContext(slot, instance))
         except BaseException as exc:
             _send(conn, wire.InitFailed(wire.wrap_exception(exc), in_spec=True))
             return
     _send(conn, wire.Ready())
-    _serve(conn, cell)
+    # From now on a SIGTERM unwinds the running task (see WorkerStopping); while starting it
+    # still ends the process at once, so a stopped start never reports an InitFailed.
+    signal.signal(signal.SIGTERM, _stop_gracefully)
+    try:
+        _serve(conn, cell)
+    except WorkerStopping:
+        close_worker(instance)
+        _exit_stopped()
+    close_worker(instance)
+
+
+def _stop_gracefully(_signum: int, _frame: Any) -> None:
+    """SIGTERM handler: raise :class:`WorkerStopping` in whatever runs (a task, or our own
+    wait for work); one unwinding only, the pool's SIGKILL follows its grace period."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise WorkerStopping("the pool is stopping this worker process")
+
+
+def _exit_stopped() -> None:
+    """The stop has unwound: exit as the SIGTERM would have (the exit status says so)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    os._exit(1)  # pragma: no cover - SIGTERM blocked by the task
 
 
 def _serve(conn: Connection, cell: Cell) -> None:
@@ -93,6 +131,7 @@ def _serve(conn: Connection, cell: Cell) -> None:
         except _shm.DescriptorLost:
             return  # the parent is gone
         except BaseException as exc:
+            _reraise_stop(exc)
             _send(conn, wire.Unreadable(wire.wrap_exception(exc)))
             continue
         del data
@@ -114,6 +153,8 @@ def _run_batch(conn: Connection, run: wire.Run, cell: Cell) -> None:
         values, errors = _loop_untracked(run)
     elapsed = time.perf_counter() - start
     cell[PHASE] = wire.SENDING
+    if _measure_memory:  # before the results: the dispatcher reads it when they arrive
+        cell[RESIDENT] = memory.resident_bytes()
     _send_results(conn, values, errors, elapsed, last=True)
 
 
@@ -134,6 +175,7 @@ def _loop_untracked(run: wire.Run) -> Outcomes:
             # extend() swallowed it (the exception object is gone).  Fail that item.
             exc: BaseException = _task_stop_iteration()
         except BaseException as raised:
+            _reraise_stop(raised)
             exc = raised
         if errors is None:
             errors = {}
@@ -175,6 +217,7 @@ def _loop_tracked(run: wire.Run, cell: Cell) -> Outcomes:
                     append(fn(*args, **kwargs))
             break
         except BaseException as exc:
+            _reraise_stop(exc)
             if errors is None:
                 errors = {}
             errors[current] = wire.wrap_exception(exc)
@@ -194,8 +237,11 @@ def _run_streaming(conn: Connection, run: wire.Run, cell: Cell) -> None:
         try:
             value = call_item(fn, item, mode)
         except BaseException as exc:
+            _reraise_stop(exc)
             value, errors = None, {0: wire.wrap_exception(exc)}
         elapsed = time.perf_counter() - start
+        if _measure_memory and index == last_index:
+            cell[RESIDENT] = memory.resident_bytes()
         _send_results(conn, [value], errors, elapsed, last=index == last_index)
         del value, errors
 
@@ -209,12 +255,14 @@ def _send_results(
 ) -> None:
     try:
         message = _sender.encode(wire.Results(values, errors, elapsed, last))
-    except BaseException:
+    except BaseException as problem:
+        _reraise_stop(problem)
         # Some value does not pickle: it fails alone, the others still go.
         for index, value in enumerate(values):
             try:
                 wire.dumps(value)
             except BaseException as exc:
+                _reraise_stop(exc)
                 if errors is None:
                     errors = {}
                 errors[index] = wire.wrap_exception(exc)
@@ -225,30 +273,38 @@ def _send_results(
         _shm.send_fd(conn, message.fd)
 
 
+def _reraise_stop(exc: BaseException) -> None:
+    """A stop is never an item's outcome: it ends the worker (see ``_stop_gracefully``)."""
+    if isinstance(exc, WorkerStopping):
+        raise exc
+
+
 def _send(conn: Connection, message: object) -> None:
     conn.send_bytes(wire.dumps(message))
 
 
 def _exit_with_parent(die_with_parent: bool) -> None:
-    """Never outlive the parent: a kernel death signal on Linux, a watcher thread anywhere."""
+    """Never outlive the parent, nor let the worker's group do so: a kernel death signal on
+    Linux, a watcher thread anywhere; either kills the whole group."""
     parent = multiprocessing.parent_process()
     if die_with_parent and sys.platform.startswith("linux"):
         try:
             import ctypes
 
+            signal.signal(groups.PARENT_DEATH_SIGNAL, groups.die_with_group)
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            libc.prctl(_PR_SET_PDEATHSIG, groups.PARENT_DEATH_SIGNAL, 0, 0, 0)
         except (OSError, AttributeError):  # pragma: no cover - exotic libc
             pass
     if parent is None:  # pragma: no cover - always set for a multiprocessing child
         return
     if not parent.is_alive():
-        os._exit(1)
+        groups.kill_own_group()
     sentinel = parent.sentinel
 
     def watch() -> None:
         multiprocessing.connection.wait([sentinel])
-        os._exit(1)
+        groups.kill_own_group()
 
     try:
         threading.Thread(target=watch, name="mtasklite-parent-watch", daemon=True).start()

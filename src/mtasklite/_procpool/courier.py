@@ -22,7 +22,6 @@ from .salvage import find_unrebuildable, salvage
 from .slots import (
     BUSY,
     IDLE,
-    KILL_GRACE,
     STARTING,
     STOPPING,
     PoolConfig,
@@ -46,6 +45,8 @@ class Courier:
         self.backlog = control.backlog
         self.slots = slots
         self.max_tasks = config.max_tasks
+        self.max_memory = config.max_memory
+        self.stop_grace = config.stop_grace
         self.encoder = RunEncoder(control.backlog)
 
     # -- sending ------------------------------------------------------------------------------
@@ -189,6 +190,7 @@ class Courier:
         first = slot.received
         slot.received += count
         keep = min(count, slot.accept - first)  # an overrun item and later ones are dropped
+        slot.counters.add_results(max(0, keep), results.errors, results.elapsed)
         piece.job.add_results(piece.start + first, results, keep)
         if results.last and slot.state is BUSY:
             self._piece_done(slot)
@@ -203,7 +205,8 @@ class Courier:
             slot.assign(slot.next_piece)
             slot.next_piece = None
             return
-        if self.max_tasks is not None and slot.done_items >= self.max_tasks:
+        resident = self.slots.cells.resident(slot.index)
+        if blame.retires(slot.done_items, self.max_tasks, resident, self.max_memory):
             self._retire(slot)
         else:
             slot.state = IDLE
@@ -211,7 +214,8 @@ class Courier:
         self.control.idle_workers.release()
 
     def _retire(self, slot: Slot) -> None:
-        """``max_tasks_per_child`` reached: stop this process, start a fresh one in its place."""
+        """``max_tasks_per_child`` or ``max_memory_per_child`` reached: stop this process
+        (gracefully: it closes its object), start a fresh one in its place."""
         self.slots.retire(slot)
         if not self.control.should_stop() or self.backlog:
             with self.control.lock:
@@ -289,7 +293,7 @@ class Courier:
         them and stop the workers running them."""
         for future in self.backlog.drop_cancelled():
             cancel_dropped(future)  # no lock held: this runs the future's callbacks
-        kill_at = time.monotonic() + KILL_GRACE
+        kill_at = time.monotonic() + self.stop_grace
         for slot in self.slots.all:
             piece = slot.piece
             if slot.state is BUSY and piece is not None and piece.job.future.cancelled():

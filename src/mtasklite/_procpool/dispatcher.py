@@ -6,6 +6,7 @@ every worker process it started is reaped, before the thread exits.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from concurrent.futures._base import LOGGER
@@ -13,7 +14,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Optional
 
 from ..stateful import describe_worker
-from . import blame, wire
+from . import blame, groups, wire
 from .control import PoolControl
 from .courier import Courier, break_pool, init_error
 from .jobs import Span, copy_error, set_exception
@@ -21,7 +22,6 @@ from .slots import (
     BUSY,
     EMPTY,
     IDLE,
-    KILL_GRACE,
     KILLING,
     STARTING,
     STOPPING,
@@ -123,7 +123,7 @@ class Dispatcher:
         cells = self.slots.cells
         for slot in self.slots.all:
             when = None
-            if slot.state is KILLING:
+            if slot.state is KILLING or slot.state is STOPPING:
                 if slot.kill_at != float("inf"):  # inf: SIGKILL sent, the sentinel will fire
                     when = slot.kill_at
             elif slot.state is BUSY and slot.piece is not None:
@@ -150,8 +150,9 @@ class Dispatcher:
             if slot.state is IDLE:
                 self.slots.send_stop(slot)
             elif slot.state is STARTING:
-                slot.process.terminate()  # nothing left to do: don't wait for a slow init
-                slot.state = STOPPING
+                # nothing left to do: don't wait for a slow init
+                groups.signal_worker(slot.process, signal.SIGTERM)
+                slot.state, slot.kill_at = STOPPING, time.monotonic() + self.config.stop_grace
         return all(slot.state is EMPTY for slot in self.slots.all) and not self.slots.retiring
 
     # -- overruns -----------------------------------------------------------------------------
@@ -160,7 +161,7 @@ class Dispatcher:
         now = time.monotonic()
         cells = self.slots.cells
         for slot in self.slots.all:
-            if slot.state is KILLING:
+            if slot.state is KILLING or slot.state is STOPPING:
                 slot.escalate(now)
             if slot.state is not BUSY or slot.piece is None:
                 continue
@@ -179,7 +180,8 @@ class Dispatcher:
         assert piece is not None
         job = piece.job
         slot.accept = running
-        slot.stop_at(time.monotonic() + KILL_GRACE)
+        slot.counters.timeouts += 1
+        slot.stop_at(time.monotonic() + self.config.stop_grace)
         index = piece.start + running
         error = blame.timeout_error(
             job.fn, job.items[index], job.mode, timeout, slot.index, slot.process.pid
@@ -224,6 +226,8 @@ class Dispatcher:
             return
         init_failure, slot.init_failure = slot.init_failure, None
         remains = self.slots.clear_dead(slot)
+        if remains.state in (BUSY, IDLE, STARTING) and not self.control.terminate_requested:
+            slot.counters.crashes += 1  # a death nobody asked for
         if remains.next_piece is not None:  # never started: back to the queue, uncharged
             ahead = remains.next_piece
             self.backlog.requeue(ahead.job, [Span(ahead.start, ahead.stop)])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import multiprocessing.connection
 import os
+import signal
 import socket
 import threading
 import time
@@ -22,12 +23,15 @@ from typing import Any, Callable, Deque, NamedTuple, Optional
 
 from .. import _shm
 from ..stateful import WorkerLike, spec_for
-from . import wire
+from . import groups, wire
 from .child import worker_main
 from .jobs import Piece, copy_error, set_exception
+from .memory import resident_bytes
+from .stats import SlotCounters, WorkerStats
 
-#: seconds between SIGTERM and SIGKILL when stopping a worker
-KILL_GRACE = 0.2
+#: seconds a stopped worker gets to unwind (``finally`` blocks, ``with`` exits, teardown)
+#: between SIGTERM and SIGKILL, unless the executor's ``stop_grace`` says otherwise
+DEFAULT_STOP_GRACE = 1.0
 #: the send buffer asked for on the parent's end of each worker's socket pair (the kernel
 #: caps it at net.core.wmem_max); a quarter of what it grants bounds a Run sent ahead
 SEND_BUFFER = 1 << 20
@@ -46,12 +50,14 @@ class PoolConfig(NamedTuple):
     break_on_crash: bool  # on_worker_crash="break"
     cancel_running: bool  # Future.cancel() stops running work
     shm_threshold: int  # bytes of out-of-band buffers that go through shared memory (0: never)
+    stop_grace: float = DEFAULT_STOP_GRACE  # seconds between SIGTERM and SIGKILL
+    max_memory: Optional[int] = None  # resident bytes above which a process is replaced
 
     @property
     def prefetch(self) -> bool:
         """Send a busy worker its next chunk ahead (off where a slot's work is counted or
         stopped piece by piece)."""
-        return self.max_tasks is None and not self.cancel_running
+        return self.max_tasks is None and self.max_memory is None and not self.cancel_running
 
 
 class SlotState(enum.Enum):
@@ -72,6 +78,7 @@ class Slot:
     __slots__ = (
         "accept",
         "conn",
+        "counters",
         "deaths_in_a_row",
         "done_items",
         "ever_ready",
@@ -107,6 +114,7 @@ class Slot:
         self.received = 0
         self.accept = 0
         self.next_piece: Optional[Piece] = None  # sent ahead, runs after ``piece``
+        self.counters = SlotCounters()  # for worker_stats()
         # Shared memory for big buffers (see _shm): Runs out, Results in; new per process.
         self.sender = _shm.Sender(0)
         self.receiver = _shm.Receiver()
@@ -128,15 +136,16 @@ class Slot:
         return self.piece.start + self.received
 
     def escalate(self, now: float) -> None:
-        """KILLING: SIGKILL once the grace after SIGTERM is over."""
+        """KILLING or STOPPING: SIGKILL once the grace after SIGTERM or Stop is over (a
+        ``close()`` that never returns must not hold up shutdown)."""
         if now >= self.kill_at and self.process is not None:
-            self.process.kill()
+            groups.signal_worker(self.process, signal.SIGKILL)
             self.kill_at = float("inf")
 
     def stop_at(self, kill_at: float) -> None:
         """SIGTERM now; the dispatcher sends SIGKILL at ``kill_at`` if it is still alive."""
         self.state, self.kill_at = KILLING, kill_at
-        self.process.terminate()
+        groups.signal_worker(self.process, signal.SIGTERM)
 
 
 class Remains(NamedTuple):
@@ -164,6 +173,7 @@ class SlotTable:
         self.processes: dict[int, Any] = {}
         self.idle: Deque[Slot] = deque()  # ready for a piece, in the order they became so
         self.retiring: list[Any] = []  # stopped processes not yet reaped
+        self.kill_retired_at: dict[int, float] = {}  # pid -> when to SIGKILL a retired one
         self.fresh = 0  # slots started at least once (callers start them in index order)
         # pids whose sentinel or pipe hung up while the process still ran (it closed its
         # descriptors): no longer waited on (they stay readable), checked by pid instead
@@ -197,6 +207,7 @@ class SlotTable:
                 config.initargs,
                 die_with_parent,
                 threshold,
+                config.max_memory is not None,
             ),
         )
         try:
@@ -206,6 +217,7 @@ class SlotTable:
             child_end.close()
             raise
         child_end.close()
+        slot.counters.starts += 1
         slot.prefetch_bytes = room_for_prefetch(parent_end)
         slot.close_transport()
         slot.sender = _shm.Sender(threshold, tag=f"runs-{slot.index}")
@@ -213,6 +225,19 @@ class SlotTable:
         slot.process, slot.conn, slot.state = process, parent_end, STARTING
         slot.piece, slot.done_items = None, 0
         self.processes[process.pid] = process
+
+    def stats(self) -> list[WorkerStats]:
+        """One record per slot (any thread: a snapshot, see :mod:`.stats`)."""
+        records = []
+        for slot in self.all:
+            process = slot.process  # read once: the dispatcher may clear it meanwhile
+            pid = None if process is None else process.pid
+            resident = self.cells.resident(slot.index) if self.config.max_memory else 0.0
+            if not resident and pid is not None:
+                resident = resident_bytes(str(pid))
+            known = int(resident) if resident and pid is not None else None
+            records.append(slot.counters.snapshot(slot.index, pid, known))
+        return records
 
     def all_ready(self) -> bool:
         return all(slot.ever_ready for slot in self.all)
@@ -233,6 +258,7 @@ class SlotTable:
         if slot in self.idle:
             self.idle.remove(slot)
         slot.state = STOPPING
+        slot.kill_at = time.monotonic() + self.config.stop_grace  # to tear down, then SIGKILL
 
     def retire(self, slot: Slot) -> None:
         """Let ``slot``'s process exit in the background; the slot is EMPTY at once."""
@@ -243,6 +269,7 @@ class SlotTable:
         slot.close_transport()
         self.processes.pop(process.pid, None)
         self.retiring.append(process)
+        self.kill_retired_at[process.pid] = slot.kill_at
         slot.process, slot.conn, slot.state = None, None, EMPTY
 
     def sentinel_fired(self, sentinel: int) -> None:
@@ -254,17 +281,24 @@ class SlotTable:
 
     def collect_exited(self) -> None:
         """Forget the retired processes that have exited (checked by pid, never blocking)."""
+        now = time.monotonic()
         for process in list(self.retiring):
             if process.exitcode is not None:
                 process.join()  # returns at once: it has exited
+                groups.kill_leftovers(process.pid)
                 self.retiring.remove(process)
                 self.hung_up.discard(process.pid)
+                self.kill_retired_at.pop(process.pid, None)
+            elif now >= self.kill_retired_at.get(process.pid, now):
+                groups.signal_worker(process, signal.SIGKILL)  # its teardown overran the grace
+                self.kill_retired_at[process.pid] = float("inf")
 
     def clear_dead(self, slot: Slot) -> Remains:
         """The process of ``slot`` has exited (its ``exitcode`` is known): close its pipe and
         make the slot EMPTY; what it held is returned for the dispatcher to judge."""
         process = slot.process
         process.join()  # returns at once: it has exited
+        groups.kill_leftovers(process.pid)
         self.hung_up.discard(process.pid)
         self.processes.pop(process.pid, None)
         if slot.conn is not None:
@@ -281,7 +315,7 @@ class SlotTable:
 
     def terminate_all(self) -> None:
         """SIGTERM every live worker now, SIGKILL after the grace period."""
-        kill_at = time.monotonic() + KILL_GRACE
+        kill_at = time.monotonic() + self.config.stop_grace
         for slot in self.all:
             if slot.process is not None and slot.state is not EMPTY:
                 slot.stop_at(kill_at)
@@ -300,16 +334,18 @@ class SlotTable:
     def reap_all_blocking(self) -> None:
         for slot in self.all:
             if slot.process is not None:
-                slot.process.join(KILL_GRACE)
+                slot.process.join(self.config.stop_grace)
                 if slot.process.is_alive():
-                    slot.process.kill()
+                    groups.signal_worker(slot.process, signal.SIGKILL)
                     slot.process.join()
+                groups.kill_leftovers(slot.process.pid)
                 self.processes.pop(slot.process.pid, None)
                 slot.process, slot.state = None, EMPTY
 
     def close(self) -> None:
         for process in self.retiring:
             process.join()
+            groups.kill_leftovers(process.pid)
         self.retiring.clear()
         for slot in self.all:
             if slot.conn is not None:

@@ -90,7 +90,8 @@ class Unreadable(NamedTuple):
 #: offsets within one slot's cell
 PHASE = 0  # the item index being run, or one of the phases above
 STARTED = 1  # time.monotonic() when the current timed item started
-CELL_SIZE = 2
+RESIDENT = 2  # resident bytes after the worker's last Run (0: not measured)
+CELL_SIZE = 3
 
 
 class ProgressCells:
@@ -123,6 +124,9 @@ class ProgressCells:
 
     def started(self, slot: int) -> float:
         return float(self._doubles[CELL_SIZE * slot + STARTED])
+
+    def resident(self, slot: int) -> float:
+        return float(self._doubles[CELL_SIZE * slot + RESIDENT])
 
 
 # --- serialisation --------------------------------------------------------------------------
