@@ -255,11 +255,12 @@ class StatefulProcessPoolExecutor(
         with self._shutdown_lock:
             self._shutdown_thread = True
             control.shutting_down = True
+            signum = signal.SIGKILL if operation == KILL else signal.SIGTERM
+            control.stop_signal = signum  # before the flag: the dispatcher sends the same
             control.terminate_requested = True
             control.wakeup()
             # Signal now, from this thread: no worker may start another item while the
             # dispatcher wakes up (it escalates to SIGKILL and reaps them).
-            signum = signal.SIGKILL if operation == KILL else signal.SIGTERM
             for process in list(self._processes.values()):
                 groups.signal_worker(process, signum)  # the processes its task started too
         self._join_dispatcher(wait)

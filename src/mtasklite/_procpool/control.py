@@ -8,6 +8,7 @@ which tells the executor through the callback it was built with.
 
 from __future__ import annotations
 
+import signal
 import threading
 import weakref
 from concurrent.futures import Future
@@ -51,6 +52,7 @@ class PoolControl:
         self.idle_workers = threading.Semaphore(0)  # a freed worker releases it, submit takes
         self.shutting_down = False
         self.terminate_requested = False  # terminate(): stop all work now
+        self.stop_signal: int = signal.SIGTERM  # the signal terminate() / kill_workers() sends
         self.broken: Optional[BaseException] = None
         self.closed = False  # the dispatcher has exited
         self.ready_changed = threading.Condition(threading.Lock())  # wait_ready() sleeps here

@@ -310,7 +310,8 @@ class Dispatcher:
         self.terminated = True
         error = blame.terminated_error()
         self.backlog.abort(error, cancel_queued=True)
-        self.slots.abort(error)
+        # kill_workers() must not be overtaken by a SIGTERM of ours: the signal it asked for
+        self.slots.abort(error, self.control.stop_signal)
 
     def _break(self, error: BaseException) -> None:
         break_pool(self.control, self.slots, error)

@@ -142,10 +142,11 @@ class Slot:
             groups.signal_worker(self.process, signal.SIGKILL)
             self.kill_at = float("inf")
 
-    def stop_at(self, kill_at: float) -> None:
-        """SIGTERM now; the dispatcher sends SIGKILL at ``kill_at`` if it is still alive."""
+    def stop_at(self, kill_at: float, signum: int = signal.SIGTERM) -> None:
+        """Signal now (SIGTERM unless told otherwise); the dispatcher sends SIGKILL at
+        ``kill_at`` if it is still alive."""
         self.state, self.kill_at = KILLING, kill_at
-        groups.signal_worker(self.process, signal.SIGTERM)
+        groups.signal_worker(self.process, signum)
 
 
 class Remains(NamedTuple):
@@ -313,23 +314,23 @@ class SlotTable:
             self.idle.remove(slot)
         return remains
 
-    def terminate_all(self) -> None:
-        """SIGTERM every live worker now, SIGKILL after the grace period."""
+    def terminate_all(self, signum: int = signal.SIGTERM) -> None:
+        """SIGTERM (or ``signum``) every live worker now, SIGKILL after the grace period."""
         kill_at = time.monotonic() + self.config.stop_grace
         for slot in self.all:
             if slot.process is not None and slot.state is not EMPTY:
-                slot.stop_at(kill_at)
+                slot.stop_at(kill_at, signum)
         self.idle.clear()
 
-    def abort(self, error: BaseException) -> None:
+    def abort(self, error: BaseException, signum: int = signal.SIGTERM) -> None:
         """Fail the futures of every piece the slots hold with a copy of ``error``, and
-        stop every worker."""
+        stop every worker (``signum`` first)."""
         for slot in self.all:
             for held in (slot.piece, slot.next_piece):
                 if held is not None:
                     set_exception(held.job.future, copy_error(error))
             slot.piece = slot.next_piece = None
-        self.terminate_all()
+        self.terminate_all(signum)
 
     def reap_all_blocking(self) -> None:
         for slot in self.all:
