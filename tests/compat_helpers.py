@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
+
+from process_helpers import append_line, read_lines  # noqa: F401  # re-exported for the tests
 
 #: upper bound for any wait inside a worker (never reached when things work)
 WAIT_LIMIT = 20.0
@@ -32,21 +33,6 @@ class FalseyLenError(Exception):
 
 def raiser(exc_type: type[BaseException], message: str) -> None:
     raise exc_type(message)
-
-
-def append_line(path: str, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-def read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return []
 
 
 def wait_until(predicate: Any, timeout: float = WAIT_LIMIT) -> bool:

@@ -23,11 +23,11 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 import mtasklite as mt
 import process_helpers
+from process_helpers import append_line, read_lines  # re-exported for the tests
 
 #: upper bound for any blocking wait inside a worker (never reached when things work)
 BLOCK_LIMIT = 10.0
@@ -35,22 +35,6 @@ BLOCK_LIMIT = 10.0
 HANG = 3600.0
 
 # --- files -----------------------------------------------------------------------------------
-
-
-def append_line(path: str, line: str) -> None:
-    """Append one line atomically (a single ``O_APPEND`` write), from any process."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-def read_lines(path: Any) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return []
 
 
 def wait_for(predicate: Any, timeout: float = BLOCK_LIMIT, interval: float = 0.005) -> bool:
