@@ -18,6 +18,7 @@ import mtasklite as mt
 from mtasklite._thread_chunks import ThreadChunkSize
 from mtasklite.threads import pqdm
 from mtasklite.windowing import ChunkResult, submits_everything
+from pqdm_helpers import SizedCounter
 
 ORDERED = pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
 
@@ -155,29 +156,13 @@ def test_everything_submitted_up_front_runs_one_item_per_task(
 ) -> None:
     # A window that takes the whole input before anything is measured cannot size chunks:
     # the one-item engine runs it (no chunk submitted), and the whole input is pulled at once.
-    source = CountingRange(50)
+    source = SizedCounter(50)
     with mt.StatefulThreadPoolExecutor(2, prefix) as ex:
         results = ex.imap(identity, source, buffersize=50)
         assert next(results) == 0
         assert source.pulled == 50
         assert list(results) == list(range(1, 50))
     assert chunks.sizes == []
-
-
-class CountingRange:
-    """A sized input that counts the items pulled from it."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.pulled = 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        for i in range(self.n):
-            self.pulled += 1
-            yield i
 
 
 @pytest.mark.timeout(30)
