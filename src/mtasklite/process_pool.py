@@ -30,7 +30,7 @@ from ._procpool.control import PoolControl
 from ._procpool.dispatcher import Dispatcher
 from ._procpool.jobs import Job, Piece, StoppableFuture, copy_error
 from ._procpool.slots import DEFAULT_STOP_GRACE, PoolConfig
-from ._procpool.stats import WorkerStats
+from ._worker_stats import WorkerStats
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import SentByValue, WorkerLike, describe_worker, resolve_workers
 from .windowing import ChunkResult

@@ -44,7 +44,8 @@ Modules, each importing only those above it:
 - ``wire``: messages, progress cells, (un)pickling;  ``child``: the worker process's loop;
   ``salvage``: what can still be read of a batch of results that does not unpickle;
   ``groups``: each worker leads a process group, signalled as a whole (nothing a task starts
-  outlives its worker);  ``memory``: resident memory;  ``stats``: per-slot counters.
+  outlives its worker);  ``memory``: resident memory (per-slot counters live in
+  ``mtasklite._worker_stats``, shared with the thread and Dask executors).
 - ``jobs``: job, piece, backlog, pickling a piece into a Run (big buffers into the slot's
   arena; a Run too big to send ahead is withdrawn from it, ``Courier.send_ahead``).
 - ``slots``: slot states, the slot table (start, stop, retire, reap), the prefetch rule.

@@ -148,10 +148,10 @@ class Courier:
                 readable = False
                 data = conn.recv_bytes()
             except (EOFError, OSError):
-                # The worker is gone (its sentinel reports it), or it closed its end while
-                # running on: stop waiting on a pipe that stays readable; watch its pid.
+                # The worker is exiting (its sentinel reports it), or it closed its end while
+                # running on: stop waiting on a pipe that stays readable; watch its pid too.
                 if slot.process is not None:
-                    self.slots.hung_up.add(slot.process.pid)
+                    self.slots.pipe_closed.add(slot.process.pid)
                 return
             self._on_message(slot, data)
 

@@ -11,7 +11,7 @@ import threading
 import time
 from concurrent.futures._base import LOGGER
 from concurrent.futures.process import BrokenProcessPool
-from typing import Optional
+from typing import Any, Optional
 
 from ..stateful import describe_worker
 from . import blame, groups, wire
@@ -197,12 +197,17 @@ class Dispatcher:
         slow = now >= self.next_slow_poll
         if slow:
             self.next_slow_poll = now + blame.SLOW_DEATH_POLL
-        hung_up = self.slots.hung_up
+        hung_up, pipe_closed = self.slots.hung_up, self.slots.pipe_closed
         for slot in self.slots.all:
             process = slot.process
             if process is None or slot.state is EMPTY:
                 continue
-            expected = slot.state is KILLING or slot.state is STOPPING or process.pid in hung_up
+            expected = (
+                slot.state is KILLING
+                or slot.state is STOPPING
+                or process.pid in hung_up
+                or process.pid in pipe_closed
+            )
             if (expected or slow) and process.exitcode is not None:
                 self._reap(slot, process.sentinel)
         if self.slots.retiring:
@@ -219,7 +224,7 @@ class Dispatcher:
             # terminate() signalled the workers itself: this death is not a crash.
             self._terminate()
         self.courier.drain(slot)
-        if slot.process.exitcode is None:
+        if not _exit_confirmed(slot.process):
             # The sentinel closed but the process runs on (a task closed its inherited
             # descriptors): never block on one worker; _poll_deaths reaps it by pid.
             self.slots.hung_up.add(slot.process.pid)
@@ -315,3 +320,21 @@ class Dispatcher:
 
     def _break(self, error: BaseException) -> None:
         break_pool(self.control, self.slots, error)
+
+
+#: How long a fired sentinel waits for its process's exit status before calling it hung up.
+EXIT_STATUS_WAIT = 0.002
+
+
+def _exit_confirmed(process: Any) -> bool:
+    """Whether ``process`` has exited, allowing for the kernel's order: an exiting process's
+    descriptors (its sentinel) close a moment before its exit status can be collected, so a
+    fired sentinel is re-checked for up to ``EXIT_STATUS_WAIT`` before the process counts as
+    running on (hung up, then polled by pid every ``DEATH_POLL``: 20 ms lost on every
+    shutdown that lost this race)."""
+    deadline = time.monotonic() + EXIT_STATUS_WAIT
+    while process.exitcode is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0001)
+    return True
