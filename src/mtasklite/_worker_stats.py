@@ -13,9 +13,11 @@ several milliseconds that a one-shot script would pay on first use of a pool.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
-__all__ = ["SlotCounters", "WorkerStats"]
+from ._chunk_run import ChunkResult
+
+__all__ = ["SlotCounters", "Tally", "WorkerStats"]
 
 
 _FIELDS = (
@@ -123,6 +125,19 @@ class SlotCounters:
         self.failures += failed
         self.busy_seconds += elapsed
 
+    def add_outcome(self, result: Any, failed: bool, elapsed: float) -> None:
+        """A thread or Dask task ended: a chunk's or a drainer's report counts its items, any
+        other result counts one item."""
+        kind = type(result)  # exact types: a user's subclass or tuple is one item
+        if kind is ChunkResult:
+            self.add_results(len(result.values), result.errors, result.elapsed)
+        elif kind is Tally:
+            self.tasks_completed += result.items
+            self.failures += result.failures
+            self.busy_seconds += result.elapsed
+        else:
+            self.add_one(failed, elapsed)
+
     def snapshot(self, index: int, pid: Optional[int], resident: Optional[int]) -> WorkerStats:
         return WorkerStats(
             index=index,
@@ -135,3 +150,11 @@ class SlotCounters:
             busy_seconds=self.busy_seconds,
             resident_bytes=resident,
         )
+
+
+class Tally(NamedTuple):
+    """What a thread ``imap`` drainer ran: a drainer is one pool task serving many items."""
+
+    items: int
+    failures: int
+    elapsed: float
