@@ -29,6 +29,7 @@ from .slots import (
     SlotTable,
     may_send_ahead,
 )
+from .waiting import readable_now
 
 
 class Courier:
@@ -58,18 +59,33 @@ class Courier:
             piece = self.backlog.take()
             if piece is None:
                 return
-            if not piece.job.claim():
-                continue
-            slot = idle.popleft()
-            if self.max_tasks is not None:
-                self._fit_budget(slot, piece)
-            sent = self._send_piece(slot, piece)
-            if sent is None:
-                idle.appendleft(slot)
-            elif not sent:
-                slot.state = STOPPING
-            else:
-                slot.assign(piece)
+            if piece.job.claim():
+                self._give(idle.popleft(), piece)
+
+    def hand_off(self, piece: Piece) -> bool:
+        """Give ``piece`` to an idle slot now, from the submitting thread (which holds
+        ``slots.handoff``); ``False`` if none is idle or work is queued ahead of it."""
+        idle = self.slots.idle
+        if not idle or self.backlog:
+            return False
+        if piece.job.claim() and not self._give(idle.popleft(), piece):
+            self.control.wakeup()  # the worker died: the piece went back to the queue
+        return True
+
+    def _give(self, slot: Slot, piece: Piece) -> bool:
+        """Send ``piece`` to the idle ``slot``; ``False`` if its worker is gone (the piece
+        is re-queued).  An unpicklable piece is failed and the slot stays idle."""
+        if self.max_tasks is not None:
+            self._fit_budget(slot, piece)
+        sent = self._send_piece(slot, piece)
+        if sent is None:
+            self.slots.idle.appendleft(slot)
+        elif not sent:
+            slot.state = STOPPING
+            return False
+        else:
+            slot.assign(piece)
+        return True
 
     def _fit_budget(self, slot: Slot, piece: Piece) -> None:
         """Cut ``piece`` to what the slot's process may still run (max_tasks_per_child)."""
@@ -143,7 +159,7 @@ class Courier:
         conn = slot.conn
         while conn is not None and slot.conn is conn:
             try:
-                if not readable and not conn.poll():
+                if not readable and not readable_now(conn):
                     return
                 readable = False
                 data = conn.recv_bytes()

@@ -17,7 +17,7 @@ from ..stateful import describe_worker
 from . import blame, groups, wire
 from .control import PoolControl
 from .courier import Courier, break_pool, init_error
-from .jobs import Span, copy_error, set_exception
+from .jobs import Piece, Span, copy_error, set_exception
 from .slots import (
     BUSY,
     EMPTY,
@@ -72,6 +72,30 @@ class Dispatcher:
         if not acquired and self.slots.fresh < self.config.workers:
             self.slots.start_fresh()
 
+    def hand_off(self, piece: Piece) -> bool:
+        """Send ``piece`` straight to an idle worker from the submitting thread, sparing the
+        dispatcher's wakeup and one round of its loop (a quarter of a ``submit`` round trip);
+        ``False``: queue it as usual.  Callers hold the pool's lock.
+
+        Only untimed pieces: the dispatcher computes the item deadlines it must wake for
+        before it waits, so a timed piece it did not send itself would go unwatched.  Never
+        while the dispatcher is at work (it holds ``slots.handoff``; it takes queued work
+        before it waits again) nor from its own thread (a done-callback that submits)."""
+        control = self.control
+        if (
+            piece.job.timeout is not None
+            or control.stop_requests
+            or control.terminate_requested
+            or threading.current_thread() is control.thread
+        ):
+            return False
+        if not self.slots.handoff.acquire(blocking=False):
+            return False
+        try:
+            return self.courier.hand_off(piece)
+        finally:
+            self.slots.handoff.release()
+
     def start_all(self) -> None:
         while self.slots.fresh < self.config.workers:
             self.slots.start_fresh()
@@ -80,8 +104,11 @@ class Dispatcher:
 
     def run(self) -> None:
         control, courier, wake = self.control, self.courier, self.control.wake
+        handoff = self.slots.handoff
+        handoff.acquire()  # released only while waiting (see hand_off)
         try:
             while True:
+                wake.arm()  # before reading what callers change (see WakeupPipe)
                 if control.terminate_requested and not self.terminated:
                     self._terminate()
                 if control.stop_requests:
@@ -93,9 +120,13 @@ class Dispatcher:
                 if self._finished():
                     break
                 conns, sentinels = self.slots.waitables()
-                ready = self.poller.wait([wake.read_fd, *conns, *sentinels], self._wait_timeout())
-                if wake.read_fd in ready:
-                    wake.clear()
+                objects, timeout = [wake.read_fd, *conns, *sentinels], self._wait_timeout()
+                handoff.release()
+                try:
+                    ready = self.poller.wait(objects, timeout)
+                finally:
+                    handoff.acquire()
+                wake.awake(wake.read_fd in ready)
                 # Results before deaths: what a worker sent before dying still counts.
                 for obj in ready:
                     slot = conns.get(obj)
@@ -114,6 +145,7 @@ class Dispatcher:
         finally:
             self.slots.close()
             self.control.close()
+            handoff.release()
 
     def _wait_timeout(self) -> Optional[float]:
         """Seconds until the nearest deadline: an item's limit, a SIGKILL escalation or the

@@ -176,6 +176,11 @@ class SlotTable:
         self.retiring: list[Any] = []  # stopped processes not yet reaped
         self.kill_retired_at: dict[int, float] = {}  # pid -> when to SIGKILL a retired one
         self.fresh = 0  # slots started at least once (callers start them in index order)
+        # Held by the dispatcher thread whenever it is not waiting, and by a submitting
+        # thread that hands a task straight to an idle worker (Dispatcher.hand_off), so the
+        # two never change a slot at once.  Reentrant: a done-callback the dispatcher runs
+        # may submit again (it then queues; see hand_off).
+        self.handoff = threading.RLock()
         # pids whose sentinel hung up while the process still ran (it closed its descriptors):
         # no longer waited on (it stays readable), checked by pid instead
         self.hung_up: set[int] = set()
@@ -383,14 +388,15 @@ class SlotTable:
 
     def death_watch(self) -> tuple[bool, bool]:
         """(a process is about to exit (stopped, killed, retired) or hung up its pipes; a
-        worker is starting or running work and could die unseen), for the death poll."""
+        worker is up and could die unseen), for the death poll."""
         expecting, outstanding = bool(self.retiring), False
         hung_up = self.hung_up
         for slot in self.all:
             state = slot.state
             if state is KILLING or state is STOPPING:
                 expecting = True
-            elif state is STARTING or state is BUSY:
+            elif state is not EMPTY:
+                # Idle ones too: a submitting thread may hand one a task while we wait.
                 outstanding = True
             if slot.process is not None and (
                 slot.process.pid in hung_up or slot.process.pid in self.pipe_closed
