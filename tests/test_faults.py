@@ -1069,7 +1069,7 @@ def test_a_wakeup_racing_with_the_drain_is_not_lost(
                 caller.join(0.5)  # it may wait for a lock the dispatcher holds: let it
             return real_os.read(fd, size)
 
-    stopping, woken = threading.Event(), threading.Event()
+    stopping, woken, asleep = threading.Event(), threading.Event(), threading.Event()
 
     def traced_wait(objects: Any, timeout: Optional[float] = None) -> Any:
         # The dispatcher goes to sleep with nothing to do: only a wakeup can rouse it before
@@ -1080,15 +1080,19 @@ def test_a_wakeup_racing_with_the_drain_is_not_lost(
             and all(s.state is slots.IDLE for s in dispatcher.slots.all)
         ):
             idle_sleep.set()
+        asleep.set()
         ready = real_wait(objects, timeout)
+        asleep.clear()
         if threading.current_thread() is thread and stopping.is_set() and wake.read_fd in ready:
             woken.set()
         return ready
 
     monkeypatch.setattr(dispatcher.poller, "wait", traced_wait)
     monkeypatch.setattr(waiting, "os", RacingOs())
-    # A timed task: the submitting thread queues it and wakes the dispatcher (an untimed
-    # one may be handed straight to the idle worker), and that wakeup drives a drain.
+    # A timed task while the dispatcher sleeps: the submitting thread queues it and wakes
+    # the dispatcher (an untimed one would be handed straight to the idle worker, and a
+    # wakeup while the dispatcher is awake writes nothing), and that wakeup drives a drain.
+    assert asleep.wait(FAULT_LIMIT)
     assert ex.submit_with_timeout(FAULT_LIMIT, fh.square, 3).result(FAULT_LIMIT) == 9
     assert raced.is_set()
     assert idle_sleep.wait(FAULT_LIMIT)

@@ -170,7 +170,7 @@ class SlotTable:
     def __init__(self, config: PoolConfig):
         self.config = config
         self.all = [Slot(i, spec_for(config.specs, i)) for i in range(config.workers)]
-        self.cells = wire.ProgressCells.allocate(config.ctx, config.workers)
+        self.cells = wire.ProgressCells.allocate(config.workers)
         self.processes: dict[int, Any] = {}
         self.idle: Deque[Slot] = deque()  # ready for a piece, in the order they became so
         self.retiring: list[Any] = []  # stopped processes not yet reaped
