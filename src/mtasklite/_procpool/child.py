@@ -283,19 +283,33 @@ def _send(conn: Connection, message: object) -> None:
     conn.send_bytes(wire.dumps(message))
 
 
+_prctl: Optional[Callable[..., int]] = None
+
+
+def load_prctl() -> Optional[Callable[..., int]]:
+    """libc's ``prctl`` (Linux), loaded once per process.  The pool calls this before it
+    forks workers, so they inherit it: importing ``ctypes`` in each new worker would add
+    2 ms to its start."""
+    global _prctl
+    if _prctl is None and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):  # pragma: no cover - exotic libc
+            pass
+    return _prctl
+
+
 def _exit_with_parent(die_with_parent: bool) -> None:
     """Never outlive the parent, nor let the worker's group do so: a kernel death signal on
     Linux, a watcher thread anywhere; either kills the whole group."""
     parent = multiprocessing.parent_process()
     if die_with_parent and sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
+        prctl = load_prctl()
+        if prctl is not None:
             signal.signal(groups.PARENT_DEATH_SIGNAL, groups.die_with_group)
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, groups.PARENT_DEATH_SIGNAL, 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - exotic libc
-            pass
+            prctl(_PR_SET_PDEATHSIG, groups.PARENT_DEATH_SIGNAL, 0, 0, 0)
     if parent is None:  # pragma: no cover - always set for a multiprocessing child
         return
     if not parent.is_alive():
