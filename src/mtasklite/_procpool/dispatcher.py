@@ -122,7 +122,8 @@ class Dispatcher:
                 if self._finished():
                     break
                 conns, sentinels = self.slots.waitables()
-                objects, timeout = [wake.read_fd, *conns, *sentinels], self._wait_timeout()
+                timeout = _wait_timeout(self.slots, self.next_slow_poll)
+                objects = [wake.read_fd, *conns, *sentinels]
                 handoff.release()
                 try:
                     ready = self.poller.wait(objects, timeout)
@@ -148,30 +149,6 @@ class Dispatcher:
             self.slots.close()
             self.control.close()
             handoff.release()
-
-    def _wait_timeout(self) -> Optional[float]:
-        """Seconds until the nearest deadline: an item's limit, a SIGKILL escalation or the
-        next exit check by pid."""
-        now = time.monotonic()
-        nearest = None
-        cells = self.slots.cells
-        for slot in self.slots.all:
-            when = None
-            if slot.state is KILLING or slot.state is STOPPING:
-                if slot.kill_at != float("inf"):  # inf: SIGKILL sent, the sentinel will fire
-                    when = slot.kill_at
-            elif slot.state is BUSY and slot.piece is not None:
-                timeout = slot.piece.job.timeout
-                if timeout is not None:
-                    phase, started = cells.phase(slot.index), cells.started(slot.index)
-                    _, when = blame.item_deadline(phase, slot.received, started, timeout, now)
-            if when is not None and (nearest is None or when < nearest):
-                nearest = when
-        timeout = None if nearest is None else max(0.0, nearest - now)
-        poll = blame.death_poll_interval(*self.slots.death_watch(), self.next_slow_poll - now)
-        if poll is not None and (timeout is None or poll < timeout):
-            return poll
-        return timeout
 
     def _finished(self) -> bool:
         """Winding down with nothing left to run: stop the workers; ``True`` once all are
@@ -372,3 +349,28 @@ def _exit_confirmed(process: Any) -> bool:
             return False
         time.sleep(0.0001)
     return True
+
+
+def _wait_timeout(slots: SlotTable, next_slow_poll: float) -> Optional[float]:
+    """Seconds until the dispatcher's nearest deadline: an item's limit, a SIGKILL
+    escalation or the next exit check by pid (``next_slow_poll``: when one is due)."""
+    now = time.monotonic()
+    nearest = None
+    cells = slots.cells
+    for slot in slots.all:
+        when = None
+        if slot.state is KILLING or slot.state is STOPPING:
+            if slot.kill_at != float("inf"):  # inf: SIGKILL sent, the sentinel will fire
+                when = slot.kill_at
+        elif slot.state is BUSY and slot.piece is not None:
+            timeout = slot.piece.job.timeout
+            if timeout is not None:
+                phase, started = cells.phase(slot.index), cells.started(slot.index)
+                _, when = blame.item_deadline(phase, slot.received, started, timeout, now)
+        if when is not None and (nearest is None or when < nearest):
+            nearest = when
+    timeout = None if nearest is None else max(0.0, nearest - now)
+    poll = blame.death_poll_interval(*slots.death_watch(), next_slow_poll - now)
+    if poll is not None and (timeout is None or poll < timeout):
+        return poll
+    return timeout
