@@ -127,3 +127,31 @@ def test_a_crash_in_a_handed_off_task_fails_only_that_task(
     assert ex.submit(ph.square, 5).result(LIMIT) == 25, "its replacement serves the next one"
     (stats,) = ex.worker_stats()
     assert (stats.crashes, stats.restarts) == (1, 1)
+
+
+@pytest.mark.parametrize("sent", [True, False], ids=["after-the-send", "before-the-send"])
+def test_a_ctrl_c_in_the_middle_of_a_hand_off_costs_only_that_worker(
+    pool: Callable[..., mt.StatefulProcessPoolExecutor],
+    monkeypatch: pytest.MonkeyPatch,
+    sent: bool,
+) -> None:
+    ex = pool(1)
+    probe = DispatcherProbe(ex, monkeypatch)
+    courier = ex._dispatcher.courier
+    real_send = courier._send_piece
+
+    def interrupted_send(*args: Any) -> Any:
+        # Internal hook: the KeyboardInterrupt a Ctrl-C raises in the submitting thread.
+        monkeypatch.setattr(courier, "_send_piece", real_send)
+        if sent:
+            real_send(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(courier, "_send_piece", interrupted_send)
+    assert probe.asleep.wait(LIMIT)
+    with pytest.raises(KeyboardInterrupt):
+        ex.submit(ph.square, 4)
+    # The worker that may hold a half-known task is replaced; nothing else is lost.
+    assert [ex.submit(ph.square, x).result(LIMIT) for x in range(5)] == [0, 1, 4, 9, 16]
+    (stats,) = ex.worker_stats()
+    assert (stats.crashes, stats.restarts) == (0, 1)

@@ -8,6 +8,7 @@ promotes ``next_piece``.  Only the dispatcher thread calls this class.
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Optional
 
@@ -15,13 +16,14 @@ from .. import _shm
 from .._futures import cancel_dropped
 from ..errors import DeserializationError, WorkerInitError
 from ..stateful import describe_worker
-from . import blame, wire
+from . import blame, groups, wire
 from .control import PoolControl
 from .jobs import Piece, RunEncoder, Span
 from .salvage import find_unrebuildable, salvage
 from .slots import (
     BUSY,
     IDLE,
+    KILLING,
     STARTING,
     STOPPING,
     PoolConfig,
@@ -68,8 +70,21 @@ class Courier:
         idle = self.slots.idle
         if not idle or self.backlog:
             return False
-        if piece.job.claim() and not self._give(idle.popleft(), piece):
-            self.control.wakeup()  # the worker died: the piece went back to the queue
+        if not piece.job.claim():
+            return True  # cancelled already: nothing to run
+        slot = idle[0]
+        try:
+            idle.popleft()
+            if not self._give(slot, piece):
+                self.control.wakeup()  # the worker died: the piece went back to the queue
+        except BaseException:
+            # A Ctrl-C in the submitting thread, part way: what reached the worker is
+            # unknown, so it is replaced rather than trusted (its death is not a crash).
+            if slot.state is IDLE and slot not in idle and slot.process is not None:
+                slot.state, slot.kill_at = KILLING, float("inf")
+                groups.signal_worker(slot.process, signal.SIGKILL)
+                self.control.wakeup()
+            raise
         return True
 
     def _give(self, slot: Slot, piece: Piece) -> bool:

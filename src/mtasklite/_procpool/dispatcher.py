@@ -77,12 +77,10 @@ class Dispatcher:
     def hand_off(self, piece: Piece) -> bool:
         """Send ``piece`` straight to an idle worker from the submitting thread, sparing the
         dispatcher's wakeup and one round of its loop (a quarter of a ``submit`` round trip);
-        ``False``: queue it as usual.  Callers hold the pool's lock.
-
-        Only untimed pieces: the dispatcher computes the item deadlines it must wake for
-        before it waits, so a timed piece it did not send itself would go unwatched.  Never
+        ``False``: queue it as usual.  Callers hold the pool's lock.  Only untimed pieces
+        (the dispatcher computes the item deadlines it must wake for before it waits); never
         while the dispatcher is at work (it holds ``slots.handoff``; it takes queued work
-        before it waits again) nor from its own thread (a done-callback that submits)."""
+        before it waits again), nor from its own thread (a done-callback that submits)."""
         control = self.control
         if (
             piece.job.timeout is not None
