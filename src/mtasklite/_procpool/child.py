@@ -66,12 +66,13 @@ def worker_main(
     groups.lead_own_group()  # first: whatever a task starts joins the group the pool signals
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Never outlive the parent, nor let the group do so.  With the kernel's signal armed,
-    # the watcher thread starts only once we are ready: starting a thread costs a new
-    # worker a millisecond or two on a busy machine, and a one-shot script waits for it.
-    armed = _arm_parent_death(die_with_parent)
-    if not armed:
-        _watch_parent()
+    # Never outlive the parent, nor let the group do so.  Before any user code (which may
+    # take long); with none, once we have reported ready: arming costs a new worker 2 ms
+    # (ctypes) and a one-shot script waits for its workers' reports.  Until then a parent
+    # death shows as the end of our pipe, and nothing we could leave behind has run.
+    guarded = initializer is not None or spec is not None
+    if guarded:
+        _guard_against_parent_death(die_with_parent)
     cell = wire.ProgressCells(progress).cell(slot)
     cell[PHASE] = wire.IDLE
     # Made after the first cell write: a death before it is still a launch failure.
@@ -93,8 +94,8 @@ def worker_main(
             _send(conn, wire.InitFailed(wire.wrap_exception(exc), in_spec=True))
             return
     _send(conn, wire.Ready())
-    if armed:
-        _watch_parent()
+    if not guarded:
+        _guard_against_parent_death(die_with_parent)
     # From now on a SIGTERM unwinds the running task (see WorkerStopping); while starting it
     # still ends the process at once, so a stopped start never reports an InitFailed.
     signal.signal(signal.SIGTERM, _stop_gracefully)
@@ -293,10 +294,9 @@ def _send(conn: Connection, message: object) -> None:
 _prctl: Optional[Callable[..., int]] = None
 
 
-def load_prctl() -> Optional[Callable[..., int]]:
-    """libc's ``prctl`` (Linux), loaded once per process.  The pool calls this before it
-    forks workers, so they inherit it: importing ``ctypes`` in each new worker would add
-    2 ms to its start."""
+def _load_prctl() -> Optional[Callable[..., int]]:
+    """libc's ``prctl`` (Linux), loaded once per process (a worker forked from a worker
+    that loaded it inherits it)."""
     global _prctl
     if _prctl is None and sys.platform.startswith("linux"):
         try:
@@ -313,7 +313,7 @@ def _arm_parent_death(die_with_parent: bool) -> bool:
     group); ``False`` where it cannot, and the watcher thread must do it alone."""
     if not (die_with_parent and sys.platform.startswith("linux")):
         return False
-    prctl = load_prctl()
+    prctl = _load_prctl()
     if prctl is None:  # pragma: no cover - exotic libc
         return False
     signal.signal(groups.PARENT_DEATH_SIGNAL, groups.die_with_group)
@@ -323,6 +323,12 @@ def _arm_parent_death(die_with_parent: bool) -> bool:
     if parent is not None and not parent.is_alive():
         groups.kill_own_group()
     return True
+
+
+def _guard_against_parent_death(die_with_parent: bool) -> None:
+    """The kernel's signal where it can be armed, and the watcher thread in any case."""
+    _arm_parent_death(die_with_parent)
+    _watch_parent()
 
 
 def _watch_parent() -> None:

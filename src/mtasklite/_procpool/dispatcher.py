@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 from ..stateful import describe_worker
 from . import blame, groups, wire
-from .child import load_prctl
 from .control import PoolControl
 from .courier import Courier, break_pool, init_error
 from .jobs import Piece, Span, copy_error, set_exception
@@ -55,7 +54,6 @@ class Dispatcher:
         # Like the stdlib: with fork, start every worker now, before our thread exists (a
         # fork from a multi-threaded process is fragile); otherwise start them on demand.
         if self.config.ctx.get_start_method(allow_none=False) == "fork":
-            load_prctl()  # once here, not in every worker
             self.start_all()
         else:
             self.slots.start_fresh()
