@@ -1,7 +1,7 @@
 """``ex.aimap`` / ``ex.aimap_unordered`` (issue 18): ``async for`` over the lazy, bounded imap.
 
 Every test drives a plain ``asyncio.run``.  Tasks that must block poll a release file (any
-process) and log their start to a file (see :mod:`fault_helpers`), so the tests can tell
+process) and log their start to a file (see :mod:`support.tasks`), so the tests can tell
 which items ran; nothing sleeps to synchronise.
 """
 
@@ -20,9 +20,9 @@ from typing import Any, AsyncIterator, Iterator, Optional, TypeVar
 
 import pytest
 
-import fault_helpers as fh
 import mtasklite as mt
 from mtasklite.windowing import ChunkResult, open_window
+from support import files, inputs, processes, tasks
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,7 +68,7 @@ class Pools:
 
     def started(self) -> list[int]:
         """The items that started running, in start order."""
-        return [int(line.split()[0]) for line in fh.read_lines(self.log)]
+        return [int(line.split()[0]) for line in files.read_lines(self.log)]
 
 
 @pytest.fixture
@@ -116,10 +116,10 @@ def test_results_and_order_match_imap(pools: Pools, kind: str, chunksize: Option
     data = list(range(200))
 
     async def main() -> None:
-        ordered = await collect(ex.aimap(fh.square, data, chunksize=chunksize, buffersize=3))
-        assert ordered == list(ex.imap(fh.square, data, chunksize=chunksize, buffersize=3))
+        ordered = await collect(ex.aimap(tasks.square, data, chunksize=chunksize, buffersize=3))
+        assert ordered == list(ex.imap(tasks.square, data, chunksize=chunksize, buffersize=3))
         assert ordered == [x * x for x in data]
-        unordered = await collect(ex.aimap_unordered(fh.square, iter(data), chunksize=chunksize))
+        unordered = await collect(ex.aimap_unordered(tasks.square, iter(data), chunksize=chunksize))
         assert sorted(unordered) == ordered
         # several inputs: fn(*args), stopping at the shortest one, as map does
         assert await collect(ex.aimap(pow, data, [2] * 5, chunksize=chunksize)) == [
@@ -143,7 +143,9 @@ def test_async_generator_input_is_read_lazily_on_the_loop(
 
     async def main() -> None:
         seen: list[int] = []
-        async for value in ex.aimap(fh.square, source.items(), chunksize=chunksize, buffersize=2):
+        async for value in ex.aimap(
+            tasks.square, source.items(), chunksize=chunksize, buffersize=2
+        ):
             seen.append(value)
             # never more than the window (2 tasks of ``chunksize`` items) ahead of the consumer
             assert source.pulled - len(seen) <= 2 * chunksize
@@ -175,7 +177,7 @@ def test_unordered_yields_in_completion_order(pools: Pools) -> None:
 
     async def main() -> None:
         args = [(0, pools.log, pools.release_file), (1, pools.log, "/")]  # 1 is released at once
-        results = ex.aimap_unordered(fh.hang_unless, *zip(*args))
+        results = ex.aimap_unordered(tasks.hang_unless, *zip(*args))
         assert await results.__anext__() == 1  # item 0 still blocks
         pools.let_go()
         assert await collect(results) == [0]
@@ -195,7 +197,7 @@ def test_task_error_is_raised_in_place_and_ends_the_iteration(
 
     async def main() -> None:
         seen: list[int] = []
-        results = ex.aimap(fh.fail_on, range(100), itertools.repeat(7), chunksize=chunksize)
+        results = ex.aimap(tasks.fail_on, range(100), itertools.repeat(7), chunksize=chunksize)
         with pytest.raises(ValueError, match="bad item 7"):
             async for value in results:
                 seen.append(value)
@@ -215,14 +217,14 @@ def test_input_errors_come_after_the_results_before_them(pools: Pools, kind: str
             seen: list[int] = []
             with pytest.raises(ValueError, match="input broke at 5"):
                 async for value in ex.aimap(
-                    fh.square, PullLog(fail_at=5).items(), chunksize=chunksize
+                    tasks.square, PullLog(fail_at=5).items(), chunksize=chunksize
                 ):
                     seen.append(value)
             assert seen == [0, 1, 4, 9, 16]
             seen.clear()
-            ordinary = fh.failing_input(10, 5)
+            ordinary = inputs.failing_input(10, 5)
             with pytest.raises(LookupError, match="input broke at 5"):
-                async for value in ex.aimap(fh.square, ordinary, chunksize=chunksize):
+                async for value in ex.aimap(tasks.square, ordinary, chunksize=chunksize):
                     seen.append(value)
             assert seen == [0, 1, 4, 9, 16]
 
@@ -233,15 +235,15 @@ def test_input_errors_come_after_the_results_before_them(pools: Pools, kind: str
 def test_bad_arguments_are_refused_at_the_call(pools: Pools, kind: str) -> None:
     ex = pools.make(kind)
     with pytest.raises(ValueError, match="chunksize"):
-        ex.aimap(fh.square, range(3), chunksize=0)
+        ex.aimap(tasks.square, range(3), chunksize=0)
     with pytest.raises(ValueError, match="buffersize"):
-        ex.aimap_unordered(fh.square, range(3), buffersize=-1)
+        ex.aimap_unordered(tasks.square, range(3), buffersize=-1)
     with pytest.raises(ValueError, match="task_timeout"):
-        ex.aimap(fh.square, range(3), task_timeout=0)
+        ex.aimap(tasks.square, range(3), task_timeout=0)
     with pytest.raises(TypeError, match="at least one iterable"):
-        ex.aimap(fh.square)
+        ex.aimap(tasks.square)
     with pytest.raises(TypeError, match="not iterable"):
-        ex.aimap(fh.square, 5)
+        ex.aimap(tasks.square, 5)
 
 
 # --- the loop is never blocked ----------------------------------------------------------------
@@ -305,7 +307,7 @@ def test_a_ticker_beside_a_long_aimap_keeps_its_period(pools: Pools, kind: str) 
         # Slow tasks: the consumer mostly waits, and the ticker keeps its period.
         ticker = Ticker()
         slow = await ticker.beside(
-            collect(ex.aimap(fh.slow_square, range(40), itertools.repeat(0.02)))
+            collect(ex.aimap(tasks.slow_square, range(40), itertools.repeat(0.02)))
         )
         assert slow == [x * x for x in range(40)]
         assert ticker.longest_gap() < 0.25 and len(ticker.times) >= 10, ticker.times
@@ -313,7 +315,7 @@ def test_a_ticker_beside_a_long_aimap_keeps_its_period(pools: Pools, kind: str) 
         # only the iterator can let the ticker in.  Counted in items rather than seconds (the
         # consumer's CPU time stretches on a loaded machine): the ticker runs every few dozen.
         ticker = Ticker()
-        fast = await ticker.beside(busy_consumer(ex.aimap(fh.square, range(4000)), ticker))
+        fast = await ticker.beside(busy_consumer(ex.aimap(tasks.square, range(4000)), ticker))
         assert fast == sum(x * x for x in range(4000))
         assert ticker.most_progress_between_ticks() < 1000, ticker.marks
         # No thread waits on the loop's behalf (the loop's default executor stayed unused).
@@ -333,7 +335,7 @@ def blocked_stream(ex: Any, pools: Pools, source: Iterator[int], first_blocked: 
     """An ordered aimap whose tasks from ``first_blocked`` on log their start and block until
     released."""
     return ex.aimap(
-        fh.block_from,
+        tasks.block_from,
         source,
         itertools.repeat(first_blocked),
         itertools.repeat(pools.log),
@@ -465,7 +467,7 @@ def test_timeout_argument_is_an_overall_deadline(pools: Pools, kind: str) -> Non
         began = time.monotonic()
         with pytest.raises(cf.TimeoutError):
             async for value in ex.aimap(
-                fh.block_from,
+                tasks.block_from,
                 iter(source),
                 itertools.repeat(3),
                 itertools.repeat(pools.log),
@@ -487,16 +489,16 @@ def test_cancel_running_stops_running_tasks_too(pools: Pools) -> None:
 
     async def main() -> None:
         consumer = asyncio.ensure_future(
-            collect(ex.aimap(fh.log_then_hang, range(10), itertools.repeat(pools.log)))
+            collect(ex.aimap(tasks.log_then_hang, range(10), itertools.repeat(pools.log)))
         )
         await until_started(pools, 2)
-        pids = {int(line.split()[1]) for line in fh.read_lines(pools.log)}
+        pids = {int(line.split()[1]) for line in files.read_lines(pools.log)}
         consumer.cancel()
         with pytest.raises(asyncio.CancelledError):
             await consumer
-        assert fh.wait_gone(pids, LIMIT) == set(), "the running tasks were not stopped"
+        assert processes.wait_gone(pids, LIMIT) == set(), "the running tasks were not stopped"
         # The pool goes on with fresh workers.
-        assert await collect(ex.aimap(fh.square, range(4))) == [0, 1, 4, 9]
+        assert await collect(ex.aimap(tasks.square, range(4))) == [0, 1, 4, 9]
 
     run(main())
     assert sorted(pools.started()) == [0, 1]
@@ -506,7 +508,7 @@ def test_a_second_consumer_at_once_is_refused(pools: Pools) -> None:
     ex = pools.make("threads")
 
     async def main() -> None:
-        results = ex.aimap(fh.hang_unless, range(3), [pools.log] * 3, [pools.release_file] * 3)
+        results = ex.aimap(tasks.hang_unless, range(3), [pools.log] * 3, [pools.release_file] * 3)
         first = asyncio.ensure_future(results.__anext__())
         await asyncio.sleep(0)
         with pytest.raises(RuntimeError, match="already being awaited"):
@@ -525,7 +527,7 @@ def test_aclose_from_another_task_ends_a_waiting_consumer(pools: Pools) -> None:
         # A window of two on two threads: both tasks run, none is queued, so no cancelled
         # future wakes the consumer; aclose() itself must.
         results = ex.aimap(
-            fh.hang_unless, range(10), [pools.log] * 10, [pools.release_file] * 10, buffersize=2
+            tasks.hang_unless, range(10), [pools.log] * 10, [pools.release_file] * 10, buffersize=2
         )
         consumer = asyncio.ensure_future(collect(results))
         await until_started(pools, 2)
@@ -614,17 +616,6 @@ def test_window_steps_unordered_and_one_by_one() -> None:
 # --- Dask ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def dask_client() -> Iterator[Any]:
-    distributed = pytest.importorskip("distributed")
-    # One worker process with two threads, as test_dask makes them (tasks arrive pickled).
-    cluster = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
-    )
-    with cluster, distributed.Client(cluster) as client:
-        yield client
-
-
 def test_dask_executor_streams_and_cancels(dask_client: Any, pools: Pools) -> None:
     from mtasklite.dask import StatefulDaskExecutor
 
@@ -632,10 +623,10 @@ def test_dask_executor_streams_and_cancels(dask_client: Any, pools: Pools) -> No
     source = Counting()
 
     async def main() -> None:
-        assert await collect(ex.aimap(fh.square, PullLog(stop=30).items())) == [
+        assert await collect(ex.aimap(tasks.square, PullLog(stop=30).items())) == [
             x * x for x in range(30)
         ]
-        unordered = await collect(ex.aimap_unordered(fh.square, range(30), chunksize=4))
+        unordered = await collect(ex.aimap_unordered(tasks.square, range(30), chunksize=4))
         assert sorted(unordered) == [x * x for x in range(30)]
         async with blocked_stream(ex, pools, iter(source)) as results:
             consumer = asyncio.ensure_future(results.__anext__())
@@ -648,7 +639,7 @@ def test_dask_executor_streams_and_cancels(dask_client: Any, pools: Pools) -> No
         run(main())
         assert source.pulled == WINDOW
         pools.let_go()
-        assert ex.submit(fh.square, 3).result(LIMIT) == 9  # queued behind what still runs
+        assert ex.submit(tasks.square, 3).result(LIMIT) == 9  # queued behind what still runs
         assert len(pools.started()) < WINDOW, "every queued task ran after the cancellation"
     finally:
         ex.shutdown(wait=True)

@@ -9,7 +9,9 @@ import unittest
 from pathlib import Path
 from types import ModuleType
 
-CONFORMANCE = Path(__file__).resolve().parent / "conformance"
+import support
+
+CONFORMANCE = support.TESTS / "conformance"
 
 
 def load(name: str) -> ModuleType:

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -107,12 +107,9 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    )
-    with cluster, distributed.Client(cluster) as dask_client:
-        yield dask_client
+def client(dask_client: Any) -> Any:
+    """The shared cluster's client (the ``dask_client`` fixture: two worker processes)."""
+    return dask_client
 
 
 def worker_pids(client: Any) -> dict[Any, int]:
@@ -391,7 +388,7 @@ def test_pqdm_moves_to_the_cluster_with_one_argument(client: Any) -> None:
 def test_a_spec_used_as_the_function_is_built_once_per_dask_worker_thread(client: Any) -> None:
     # As on the thread and process pools (issue 20): one object per worker, kept, calls never
     # overlapping; before, a Dask task built the spec anew every time.
-    from first_hour_helpers import Model
+    from support.specs import Model
 
     spec = Model("dask")
     with StatefulDaskExecutor(client) as ex:
@@ -405,11 +402,11 @@ def test_a_spec_used_as_the_function_is_built_once_per_dask_worker_thread(client
 
 
 def test_shutdown_closes_each_built_object_once(client: Any, tmp_path: Any) -> None:
-    import lifecycle_helpers as lh
+    from support import files, specs
 
     log = str(tmp_path / "closes")
-    with StatefulDaskExecutor(client, worker=[lh.Closable(log), lh.Closable(log)]) as ex:
+    with StatefulDaskExecutor(client, worker=[specs.Closable(log), specs.Closable(log)]) as ex:
         pids = set(ex.map(ex.worker, range(20)))
-        assert lh.lines(log) == [], "nothing is closed while the executor runs"
-    assert sorted(lh.lines(log)) == sorted(f"closed {pid}" for pid in pids)
+        assert files.read_lines(log) == [], "nothing is closed while the executor runs"
+    assert sorted(files.read_lines(log)) == sorted(f"closed {pid}" for pid in pids)
     assert len(pids) == 2

@@ -28,8 +28,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-import fault_helpers as fh
 import mtasklite as mt
+from support import processes, tasks
 
 #: upper bound for anything at teardown (never reached when things work)
 LIMIT = 10.0
@@ -53,8 +53,8 @@ class ThreadPoolMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.pids_before = set(fh.child_processes())
-        self.threads_before = fh.pool_threads()
+        self.pids_before = set(processes.child_processes())
+        self.threads_before = processes.pool_threads()
         self.release = threading.Event()  # never set before teardown: timed tasks time out
         self.ex: Any = None
         self.tracked: list[Tracked] = []
@@ -69,7 +69,7 @@ class ThreadPoolMachine(RuleBasedStateMachine):
         return mt.StatefulThreadPoolExecutor(workers, thread_name_prefix=f"mt-prop-{next(_names)}")
 
     def blocking_task(self) -> tuple[Any, tuple[Any, ...]]:
-        return fh.wait_event, ("blocked", self.release)
+        return tasks.wait_event, ("blocked", self.release)
 
     # -- rules --------------------------------------------------------------------------------
 
@@ -77,9 +77,9 @@ class ThreadPoolMachine(RuleBasedStateMachine):
     def submit(self, x: int) -> None:
         if self.shut:
             with pytest.raises(RuntimeError, match="after shutdown"):
-                self.ex.submit(fh.square, x)
+                self.ex.submit(tasks.square, x)
             return
-        self.tracked.append(Tracked(self.ex.submit(fh.square, x), x * x))
+        self.tracked.append(Tracked(self.ex.submit(tasks.square, x), x * x))
 
     @rule(timeout=st.sampled_from([0.05, 0.1, 0.2]))
     def submit_timed(self, timeout: float) -> None:
@@ -108,7 +108,7 @@ class ThreadPoolMachine(RuleBasedStateMachine):
     )
     def imap_then_close(self, n: int, take: int, chunksize: Optional[int], ordered: bool) -> None:
         method = self.ex.imap if ordered else self.ex.imap_unordered
-        it = method(fh.square, range(n), chunksize=chunksize, buffersize=4)
+        it = method(tasks.square, range(n), chunksize=chunksize, buffersize=4)
         try:
             if self.shut and n and take:
                 with pytest.raises(RuntimeError, match="after shutdown"):
@@ -157,9 +157,9 @@ class ThreadPoolMachine(RuleBasedStateMachine):
             pending = [t.future for t in self.tracked if not t.future.done()]
             assert not pending, f"unresolved at teardown: {pending}"
             self.futures_are_consistent()
-            fh.assert_gone(
-                set(fh.child_processes()) - self.pids_before,
-                fh.pool_threads() - self.threads_before,
+            processes.assert_gone(
+                set(processes.child_processes()) - self.pids_before,
+                processes.pool_threads() - self.threads_before,
                 timeout=LIMIT,
             )
         finally:
@@ -175,7 +175,7 @@ class ProcessPoolMachine(ThreadPoolMachine):
         return mt.StatefulProcessPoolExecutor(workers, multiprocessing.get_context("fork"))
 
     def blocking_task(self) -> tuple[Any, tuple[Any, ...]]:
-        return fh.log_then_hang, ("blocked", "/dev/null")
+        return tasks.log_then_hang, ("blocked", "/dev/null")
 
 
 ThreadPoolMachine.TestCase.settings = settings(

@@ -7,7 +7,7 @@ cancelled), that the pool keeps working when it should, and that no worker proce
 thread outlives the executor (``Guard.check`` scans ``/proc`` for our children and
 ``threading.enumerate()`` for pool threads).
 
-Nothing sleeps to synchronise: tasks report through files (see :mod:`fault_helpers`), and the
+Nothing sleeps to synchronise: tasks report through files (see :mod:`support.tasks`), and the
 tests wait for an observable condition under a deadline.  Tasks that must block forever on a
 thread pool poll an event or a file that the test sets or creates at teardown.
 """
@@ -30,97 +30,23 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 from tqdm import tqdm
 
-import fault_helpers as fh
 import mtasklite as mt
-from conftest import CountingIterator
+import support
 from mtasklite.processes import pqdm as process_pqdm
 from mtasklite.threads import pqdm as thread_pqdm
+from support import files, inputs, processes, specs, tasks
+from support.executors import FAULT_LIMIT, KINDS, PPE, PROCESS_KINDS, TPE, Guard, new_executor
+from support.inputs import CountingIterator
 
 pytestmark = pytest.mark.timeout(30)
 
-#: every call must return or raise within this many seconds of the fault
-FAULT_LIMIT = 5.0
-
-KINDS = ["fork", "spawn", "forkserver", "threads"]
-PROCESS_KINDS = ["fork", "spawn", "forkserver"]
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
-PPE = mt.StatefulProcessPoolExecutor
-TPE = mt.StatefulThreadPoolExecutor
+SCRIPTS = support.SCRIPTS
 SPAWN = multiprocessing.get_context("spawn")
-
-_names = itertools.count()
-
-# --- fixtures --------------------------------------------------------------------------------
-
-
-def new_executor(kind: str, workers: Optional[int] = 2, **kwargs: Any) -> Any:
-    """A fresh executor: processes under start method ``kind``, or threads."""
-    if kind == "threads":
-        kwargs.pop("cancel_running", None)
-        return TPE(workers, thread_name_prefix=f"mt-fault-{next(_names)}", **kwargs)
-    return PPE(workers, multiprocessing.get_context(kind), **kwargs)
-
-
-class Guard:
-    """Per-test bookkeeping: what existed before, the executors made, and the release switches
-    for blocked tasks (an event for threads, a file for processes)."""
-
-    def __init__(self, tmp_path: Path):
-        self.pids_before = set(fh.child_processes())
-        self.threads_before = fh.pool_threads()
-        self.executors: list[Any] = []
-        self.release = threading.Event()
-        self.release_file = str(tmp_path / "release")
-        self.log = str(tmp_path / "log")
-
-    def make(self, kind: str, workers: Optional[int] = 2, **kwargs: Any) -> Any:
-        ex = new_executor(kind, workers, **kwargs)
-        self.executors.append(ex)
-        return ex
-
-    def let_go(self) -> None:
-        """Release every blocked task."""
-        self.release.set()
-        Path(self.release_file).touch()
-
-    def starts(self) -> list[list[str]]:
-        """The start log: one ``[item, pid, worker index, time]`` per started item."""
-        return [line.split() for line in fh.read_lines(self.log)]
-
-    def check(self, timeout: float = FAULT_LIMIT) -> None:
-        """Every process and pool thread started since the test began is gone (processes
-        exited *and* reaped) within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        threads = fh.pool_threads() - self.threads_before
-        left_threads = fh.wait_threads_gone(threads, timeout)
-        new_pids = set(fh.child_processes()) - self.pids_before
-        left = fh.wait_children_gone(new_pids, max(0.0, deadline - time.monotonic()))
-        assert not left_threads, f"pool threads survived the executor: {left_threads}"
-        assert not left, f"worker processes survived the executor (pid -> state): {left}"
-
-    def teardown(self) -> None:
-        self.let_go()
-        for ex in self.executors:
-            if isinstance(ex, PPE):
-                ex.terminate(wait=False)
-            else:
-                ex.shutdown(wait=False, cancel_futures=True)
-        self.executors.clear()
-
-
-@pytest.fixture
-def guard(tmp_path: Path) -> Iterator[Guard]:
-    g = Guard(tmp_path)
-    try:
-        yield g
-    finally:
-        g.teardown()
-    g.check(timeout=10.0)
 
 
 def settle(ex: Any, fn: Callable[..., Any], *args: Any) -> cf.Future[Any]:
@@ -136,13 +62,13 @@ def settle(ex: Any, fn: Callable[..., Any], *args: Any) -> cf.Future[Any]:
 def all_done(futures: list[cf.Future[Any]], timeout: float = FAULT_LIMIT) -> bool:
     """Whether every future is done (finished or cancelled) within ``timeout``.  Polls
     ``done()`` instead of ``concurrent.futures.wait``: see the wait/as_completed tests."""
-    return fh.wait_for(lambda: all(f.done() for f in futures), timeout)
+    return files.wait_for(lambda: all(f.done() for f in futures), timeout)
 
 
 def blocker(kind: str, guard: Guard) -> Callable[[Any], Any]:
     """A task that logs its start and blocks until the guard lets go (it polls a file, so on
     processes it can be killed and on threads a timeout's asynchronous exception lands)."""
-    return functools.partial(fh.hang_unless, log=guard.log, release_file=guard.release_file)
+    return functools.partial(tasks.hang_unless, log=guard.log, release_file=guard.release_file)
 
 
 # --- worker crashes --------------------------------------------------------------------------
@@ -157,7 +83,7 @@ def test_worker_crash_fails_only_that_future(
     guard: Guard, kind: str, how: str, exitcode: int, text: str
 ) -> None:
     ex = guard.make(kind)
-    futures = [ex.submit(fh.crash_on, i, 2, how, guard.log) for i in range(6)]
+    futures = [ex.submit(tasks.crash_on, i, 2, how, guard.log) for i in range(6)]
     err = futures[2].exception(FAULT_LIMIT)
     assert isinstance(err, mt.WorkerCrashedError), err
     assert isinstance(err, BrokenProcessPool)
@@ -165,16 +91,16 @@ def test_worker_crash_fails_only_that_future(
     assert (err.pid, err.slot, err.exitcode) == (int(pid), int(index), exitcode)
     assert f"worker {index}" in str(err) and text in str(err)
     assert [f.result(FAULT_LIMIT) for i, f in enumerate(futures) if i != 2] == [0, 10, 30, 40, 50]
-    assert not fh.alive(int(pid))
+    assert not processes.alive(int(pid))
     # the pool goes on, with a fresh process in the dead one's slot
-    assert list(ex.imap(fh.square, range(20), chunksize=3)) == [x * x for x in range(20)]
+    assert list(ex.imap(tasks.square, range(20), chunksize=3)) == [x * x for x in range(20)]
     # a crash inside an imap chunk fails that item only, after the earlier ones
     got = []
     with pytest.raises(mt.WorkerCrashedError):
-        for value in ex.imap(fh.crash_on, range(10), [5] * 10, [how] * 10, chunksize=4):
+        for value in ex.imap(tasks.crash_on, range(10), [5] * 10, [how] * 10, chunksize=4):
             got.append(value)
     assert got == [0, 10, 20, 30, 40]
-    assert ex.submit(fh.square, 5).result(FAULT_LIMIT) == 25
+    assert ex.submit(tasks.square, 5).result(FAULT_LIMIT) == 25
     ex.shutdown()
     guard.check()
 
@@ -189,14 +115,14 @@ def test_crash_inside_an_untracked_chunk_is_named_on_the_tracked_rerun(
     items = range(40)
     with pytest.raises(mt.WorkerCrashedError) as caught:
         for value in ex.imap(
-            fh.crash_on, items, [17] * 40, ["exit"] * 40, [guard.log] * 40, chunksize=10
+            tasks.crash_on, items, [17] * 40, ["exit"] * 40, [guard.log] * 40, chunksize=10
         ):
             assert value < 170
     assert "while running this task" in str(caught.value)
     attempts = guard.starts()
     assert [line[0] for line in attempts] == ["17", "17"], "run once untracked, once tracked"
     assert attempts[0][1] != attempts[1][1], "the rerun is on the respawned worker"
-    assert list(ex.imap(fh.square, range(30), chunksize=10)) == [x * x for x in range(30)]
+    assert list(ex.imap(tasks.square, range(30), chunksize=10)) == [x * x for x in range(30)]
     ex.shutdown()
     guard.check()
 
@@ -210,7 +136,7 @@ def test_crash_inside_a_chunk_that_does_not_repeat_is_survived(
     n = 40
     got = list(
         ex.imap(
-            fh.crash_once,
+            tasks.crash_once,
             range(n),
             [17] * n,
             ["sigkill"] * n,
@@ -221,7 +147,7 @@ def test_crash_inside_a_chunk_that_does_not_repeat_is_survived(
     )
     assert got == [x * 10 for x in range(n)]
     first, second = guard.starts()
-    assert first[1] != second[1] and not fh.alive(int(first[1]))
+    assert first[1] != second[1] and not processes.alive(int(first[1]))
     ex.shutdown()
     guard.check()
 
@@ -233,9 +159,9 @@ def test_crash_inside_a_chunk_that_does_not_repeat_is_survived(
 @pytest.mark.parametrize("stop", ["shutdown-then-terminate", "terminate"])
 def test_never_returning_task_without_limit_processes(guard: Guard, kind: str, stop: str) -> None:
     ex = guard.make(kind)
-    running = [ex.submit(fh.log_then_hang, i, guard.log) for i in range(2)]
-    queued = [ex.submit(fh.square, i) for i in range(6)]
-    assert len(fh.wait_for_lines(guard.log, 2)) == 2
+    running = [ex.submit(tasks.log_then_hang, i, guard.log) for i in range(2)]
+    queued = [ex.submit(tasks.square, i) for i in range(6)]
+    assert len(files.wait_for_lines(guard.log, 2)) == 2
     start = time.monotonic()
     if stop == "shutdown-then-terminate":
         ex.shutdown(wait=False, cancel_futures=True)
@@ -251,24 +177,24 @@ def test_never_returning_task_without_limit_processes(guard: Guard, kind: str, s
         assert isinstance(error, BrokenProcessPool) and "terminated" in str(error)
     assert all(f.cancelled() for f in queued)
     with pytest.raises(RuntimeError, match="after shutdown"):
-        ex.submit(fh.square, 1)
+        ex.submit(tasks.square, 1)
     guard.check()
 
 
 @pytest.mark.parametrize("kind", PROCESS_KINDS)
 def test_never_returning_task_with_limit_processes(guard: Guard, kind: str) -> None:
     ex = guard.make(kind, task_timeout=0.5)
-    first = ex.submit(fh.log_then_hang, "a", guard.log)
+    first = ex.submit(tasks.log_then_hang, "a", guard.log)
     assert isinstance(first.exception(FAULT_LIMIT), mt.TaskTimeoutError)
     _, pid, index, _ = guard.starts()[0]
     assert f"0.5 s limit in worker {index}" in str(first.exception(0))
     # the worker was stopped and replaced; the pool goes on
-    assert fh.wait_gone([int(pid)], FAULT_LIMIT) == set()
-    assert list(ex.imap(fh.square, range(10))) == [x * x for x in range(10)]
+    assert processes.wait_gone([int(pid)], FAULT_LIMIT) == set()
+    assert list(ex.imap(tasks.square, range(10))) == [x * x for x in range(10)]
     # hung again, then shut down without waiting: the limit still ends the hung tasks
-    hung = [ex.submit(fh.log_then_hang, i, guard.log) for i in range(2)]
-    queued = [ex.submit(fh.square, i) for i in range(6)]
-    assert len(fh.wait_for_lines(guard.log, 3)) == 3
+    hung = [ex.submit(tasks.log_then_hang, i, guard.log) for i in range(2)]
+    queued = [ex.submit(tasks.square, i) for i in range(6)]
+    assert len(files.wait_for_lines(guard.log, 3)) == 3
     start = time.monotonic()
     ex.shutdown(wait=False, cancel_futures=True)
     assert all_done(hung + queued)
@@ -281,8 +207,8 @@ def test_never_returning_task_with_limit_processes(guard: Guard, kind: str) -> N
 def test_never_returning_task_without_limit_threads(guard: Guard) -> None:
     ex = guard.make("threads")
     started = [threading.Event() for _ in range(2)]
-    running = [ex.submit(fh.wait_event, i, guard.release, started[i]) for i in range(2)]
-    queued = [ex.submit(fh.square, i) for i in range(6)]
+    running = [ex.submit(tasks.wait_event, i, guard.release, started[i]) for i in range(2)]
+    queued = [ex.submit(tasks.square, i) for i in range(6)]
     assert all(e.wait(FAULT_LIMIT) for e in started)
     start = time.monotonic()
     ex.shutdown(wait=False, cancel_futures=True)
@@ -296,13 +222,13 @@ def test_never_returning_task_without_limit_threads(guard: Guard) -> None:
 
 def test_never_returning_task_with_limit_threads(guard: Guard) -> None:
     ex = guard.make("threads", task_timeout=0.3)
-    first = ex.submit(fh.wait_event, "a", guard.release)
+    first = ex.submit(tasks.wait_event, "a", guard.release)
     error = first.exception(FAULT_LIMIT)
     assert isinstance(error, mt.TaskTimeoutError) and "0.3 s limit in worker 0" in str(error)
-    assert list(ex.imap(fh.square, range(10))) == [x * x for x in range(10)]
+    assert list(ex.imap(tasks.square, range(10))) == [x * x for x in range(10)]
     started = [threading.Event() for _ in range(2)]
-    hung = [ex.submit(fh.wait_event, i, guard.release, started[i]) for i in range(2)]
-    queued = [ex.submit(fh.square, i) for i in range(6)]
+    hung = [ex.submit(tasks.wait_event, i, guard.release, started[i]) for i in range(2)]
+    queued = [ex.submit(tasks.square, i) for i in range(6)]
     # (idle threads are reused before new ones start, so the second may wait for a timeout)
     assert all(e.wait(FAULT_LIMIT) for e in started)
     start = time.monotonic()
@@ -335,13 +261,13 @@ def check_serial_outcome(kind: str, case: str, fut: cf.Future[Any]) -> None:
     error = fut.exception(FAULT_LIMIT)
     if kind == "threads":  # nothing is pickled: the task's own outcome comes back
         if case == "unpicklable-argument":
-            assert error is None and isinstance(fut.result(), fh.Unpicklable)
+            assert error is None and isinstance(fut.result(), tasks.Unpicklable)
         elif case == "unpicklable-result":
             assert error is None and "lock" in type(fut.result()).__name__.lower()
         elif case == "unpicklable-exception":
-            assert isinstance(error, fh.UnpicklableError)
+            assert isinstance(error, tasks.UnpicklableError)
         else:
-            assert isinstance(error, fh.TwoArgError)
+            assert isinstance(error, tasks.TwoArgError)
         return
     if case == "unpicklable-argument":
         assert isinstance(error, mt.TaskPicklingError), error
@@ -353,7 +279,7 @@ def check_serial_outcome(kind: str, case: str, fut: cf.Future[Any]) -> None:
     else:
         assert isinstance(error, mt.RemoteError), error
         name = "UnpicklableError" if case == "unpicklable-exception" else "TwoArgError"
-        assert error.type_name == f"fault_helpers.{name}"
+        assert error.type_name == f"support.tasks.{name}"
         assert ("unsendable 2" if name == "UnpicklableError" else "two-arg 2") in str(error)
 
 
@@ -363,14 +289,16 @@ def test_serialisation_fault_fails_only_that_future(guard: Guard, kind: str, cas
     ex = guard.make(kind)
     items: list[Any] = [0, 1, 2, 3, 4]
     if case == "unpicklable-argument":
-        items[2] = fh.Unpicklable()
-    futures = [ex.submit(fh.serial_fault, item, case) for item in items]
+        items[2] = tasks.Unpicklable()
+    futures = [ex.submit(tasks.serial_fault, item, case) for item in items]
     check_serial_outcome(kind, case, futures[2])
     assert [f.result(FAULT_LIMIT) for i, f in enumerate(futures) if i != 2] == [0, 1, 3, 4]
     if case != "200MB-result":
         # Within one imap chunk, too, only the faulty item fails.  ``_imap`` with
         # ``return_exceptions`` is the engine behind Pool's "ignore" mode.
-        got = list(ex._imap(fh.serial_fault, (items, [case] * 5), True, None, 5, None, None, True))
+        got = list(
+            ex._imap(tasks.serial_fault, (items, [case] * 5), True, None, 5, None, None, True)
+        )
         assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4]
         fut: cf.Future[Any] = cf.Future()
         if isinstance(got[2], BaseException):
@@ -379,7 +307,7 @@ def test_serialisation_fault_fails_only_that_future(guard: Guard, kind: str, cas
             fut.set_result(got[2])
         check_serial_outcome(kind, case, fut)
     # the pool goes on
-    assert list(ex.imap(fh.square, range(10), chunksize=3)) == [x * x for x in range(10)]
+    assert list(ex.imap(tasks.square, range(10), chunksize=3)) == [x * x for x in range(10)]
     ex.shutdown()
     guard.check()
 
@@ -391,11 +319,11 @@ def failing_specs(which: str) -> tuple[Any, Optional[int], str]:
     """(worker=, max_workers, pattern naming the failing worker)"""
     if which == "one-slot":
         return (
-            [fh.Model("a"), fh.Model("b", fail=True)],
+            [specs.NamedModel("a"), specs.NamedModel("b", fail=True)],
             None,
-            r"worker 1 \(Model\('b', fail=True\)\)",
+            r"worker 1 \(NamedModel\('b', fail=True\)\)",
         )
-    return fh.Model("m", fail=True), 2, r"worker [01] \(Model\('m', fail=True\)\)"
+    return specs.NamedModel("m", fail=True), 2, r"worker [01] \(NamedModel\('m', fail=True\)\)"
 
 
 def check_init_error(kind: str, error: Optional[BaseException], pattern: str) -> None:
@@ -416,7 +344,7 @@ def test_worker_init_error_from_wait_ready(guard: Guard, kind: str, which: str) 
     assert time.monotonic() - start < FAULT_LIMIT
     check_init_error(kind, info.value, pattern)
     with pytest.raises(mt.WorkerInitError) as again:  # broken for good
-        ex.submit(fh.square, 1)
+        ex.submit(tasks.square, 1)
     check_init_error(kind, again.value, pattern)
     ex.shutdown()
     guard.check()
@@ -432,7 +360,7 @@ def test_worker_init_error_from_submit(guard: Guard, kind: str, which: str) -> N
     futures = [settle(ex, blocker(kind, guard), 0)]
     if kind == "threads" and which == "one-slot":
         # the good thread must hold task 0 before the failing one drains the queue
-        assert len(fh.wait_for_lines(guard.log, 1)) == 1
+        assert len(files.wait_for_lines(guard.log, 1)) == 1
     futures.append(settle(ex, blocker(kind, guard), 1))
     if kind == "threads" and which == "one-slot":
         # The good thread took task 0 and cannot be stopped; the queued task 1 fails.
@@ -443,7 +371,7 @@ def test_worker_init_error_from_submit(guard: Guard, kind: str, which: str) -> N
     else:  # a process pool stops its running tasks when it breaks
         for fut in futures:
             check_init_error(kind, fut.exception(FAULT_LIMIT), pattern)
-    check_init_error(kind, settle(ex, fh.square, 1).exception(0), pattern)
+    check_init_error(kind, settle(ex, tasks.square, 1).exception(0), pattern)
     ex.shutdown()
     guard.check()
 
@@ -457,7 +385,7 @@ def test_worker_init_error_from_imap(guard: Guard, kind: str, which: str) -> Non
     if kind == "threads":
         # The good thread's first task cannot be stopped: release it once the pool broke.
         def release_when_broken() -> None:
-            if fh.wait_for(lambda: ex._broken, FAULT_LIMIT):
+            if files.wait_for(lambda: ex._broken, FAULT_LIMIT):
                 guard.let_go()
 
         releaser = threading.Thread(target=release_when_broken, name="mt-fault-releaser")
@@ -488,7 +416,7 @@ def test_input_error_reaches_the_consumer_after_earlier_results(guard: Guard, ki
         start = time.monotonic()
         with pytest.raises(LookupError, match="input broke at 17"):
             for value in getattr(ex, method)(
-                fh.square, fh.failing_input(30, 17, pulled), chunksize=chunksize
+                tasks.square, inputs.failing_input(30, 17, pulled), chunksize=chunksize
             ):
                 got.append(value)
         assert time.monotonic() - start < FAULT_LIMIT
@@ -496,7 +424,7 @@ def test_input_error_reaches_the_consumer_after_earlier_results(guard: Guard, ki
             got.sort()
         assert got == [x * x for x in range(17)], (chunksize, method)
         assert pulled == list(range(17))
-    assert ex.submit(fh.square, 3).result(FAULT_LIMIT) == 9
+    assert ex.submit(tasks.square, 3).result(FAULT_LIMIT) == 9
     ex.shutdown()
     guard.check()
 
@@ -534,14 +462,14 @@ def walk_away(make_results: Callable[[], Any], how: str) -> list[Any]:
 def test_consumer_walking_away_from_imap(guard: Guard, kind: str, how: str) -> None:
     ex = guard.make(kind)
     source = CountingIterator(itertools.count())
-    task = functools.partial(fh.log_then_work, log=guard.log, seconds=ABANDON_TASK_SECONDS)
+    task = functools.partial(tasks.log_then_work, log=guard.log, seconds=ABANDON_TASK_SECONDS)
     got = walk_away(lambda: ex.imap(task, source, chunksize=1, buffersize=8), how)
     assert got == [0, 1]
     pulled = source.pulled
     assert pulled <= 2 + 8
     # The pool stays usable; once this task is through, every imap task that was not
     # cancelled has started (both executors run queued work in order).
-    assert ex.submit(fh.square, 4).result(FAULT_LIMIT) == 16
+    assert ex.submit(tasks.square, 4).result(FAULT_LIMIT) == 16
     assert source.pulled == pulled, "input was read after the consumer left"
     started = len(guard.starts())
     assert started < pulled, f"all {pulled} pulled items ran: queued tasks were not cancelled"
@@ -553,7 +481,7 @@ def test_consumer_walking_away_from_imap(guard: Guard, kind: str, how: str) -> N
 @pytest.mark.parametrize("how", ["break", "raise", "drop"])
 def test_consumer_walking_away_from_pqdm(guard: Guard, kind: str, how: str) -> None:
     source = CountingIterator(itertools.count())  # unsized: pqdm runs bounded
-    task = functools.partial(fh.log_then_work, log=guard.log, seconds=ABANDON_TASK_SECONDS)
+    task = functools.partial(tasks.log_then_work, log=guard.log, seconds=ABANDON_TASK_SECONDS)
     if kind == "threads":
         run = functools.partial(thread_pqdm, source, task, 2, file=io.StringIO())
     else:
@@ -572,11 +500,11 @@ def test_consumer_walking_away_from_pqdm(guard: Guard, kind: str, how: str) -> N
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_executor_collected_while_its_imap_is_consumed(guard: Guard, kind: str) -> None:
-    it = new_executor(kind).imap(fh.square, range(1000))
+    it = new_executor(kind).imap(tasks.square, range(1000))
     gc.collect()
     assert list(it) == [x * x for x in range(1000)]
     # and one dropped half-way: the pool goes away with its last reference
-    it = new_executor(kind).imap_unordered(fh.square, range(1000), chunksize=1)
+    it = new_executor(kind).imap_unordered(tasks.square, range(1000), chunksize=1)
     assert len([next(it) for _ in range(10)]) == 10
     del it
     gc.collect()
@@ -605,15 +533,15 @@ def test_shutdown_from_a_done_callback(guard: Guard, kind: str) -> None:
             called.set()
 
     first = ex.submit(blocker(kind, guard), "first")
-    queued = [ex.submit(fh.square, i) for i in range(5)]
-    assert fh.wait_for_lines(guard.log, 1)
+    queued = [ex.submit(tasks.square, i) for i in range(5)]
+    assert files.wait_for_lines(guard.log, 1)
     first.add_done_callback(callback)
     guard.let_go()
     assert called.wait(FAULT_LIMIT)
     assert first.result(0) == "first"
     assert [f.result(FAULT_LIMIT) for f in queued] == [0, 1, 4, 9, 16]  # queued work still runs
     with pytest.raises(RuntimeError, match="after shutdown"):
-        ex.submit(fh.square, 1)
+        ex.submit(tasks.square, 1)
     guard.check()
     assert errors == []
 
@@ -631,7 +559,7 @@ def test_shutdown_from_another_thread_while_imap_runs(
     error: Optional[BaseException] = None
     began = time.monotonic()
     try:
-        for value in ex.imap(fh.slow_square, itertools.count(), chunksize=1, buffersize=4):
+        for value in ex.imap(tasks.slow_square, itertools.count(), chunksize=1, buffersize=4):
             got.append(value)
             if len(got) == 5:
                 shutter.start()
@@ -657,10 +585,10 @@ def test_asyncio_run_in_executor_and_cancelling_a_queued_item(guard: Guard, kind
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        assert await loop.run_in_executor(ex, fh.square, 7) == 49
+        assert await loop.run_in_executor(ex, tasks.square, 7) == 49
         busy = [loop.run_in_executor(ex, blocker(kind, guard), i) for i in range(2)]
-        assert len(fh.wait_for_lines(guard.log, 2)) == 2
-        queued = loop.run_in_executor(ex, fh.log_start, "queued", guard.log)
+        assert len(files.wait_for_lines(guard.log, 2)) == 2
+        queued = loop.run_in_executor(ex, tasks.log_start, "queued", guard.log)
         queued.cancel()
         with pytest.raises(asyncio.CancelledError):
             await queued
@@ -669,7 +597,7 @@ def test_asyncio_run_in_executor_and_cancelling_a_queued_item(guard: Guard, kind
         await asyncio.sleep(0)
         guard.let_go()
         assert await asyncio.wait_for(asyncio.gather(*busy), FAULT_LIMIT) == [0, 1]
-        assert await loop.run_in_executor(ex, fh.square, 3) == 9
+        assert await loop.run_in_executor(ex, tasks.square, 3) == 9
 
     asyncio.run(main())
     assert [s[0] for s in guard.starts()] in (["0", "1"], ["1", "0"]), "the cancelled item ran"
@@ -682,32 +610,36 @@ def test_cancel_running_stops_the_task_and_replaces_its_worker(guard: Guard, kin
     ex = guard.make(kind, cancel_running=True)
 
     def started(name: str) -> tuple[int, int]:
-        fh.wait_for(lambda: any(s[0] == name for s in guard.starts()))
+        files.wait_for(lambda: any(s[0] == name for s in guard.starts()))
         _, pid, index, _ = next(s for s in guard.starts() if s[0] == name)
         return int(pid), int(index)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        a = loop.run_in_executor(ex, fh.log_then_hang, "a", guard.log)
-        b = loop.run_in_executor(ex, fh.log_then_hang, "b", guard.log)
+        a = loop.run_in_executor(ex, tasks.log_then_hang, "a", guard.log)
+        b = loop.run_in_executor(ex, tasks.log_then_hang, "b", guard.log)
         pid_a, index_a = started("a")
         pid_b, _ = started("b")
         a.cancel()  # the asyncio task awaiting a running item
         await asyncio.sleep(0)
-        assert fh.wait_gone([pid_a], FAULT_LIMIT) == set(), "the running item was not stopped"
+        assert processes.wait_gone([pid_a], FAULT_LIMIT) == set(), (
+            "the running item was not stopped"
+        )
         # b still occupies the other worker, so this runs in a's slot
-        index, pid = await asyncio.wait_for(loop.run_in_executor(ex, fh.index_and_pid), FAULT_LIMIT)
+        index, pid = await asyncio.wait_for(
+            loop.run_in_executor(ex, tasks.index_and_pid), FAULT_LIMIT
+        )
         assert (index, pid != pid_a) == (index_a, True)
         # Future.cancel() on a running task
-        c = ex.submit(fh.log_then_hang, "c", guard.log)
+        c = ex.submit(tasks.log_then_hang, "c", guard.log)
         pid_c, index_c = started("c")
         assert index_c == index_a
         assert c.cancel() is True
         assert c.cancelled()
-        assert fh.wait_gone([pid_c], FAULT_LIMIT) == set()
-        index, pid = ex.submit(fh.index_and_pid).result(FAULT_LIMIT)
+        assert processes.wait_gone([pid_c], FAULT_LIMIT) == set()
+        index, pid = ex.submit(tasks.index_and_pid).result(FAULT_LIMIT)
         assert (index, pid != pid_c) == (index_c, True)
-        assert fh.alive(pid_b), "the other worker was untouched"
+        assert processes.alive(pid_b), "the other worker was untouched"
         b.cancel()
         await asyncio.sleep(0)
 
@@ -722,8 +654,8 @@ def test_cancel_running_stops_the_task_and_replaces_its_worker(guard: Guard, kin
 def start_blocked_and_queued(kind: str, guard: Guard) -> tuple[Any, list[Any], list[Any]]:
     ex = guard.make(kind)
     blocked = [ex.submit(blocker(kind, guard), i) for i in range(2)]
-    queued = [ex.submit(fh.square, i) for i in range(20)]
-    assert len(fh.wait_for_lines(guard.log, 2)) == 2
+    queued = [ex.submit(tasks.square, i) for i in range(20)]
+    assert len(files.wait_for_lines(guard.log, 2)) == 2
     return ex, blocked, queued
 
 
@@ -770,9 +702,9 @@ def test_wait_and_as_completed_after_shutdown_cancel_futures(guard: Guard, kind:
 @pytest.mark.parametrize("how", ["terminate", "cancel-running"])
 def test_wait_and_as_completed_after_terminate_or_cancel_running(guard: Guard, how: str) -> None:
     ex = guard.make("fork", 1, cancel_running=True)
-    running = ex.submit(fh.log_then_hang, 0, guard.log)
-    queued = [ex.submit(fh.square, i) for i in range(5)]
-    assert fh.wait_for_lines(guard.log, 1)
+    running = ex.submit(tasks.log_then_hang, 0, guard.log)
+    queued = [ex.submit(tasks.square, i) for i in range(5)]
+    assert files.wait_for_lines(guard.log, 1)
     if how == "terminate":
         ex.terminate()
     else:
@@ -810,7 +742,7 @@ def test_tqdm_over_chunked_imap_counts_items(
 ) -> None:
     ex = guard.make(kind)
     out = io.StringIO()
-    results = ex.imap(fh.square, range(N_ITEMS), chunksize=chunksize)
+    results = ex.imap(tasks.square, range(N_ITEMS), chunksize=chunksize)
     bar = tqdm(results, file=out, miniters=1, mininterval=0)
     assert bar.total == N_ITEMS
     lag = {bar.n - i for i, _ in enumerate(bar)}  # before each item, the bar shows i done
@@ -836,7 +768,7 @@ def test_pqdm_bar_counts_items(guard: Guard, kind: str) -> None:
         extra["mp_context"] = multiprocessing.get_context(kind)
     pq = thread_pqdm if kind == "threads" else process_pqdm
     results = pq(
-        range(N_ITEMS), fh.square, 2, chunk_size=7, tqdm_class=RecordingBar,
+        range(N_ITEMS), tasks.square, 2, chunk_size=7, tqdm_class=RecordingBar,
         file=io.StringIO(), miniters=1, mininterval=0, **extra,
     )  # fmt: skip
     got = []
@@ -855,7 +787,9 @@ def test_pqdm_bar_counts_items(guard: Guard, kind: str) -> None:
 def gpu_round(ex: Any, guard: Guard, round_no: int, crash: bool = False) -> list[Any]:
     """Run one task on each of the two workers at once (each waits for the other to start)."""
     futures = [
-        ex.submit(fh.gpu_probe_together, f"r{round_no}-{i}", guard.log, 2 * (round_no + 1), crash)
+        ex.submit(
+            tasks.gpu_probe_together, f"r{round_no}-{i}", guard.log, 2 * (round_no + 1), crash
+        )
         for i in range(2)
     ]
     outcomes = []
@@ -876,7 +810,7 @@ def check_devices(outcomes: list[Any]) -> set[int]:
 def test_gpu_per_worker_environment_survives_respawns(guard: Guard, respawn: str) -> None:
     parent_env = os.environ.get("CUDA_VISIBLE_DEVICES")
     extra = {"max_tasks_per_child": 1} if respawn == "max_tasks_per_child" else {}
-    ex = PPE(mp_context=SPAWN, worker=[fh.GpuWorker("0"), fh.GpuWorker("1")], **extra)
+    ex = PPE(mp_context=SPAWN, worker=[specs.GpuWorker("0"), specs.GpuWorker("1")], **extra)
     guard.executors.append(ex)
     first = check_devices(gpu_round(ex, guard, 0))
     if respawn == "crash":
@@ -885,7 +819,7 @@ def test_gpu_per_worker_environment_survives_respawns(guard: Guard, respawn: str
     second = check_devices(gpu_round(ex, guard, 2 if respawn == "crash" else 1))
     assert not first & second, "the workers were not replaced"
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == parent_env
-    assert "fault_helpers_fakegpu" not in sys.modules  # only the workers imported it
+    assert "support.fakegpu" not in sys.modules  # only the workers imported it
     ex.shutdown()
     guard.check()
 
@@ -896,61 +830,61 @@ BAD_CONSTRUCTIONS: list[tuple[str, Callable[[], Any], type[BaseException], str]]
     ("process max_workers=0", lambda: PPE(0), ValueError, r"max_workers must be greater than 0"),
     ("process max_workers<0", lambda: PPE(-2), ValueError, r"max_workers must be greater than 0"),
     ("thread max_workers=0", lambda: TPE(0), ValueError, r"max_workers must be greater than 0"),
-    ("Pool n_jobs=0", lambda: mt.Pool(fh.square, 0), ValueError, r"n_jobs must be a positive"),
+    ("Pool n_jobs=0", lambda: mt.Pool(tasks.square, 0), ValueError, r"n_jobs must be a positive"),
     ("process worker", lambda: PPE(2, worker=42), TypeError, r"worker= is not callable: 42"),
     ("thread worker", lambda: TPE(2, worker="m"), TypeError, r"worker= is not callable: 'm'"),
     (
         "worker list item",
-        lambda: PPE(worker=[fh.Model("a"), None]),
+        lambda: PPE(worker=[specs.NamedModel("a"), None]),
         TypeError,
         r"worker\[1\] is not callable: None",
     ),
     ("empty worker list", lambda: TPE(worker=[]), ValueError, r"worker= is an empty sequence"),
     (
         "process list length",
-        lambda: PPE(3, worker=[fh.Model("a"), fh.Model("b")]),
+        lambda: PPE(3, worker=[specs.NamedModel("a"), specs.NamedModel("b")]),
         ValueError,
         r"max_workers=3 does not match the 2 workers given in worker=",
     ),
     (
         "thread list length",
-        lambda: TPE(1, worker=[fh.Model("a"), fh.Model("b")]),
+        lambda: TPE(1, worker=[specs.NamedModel("a"), specs.NamedModel("b")]),
         ValueError,
         r"max_workers=1 does not match the 2 workers given in worker=",
     ),
     (
         "Pool list length",
-        lambda: mt.Pool([fh.Model("a"), fh.Model("b")], 3, use_threads=True),
+        lambda: mt.Pool([specs.NamedModel("a"), specs.NamedModel("b")], 3, use_threads=True),
         ValueError,
         r"n_jobs=3 does not match the 2 workers",
     ),
     (
         "Pool argument_type",
-        lambda: mt.Pool(fh.square, 2, argument_type="kwarg"),
+        lambda: mt.Pool(tasks.square, 2, argument_type="kwarg"),
         ValueError,
         r"unknown argument_type 'kwarg'; expected one of 'single_arg', 'args', 'kwargs'",
     ),
     (
         "Pool exception_behavior",
-        lambda: mt.Pool(fh.square, 2, exception_behavior="raise"),
+        lambda: mt.Pool(tasks.square, 2, exception_behavior="raise"),
         ValueError,
         r"unknown exception behaviour 'raise'; expected one of 'ignore', 'immediate'",
     ),
     (
         "pqdm argument_type",
-        lambda: process_pqdm([1], fh.square, 1, argument_type="star"),
+        lambda: process_pqdm([1], tasks.square, 1, argument_type="star"),
         ValueError,
         r"unknown argument_type 'star'",
     ),
     (
         "pqdm exception_behaviour",
-        lambda: thread_pqdm([1], fh.square, 1, exception_behaviour="later"),
+        lambda: thread_pqdm([1], tasks.square, 1, exception_behaviour="later"),
         ValueError,
         r"unknown exception behaviour 'later'",
     ),
     (
         "Pool chunk_size",
-        lambda: mt.Pool(fh.square, 1, chunk_size=0),
+        lambda: mt.Pool(tasks.square, 1, chunk_size=0),
         ValueError,
         r"chunk_size must be a positive integer or None, got 0",
     ),
@@ -991,7 +925,7 @@ def test_wrong_call_arguments_get_clear_errors(guard: Guard, kind: str) -> None:
     positive = "must be a positive integer or None, got"
     seconds = "must be a positive number of seconds or None, got"
     below_one = "buffersize must be None or > 0, got"  # Python 3.14's map() wording
-    sq, r3 = fh.square, range(3)
+    sq, r3 = tasks.square, range(3)
     calls: list[tuple[Callable[[], Any], type[BaseException], str]] = [
         (lambda: ex.imap(sq, r3, chunksize=0), ValueError, f"chunksize {positive} 0"),
         (lambda: ex.imap(sq, r3, chunksize=-4), ValueError, f"chunksize {positive} -4"),
@@ -1009,7 +943,7 @@ def test_wrong_call_arguments_get_clear_errors(guard: Guard, kind: str) -> None:
         with pytest.raises(error, match=pattern) as info:
             call()
         assert type(info.value) is error
-    assert ex.submit(fh.square, 3).result(FAULT_LIMIT) == 9  # nothing was submitted
+    assert ex.submit(tasks.square, 3).result(FAULT_LIMIT) == 9  # nothing was submitted
     ex.shutdown()
     guard.check()
 
@@ -1020,13 +954,13 @@ def test_pqdm_items_of_the_wrong_shape_fail_alone(guard: Guard, kind: str) -> No
     if kind != "threads":
         extra["mp_context"] = multiprocessing.get_context(kind)
     pq = thread_pqdm if kind == "threads" else process_pqdm
-    got = list(pq([{"x": 1}, 5, {"x": 3}, ["x"]], fh.square, 2, argument_type="kwargs", **extra))
+    got = list(pq([{"x": 1}, 5, {"x": 3}, ["x"]], tasks.square, 2, argument_type="kwargs", **extra))
     assert (got[0], got[2]) == (1, 9)
     assert isinstance(got[1], TypeError)
     assert "argument_type='kwargs' needs a mapping of keyword arguments" in str(got[1])
     assert "got int: 5" in str(got[1])
     assert isinstance(got[3], TypeError) and "got list: ['x']" in str(got[3])
-    got = list(pq([(2,), 7, (4,)], fh.square, 2, argument_type="args", **extra))
+    got = list(pq([(2,), 7, (4,)], tasks.square, 2, argument_type="args", **extra))
     assert (got[0], got[2]) == (4, 16)
     assert isinstance(got[1], TypeError)
     assert "argument_type='args' needs an iterable of arguments" in str(got[1])
@@ -1082,7 +1016,7 @@ def test_a_wakeup_racing_with_the_drain_is_not_lost(
 
     monkeypatch.setattr(dispatcher.poller, "wait", traced_wait)
     monkeypatch.setattr(waiting, "os", RacingOs())
-    assert ex.submit(fh.square, 3).result(FAULT_LIMIT) == 9  # its wakeup() drives a drain
+    assert ex.submit(tasks.square, 3).result(FAULT_LIMIT) == 9  # its wakeup() drives a drain
     assert raced.is_set()
     assert idle_sleep.wait(FAULT_LIMIT)
     ex.shutdown(wait=False)
@@ -1107,8 +1041,8 @@ def test_a_wakeup_racing_with_the_drain_is_not_lost(
 def test_queued_work_runs_when_a_task_times_out_after_shutdown(guard: Guard, kind: str) -> None:
     ex = guard.make(kind, 1)
     hung = ex.submit_with_timeout(0.3, blocker(kind, guard), "hung")
-    queued = [ex.submit(fh.square, i) for i in range(3)]
-    assert fh.wait_for_lines(guard.log, 1)
+    queued = [ex.submit(tasks.square, i) for i in range(3)]
+    assert files.wait_for_lines(guard.log, 1)
     start = time.monotonic()
     ex.shutdown(wait=True)  # the timed task times out while shutdown waits
     assert time.monotonic() - start < FAULT_LIMIT

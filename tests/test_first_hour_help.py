@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import mtasklite as mt
-from first_hour_helpers import Model
 from mtasklite import processes, threads
+from support.specs import Model
 
 
 @pytest.mark.parametrize("module", [threads, processes], ids=["threads", "processes"])

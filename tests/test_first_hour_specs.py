@@ -18,9 +18,9 @@ import cloudpickle
 import pytest
 
 import mtasklite as mt
-from first_hour_helpers import BUILT, Abstract, Base, Concrete, Model
 from mtasklite.processes import pqdm as process_pqdm
 from mtasklite.stateful import SPECS_KEPT_PER_WORKER, WorkerContext
+from support.specs import BUILT, Abstract, Base, Concrete, Model
 
 BLOCK_LIMIT = 10.0
 

@@ -18,32 +18,18 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
-import fault_helpers as fh
-import hardening_helpers as hh
 import mtasklite as mt
+import support
 from mtasklite._procpool.blame import describe_start_death, starting_death_is_a_crash
 from mtasklite.processes import pqdm as process_pqdm
-from test_faults import FAULT_LIMIT, Guard
+from support import files, processes, specs, tasks
+from support.executors import FAULT_LIMIT, PROCESS_KINDS, Guard
 
 pytestmark = pytest.mark.timeout(60)
-
-PROCESS_KINDS = ["fork", "spawn", "forkserver"]
-
-
-@pytest.fixture
-def guard(tmp_path: Path) -> Iterator[Guard]:
-    """The fault suite's bookkeeping: executors made through it are stopped at teardown, and
-    no worker process or pool thread may outlive the test."""
-    g = Guard(tmp_path)
-    try:
-        yield g
-    finally:
-        g.teardown()
-    g.check(timeout=10.0)
 
 
 def _returns_within(call: Callable[[], Any], seconds: float) -> tuple[bool, Any]:
@@ -75,7 +61,7 @@ def test_stop_iteration_from_a_task_fails_exactly_that_item(guard: Guard, kind: 
     ex = guard.make(kind)
     # pqdm's way: every item's outcome in place, the failing ones as their exception
     outcomes = list(
-        process_pqdm(LINES, hh.first_word, n_jobs=2, mp_context=_ctx(kind), chunk_size=6)
+        process_pqdm(LINES, tasks.first_word, n_jobs=2, mp_context=_ctx(kind), chunk_size=6)
     )
     assert len(outcomes) == len(LINES)
     for line, outcome in zip(LINES, outcomes):
@@ -87,13 +73,13 @@ def test_stop_iteration_from_a_task_fails_exactly_that_item(guard: Guard, kind: 
     # map, the StopIteration surfaces as the RuntimeError a generator turns it into
     got = []
     with pytest.raises(RuntimeError) as caught:
-        for word in ex.imap(hh.first_word, LINES, chunksize=len(LINES)):
+        for word in ex.imap(tasks.first_word, LINES, chunksize=len(LINES)):
             got.append(word)
     assert isinstance(caught.value.__cause__, StopIteration)
     assert got == ["alpha", "gamma"]
-    futures = [ex.submit(hh.first_word, line) for line in LINES[:3]]
+    futures = [ex.submit(tasks.first_word, line) for line in LINES[:3]]
     assert isinstance(futures[2].exception(FAULT_LIMIT), StopIteration)
-    assert ex.submit(fh.square, 4).result(FAULT_LIMIT) == 16
+    assert ex.submit(tasks.square, 4).result(FAULT_LIMIT) == 16
     ex.shutdown()
 
 
@@ -114,9 +100,9 @@ def test_done_callbacks_may_use_the_executor_while_shutdown_cancels(
     if action == "terminate" and kind == "threads":
         pytest.skip("thread pools have no terminate()")
     ex = guard.make(kind, 1)
-    running = ex.submit(fh.hang_unless, "blocker", guard.log, guard.release_file)
-    assert fh.wait_for_lines(guard.log, 1)
-    queued = [ex.submit(fh.square, i) for i in range(4)]
+    running = ex.submit(tasks.hang_unless, "blocker", guard.log, guard.release_file)
+    assert files.wait_for_lines(guard.log, 1)
+    queued = [ex.submit(tasks.square, i) for i in range(4)]
     seen: list[Any] = []
 
     def on_done(fut: Future[Any]) -> None:
@@ -124,7 +110,7 @@ def test_done_callbacks_may_use_the_executor_while_shutdown_cancels(
             return
         if action == "submit":  # a retry pattern: resubmit cancelled work
             try:
-                ex.submit(fh.square, 1)
+                ex.submit(tasks.square, 1)
             except RuntimeError as exc:
                 seen.append(str(exc))
         elif action == "shutdown":
@@ -190,16 +176,16 @@ def test_cancel_landing_as_the_result_arrives_keeps_the_pool_healthy(
     guard: Guard, kind: str, cancel_as_the_result_lands: list[Future[Any]]
 ) -> None:
     ex = guard.make(kind, 2, cancel_running=True)
-    first = [ex.submit(fh.square, 1), ex.submit(fh.fail_on, 3, 3)]
-    assert fh.wait_for(lambda: all(f.done() for f in first), FAULT_LIMIT)
-    chunked = ex.imap(fh.square, range(6), chunksize=3)
+    first = [ex.submit(tasks.square, 1), ex.submit(tasks.fail_on, 3, 3)]
+    assert files.wait_for(lambda: all(f.done() for f in first), FAULT_LIMIT)
+    chunked = ex.imap(tasks.square, range(6), chunksize=3)
     with pytest.raises(cf.CancelledError):
         list(chunked)
     assert len(cancel_as_the_result_lands) == 3
     assert all(f.cancelled() for f in cancel_as_the_result_lands)
     # the dispatcher survived: everything afterwards works
-    assert [ex.submit(fh.square, i).result(FAULT_LIMIT) for i in range(4)] == [0, 1, 4, 9]
-    assert list(ex.imap(fh.square, range(20), chunksize=4)) == [x * x for x in range(20)]
+    assert [ex.submit(tasks.square, i).result(FAULT_LIMIT) for i in range(4)] == [0, 1, 4, 9]
+    assert list(ex.imap(tasks.square, range(20), chunksize=4)) == [x * x for x in range(20)]
     ex.shutdown()
 
 
@@ -214,16 +200,16 @@ def test_cancelling_running_asyncio_tasks_in_a_loop_never_breaks_the_pool(guard:
         rounds = 0
         deadline = time.monotonic() + 2.0  # a bounded stress: the race is timing-dependent
         while time.monotonic() < deadline:
-            tasks = [loop.run_in_executor(ex, fh.square, i) for i in range(4)]
+            pending = [loop.run_in_executor(ex, tasks.square, i) for i in range(4)]
             await asyncio.sleep(0)  # sleep-ok: yields to the loop once, no waiting
-            for task in tasks[::2]:
+            for task in pending[::2]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
             rounds += 1
         return rounds
 
     assert asyncio.run(churn()) > 0
-    assert ex.submit(fh.square, 7).result(FAULT_LIMIT) == 49
+    assert ex.submit(tasks.square, 7).result(FAULT_LIMIT) == 49
     ex.shutdown()
 
 
@@ -236,19 +222,19 @@ def test_task_closing_its_descriptors_never_freezes_the_pool(guard: Guard, kind:
     ex = guard.make(kind, 2)
     ex.wait_ready(FAULT_LIMIT)
     started = time.monotonic()
-    closer = ex.submit_with_timeout(1.0, hh.close_fds_then_sleep, fh.HANG, guard.log)
-    assert fh.wait_for_lines(guard.log, 1)
+    closer = ex.submit_with_timeout(1.0, tasks.close_fds_then_sleep, support.HANG, guard.log)
+    assert files.wait_for_lines(guard.log, 1)
     # the other worker keeps serving while the closer runs on with its pipes gone
-    assert ex.submit(fh.square, 5).result(FAULT_LIMIT) == 25
+    assert ex.submit(tasks.square, 5).result(FAULT_LIMIT) == 25
     assert time.monotonic() - started < 1.0 + FAULT_LIMIT
     # its limit is enforced and reported as such, not as a crash
     err = closer.exception(FAULT_LIMIT)
     assert isinstance(err, mt.TaskTimeoutError), err
     assert time.monotonic() - started < 1.0 + FAULT_LIMIT
     # a task that closes them and returns cannot report back: it fails, nothing hangs
-    short = ex.submit(hh.close_fds_then_sleep, 0.0, guard.log)
+    short = ex.submit(tasks.close_fds_then_sleep, 0.0, guard.log)
     assert isinstance(short.exception(FAULT_LIMIT), mt.WorkerCrashedError)
-    assert [ex.submit(fh.square, i).result(FAULT_LIMIT) for i in range(4)] == [0, 1, 4, 9]
+    assert [ex.submit(tasks.square, i).result(FAULT_LIMIT) for i in range(4)] == [0, 1, 4, 9]
     returned, _ = _returns_within(ex.shutdown, FAULT_LIMIT)
     assert returned
 
@@ -264,19 +250,21 @@ def test_worker_killed_after_a_timeout_is_replaced_though_its_child_holds_the_pi
     pid_file = str(tmp_path / "grandchild")
     ex = guard.make(kind, 1)
     try:
-        forker = ex.submit_with_timeout(0.5, hh.fork_child_then_hang, pid_file, guard.release_file)
+        forker = ex.submit_with_timeout(
+            0.5, tasks.fork_child_then_hang, pid_file, guard.release_file
+        )
         assert isinstance(forker.exception(FAULT_LIMIT), mt.TaskTimeoutError)
-        assert fh.wait_for_lines(pid_file, 1)
+        assert files.wait_for_lines(pid_file, 1)
         started = time.monotonic()
         # the child lives on (up to 30 s, until released), yet the replacement starts now
-        assert ex.submit(fh.square, 3).result(FAULT_LIMIT) == 9
+        assert ex.submit(tasks.square, 3).result(FAULT_LIMIT) == 9
         assert time.monotonic() - started < FAULT_LIMIT
-        assert fh.alive(int(fh.read_lines(pid_file)[0])), "the test needs the child alive"
+        assert processes.alive(int(files.read_lines(pid_file)[0])), "the test needs the child alive"
         returned, _ = _returns_within(ex.shutdown, FAULT_LIMIT)
         assert returned, "shutdown() waited for the killed worker's child"
     finally:
         guard.let_go()
-        fh.wait_gone([int(pid) for pid in fh.read_lines(pid_file)], FAULT_LIMIT)
+        processes.wait_gone([int(pid) for pid in files.read_lines(pid_file)], FAULT_LIMIT)
 
 
 # --- 6. a replacement killed while rebuilding its object -------------------------------------
@@ -288,20 +276,20 @@ def test_replacement_killed_while_rebuilding_is_a_crash_the_pool_survives(
     guard: Guard, kind: str, tmp_path: Path
 ) -> None:
     logs = [str(tmp_path / "builds0"), str(tmp_path / "builds1")]
-    ex = guard.make(kind, None, worker=[hh.SlowRebuild(log, guard.release_file) for log in logs])
+    ex = guard.make(kind, None, worker=[specs.SlowRebuild(log, guard.release_file) for log in logs])
     ex.wait_ready(FAULT_LIMIT)
-    crashed = ex.submit(fh.crash_on, 1, 1, "exit")
+    crashed = ex.submit(tasks.crash_on, 1, 1, "exit")
     assert isinstance(crashed.exception(FAULT_LIMIT), mt.WorkerCrashedError)
     # its replacement is rebuilding (slowly): kill it there, as the OOM killer might
-    assert fh.wait_for(lambda: any(len(fh.read_lines(log)) == 2 for log in logs))
-    rebuilding = next(log for log in logs if len(fh.read_lines(log)) == 2)
-    os.kill(int(fh.read_lines(rebuilding)[1]), signal.SIGKILL)
+    assert files.wait_for(lambda: any(len(files.read_lines(log)) == 2 for log in logs))
+    rebuilding = next(log for log in logs if len(files.read_lines(log)) == 2)
+    os.kill(int(files.read_lines(rebuilding)[1]), signal.SIGKILL)
     # the pool is not broken: the healthy worker serves, a new replacement builds
-    assert ex.submit(fh.square, 3).result(FAULT_LIMIT) == 9
-    assert fh.wait_for_lines(rebuilding, 3)
+    assert ex.submit(tasks.square, 3).result(FAULT_LIMIT) == 9
+    assert files.wait_for_lines(rebuilding, 3)
     guard.let_go()
     ex.wait_ready(FAULT_LIMIT)
-    assert list(ex.imap(fh.square, range(10), chunksize=2)) == [x * x for x in range(10)]
+    assert list(ex.imap(tasks.square, range(10), chunksize=2)) == [x * x for x in range(10)]
     ex.shutdown()
 
 
@@ -372,10 +360,10 @@ def test_spawned_worker_whose_main_module_fails_to_import_is_reported_as_such(
 
 
 UNREADABLE_TASKS = {
-    "reconstructor raises": hh.count_then_unreadable_on,
-    "nested in a container": hh.count_then_nested_unreadable_on,
-    "class missing in the parent": hh.count_then_missing_class_on,
-    "reconstructor exits": hh.count_then_exit_on_unpickle_on,
+    "reconstructor raises": tasks.count_then_unreadable_on,
+    "nested in a container": tasks.count_then_nested_unreadable_on,
+    "class missing in the parent": tasks.count_then_missing_class_on,
+    "reconstructor exits": tasks.count_then_exit_on_unpickle_on,
 }
 
 
@@ -393,7 +381,7 @@ def test_unreadable_result_fails_only_its_item_and_nothing_runs_twice(
 ) -> None:
     task = UNREADABLE_TASKS[case]
     # the workers define the class the missing-class case returns; the parent never does
-    init = {"initializer": hh.define_not_in_parent}
+    init = {"initializer": tasks.define_not_in_parent}
     outcomes = list(
         process_pqdm(
             range(20),
@@ -409,7 +397,7 @@ def test_unreadable_result_fails_only_its_item_and_nothing_runs_twice(
     assert isinstance(err, mt.DeserializationError), err
     assert "could not be unpickled" in str(err)
     assert outcomes[:7] + outcomes[8:] == [x * 10 for x in range(20) if x != 7]
-    runs = sorted(int(line) for line in fh.read_lines(guard.log))
+    runs = sorted(int(line) for line in files.read_lines(guard.log))
     assert runs == list(range(20)), "every item runs exactly once"
     # imap raises at the bad item, after the ones before it
     ex = guard.make(kind, 2, **init)
@@ -428,7 +416,7 @@ def test_unreadable_result_fails_only_its_item_and_nothing_runs_twice(
 
 
 def _consume(ex: Any, how: str) -> list[Any]:
-    fn, items, targets = hh.raise_keyboard_interrupt_on, range(10), [3] * 10
+    fn, items, targets = tasks.raise_keyboard_interrupt_on, range(10), [3] * 10
     if how == "map":
         return list(ex.map(fn, items, targets))
     if how == "imap":
@@ -444,8 +432,8 @@ def test_keyboard_interrupt_raised_by_a_task_is_reraised_and_the_pool_stays_usab
     ex = guard.make(kind, 2)
     with pytest.raises(KeyboardInterrupt, match="raised by task 3"):
         _consume(ex, how)
-    assert ex.submit(fh.square, 3).result(FAULT_LIMIT) == 9
-    assert list(ex.imap(fh.square, range(6), chunksize=2)) == [0, 1, 4, 9, 16, 25]
+    assert ex.submit(tasks.square, 3).result(FAULT_LIMIT) == 9
+    assert list(ex.imap(tasks.square, range(6), chunksize=2)) == [0, 1, 4, 9, 16, 25]
     ex.shutdown()
 
 
@@ -457,15 +445,15 @@ def test_task_keyboard_interrupt_leaving_with_waits_for_running_work(
     # leaves it like any other exception: shutdown(wait=True), running work completes.
     ex = guard.make(kind, 2)
     with pytest.raises(KeyboardInterrupt, match="raised by a task"), ex:
-        running = ex.submit(fh.hang_unless, "running", guard.log, guard.release_file)
-        assert fh.wait_for_lines(guard.log, 1)
-        ex.submit(hh.release_then_raise_keyboard_interrupt, guard.release_file).result()
+        running = ex.submit(tasks.hang_unless, "running", guard.log, guard.release_file)
+        assert files.wait_for_lines(guard.log, 1)
+        ex.submit(tasks.release_then_raise_keyboard_interrupt, guard.release_file).result()
     assert running.result(0) == "running"
 
 
 def test_task_keyboard_interrupt_in_pool_immediate_mode_keeps_the_pool() -> None:
     with mt.Pool(
-        hh.raise_keyboard_interrupt_on, 2, argument_type="args", exception_behavior="immediate"
+        tasks.raise_keyboard_interrupt_on, 2, argument_type="args", exception_behavior="immediate"
     ) as pool:
         with pytest.raises(KeyboardInterrupt, match="raised by task 3"):
             list(pool([(x, 3) for x in range(8)]))
@@ -489,10 +477,12 @@ def test_unbounded_runs_chunk_adaptively_like_bounded_ones(
     monkeypatch.setattr(mt.StatefulProcessPoolExecutor, "_submit_chunk", counting)
     items = range(20_000)
     if entry == "pqdm default":  # pqdm's default is bounded=False
-        out = list(process_pqdm(items, fh.square, n_jobs=2, mp_context=_ctx("fork"), disable=True))
+        out = list(
+            process_pqdm(items, tasks.square, n_jobs=2, mp_context=_ctx("fork"), disable=True)
+        )
     else:
         bounded = entry == "Pool(bounded=True)"
-        with mt.Pool(fh.square, 2, bounded=bounded, mp_context=_ctx("fork")) as pool:
+        with mt.Pool(tasks.square, 2, bounded=bounded, mp_context=_ctx("fork")) as pool:
             out = list(pool(items))
     assert out == [x * x for x in items]
     assert sum(chunk_sizes) == len(items)

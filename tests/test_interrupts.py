@@ -29,11 +29,12 @@ from typing import Iterator, Optional
 
 import pytest
 
-import fault_helpers as fh
+import support
+from support import files, processes, tasks
 
 pytestmark = pytest.mark.timeout(40)
 
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
+SCRIPTS = support.SCRIPTS
 #: how long the parent may take to see Ctrl-C, and its workers to be gone
 INTERRUPT_LIMIT = 2.0
 #: how long a script may take to start its pool and report (spawn is slow on a busy machine)
@@ -89,7 +90,7 @@ class Script:
             except OSError:
                 pass
             self.proc.wait()
-        fh.kill_quietly(self.pids)
+        processes.kill_quietly(self.pids)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         self._stderr.close()
@@ -112,7 +113,7 @@ def start(scripts: list[Script], tmp_path: Path, name: str, *args: str) -> Scrip
 def read_starts(log: Path) -> list[tuple[str, int, int, float]]:
     """(item, pid, worker index, monotonic start time) per started item."""
     rows = []
-    for line in fh.read_lines(log):
+    for line in files.read_lines(log):
         item, pid, index, when = line.split()
         rows.append((item, int(pid), int(index), float(when)))
     return rows
@@ -135,9 +136,9 @@ def test_ctrl_c_during_busy_imap(
     assert line is not None, s.stderr()
     pids = {int(p) for p in line.split()[1:]}
     s.pids |= pids
-    assert len(pids) == 2 and all(fh.alive(p) for p in pids)
+    assert len(pids) == 2 and all(processes.alive(p) for p in pids)
     # both workers busy with long items, the consumer blocked waiting for one
-    assert len(fh.wait_for_lines(log, 4)) >= 4
+    assert len(files.wait_for_lines(log, 4)) >= 4
     assert s.read_line("WAITING", time.monotonic() + STARTUP_LIMIT) is not None, s.stderr()
     sent = time.monotonic()
     if target == "parent":
@@ -147,7 +148,7 @@ def test_ctrl_c_during_busy_imap(
     marker = s.read_line("INTERRUPTED", sent + INTERRUPT_LIMIT)
     assert marker is not None, f"no KeyboardInterrupt within {INTERRUPT_LIMIT} s: {s.stderr()}"
     interrupted = float(marker.split()[1])
-    left = fh.wait_gone(pids, max(0.0, sent + INTERRUPT_LIMIT - time.monotonic()))
+    left = processes.wait_gone(pids, max(0.0, sent + INTERRUPT_LIMIT - time.monotonic()))
     assert not left, f"workers alive {INTERRUPT_LIMIT} s after Ctrl-C: {left}"
     assert s.read_line("EXITED", sent + INTERRUPT_LIMIT * 2) is not None, s.stderr()
     assert s.proc.wait(INTERRUPT_LIMIT * 2) == 0, s.stderr()
@@ -163,7 +164,7 @@ def test_ctrl_c_during_busy_imap_on_threads(script: list[Script], tmp_path: Path
     log = tmp_path / "log"
     s = start(script, tmp_path, "sigint_imap.py", "fork", "threads", str(log))
     assert s.read_line("PIDS", time.monotonic() + STARTUP_LIMIT) is not None, s.stderr()
-    assert len(fh.wait_for_lines(log, 4)) >= 4
+    assert len(files.wait_for_lines(log, 4)) >= 4
     assert s.read_line("WAITING", time.monotonic() + STARTUP_LIMIT) is not None, s.stderr()
     sent = time.monotonic()
     os.kill(s.proc.pid, signal.SIGINT)
@@ -194,14 +195,14 @@ def test_ctrl_c_outside_the_wait_still_stops_pqdm_workers(tmp_path: Path, where:
     from mtasklite.processes import pqdm
 
     log, release = tmp_path / "log", tmp_path / "release"
-    before = set(fh.child_processes())
+    before = set(processes.child_processes())
     workers: set[int] = set()
     raised_at: list[float] = []
 
     def ctrl_c() -> None:
         """Both workers are blocked (in items 2 and 4): press Ctrl-C."""
-        assert len(fh.wait_for_lines(log, 2)) == 2
-        workers.update(set(fh.child_processes()) - before)
+        assert len(files.wait_for_lines(log, 2)) == 2
+        workers.update(set(processes.child_processes()) - before)
         raised_at.append(time.monotonic())
         raise KeyboardInterrupt
 
@@ -213,7 +214,7 @@ def test_ctrl_c_outside_the_wait_still_stops_pqdm_workers(tmp_path: Path, where:
             return shown
 
     task = functools.partial(
-        fh.block_from, first_blocked=2, log=str(log), release_file=str(release)
+        tasks.block_from, first_blocked=2, log=str(log), release_file=str(release)
     )
     # If the workers are never stopped, leaving waits for the blocked tasks: release them
     # after a while so that the test ends (and fails) instead of hanging.
@@ -236,7 +237,9 @@ def test_ctrl_c_outside_the_wait_still_stops_pqdm_workers(tmp_path: Path, where:
                 for _ in results:
                     pass
         left_after = time.monotonic() - raised_at[0]
-        left = fh.wait_gone(workers, max(0.0, raised_at[0] + INTERRUPT_LIMIT - time.monotonic()))
+        left = processes.wait_gone(
+            workers, max(0.0, raised_at[0] + INTERRUPT_LIMIT - time.monotonic())
+        )
         starts = read_starts(log)
     finally:
         release.touch()
@@ -264,8 +267,8 @@ def test_workers_exit_when_the_parent_is_killed(
     assert line is not None, s.stderr()
     pids = {int(p) for p in line.split()[1:]}
     s.pids |= pids
-    assert len(pids) == 2 and all(fh.alive(p) for p in pids)
+    assert len(pids) == 2 and all(processes.alive(p) for p in pids)
     s.proc.kill()  # SIGKILL: no cleanup code runs in the parent
     s.proc.wait()
-    left = fh.wait_gone(pids, INTERRUPT_LIMIT)
+    left = processes.wait_gone(pids, INTERRUPT_LIMIT)
     assert not left, f"workers outlived their parent by {INTERRUPT_LIMIT} s: {left}"

@@ -5,7 +5,7 @@
   ``terminate()``, ``kill_workers()``, a crash, shutdown, or the parent being SIGKILLed).
 
 Each case runs under fork, spawn and forkserver.  Tasks report through files (see
-:mod:`lifecycle_helpers`); every wait is bounded by a deadline.
+:mod:`support.tasks`); every wait is bounded by a deadline.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import Any, Iterator
 
 import pytest
 
-import fault_helpers as fh
-import lifecycle_helpers as lh
 import mtasklite as mt
+import support
+from support import files, processes, specs, tasks
 
 pytestmark = pytest.mark.timeout(60)
 
 METHODS = ["fork", "spawn", "forkserver"]
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
+SCRIPTS = support.SCRIPTS
 #: how long after a worker is stopped what its task started may still be alive
 GONE_LIMIT = 2.0
 #: how long a worker may take to start and run a task far enough (spawn on a busy machine)
@@ -44,13 +44,13 @@ class Sleepers:
 
     def started(self, alive: bool = True) -> int:
         """The pid the task wrote; ``alive``: check it still runs."""
-        pid = lh.read_pid(self.pid_file, START_LIMIT)
+        pid = files.read_pid(self.pid_file, START_LIMIT)
         self.pids.add(pid)
-        assert not alive or fh.alive(pid)
+        assert not alive or processes.alive(pid)
         return pid
 
     def assert_gone(self, pid: int, what: str) -> None:
-        left = fh.wait_gone([pid], GONE_LIMIT)
+        left = processes.wait_gone([pid], GONE_LIMIT)
         assert not left, f"the task's subprocess outlived its worker by {GONE_LIMIT} s ({what})"
 
 
@@ -58,7 +58,7 @@ class Sleepers:
 def sleepers(tmp_path: Path) -> Iterator[Sleepers]:
     s = Sleepers(tmp_path)
     yield s
-    fh.kill_quietly(s.pids)
+    processes.kill_quietly(s.pids)
 
 
 def pool(method: str, **kwargs: Any) -> mt.StatefulProcessPoolExecutor:
@@ -71,18 +71,18 @@ def pool(method: str, **kwargs: Any) -> mt.StatefulProcessPoolExecutor:
 @pytest.mark.parametrize("method", METHODS)
 def test_an_overrun_takes_the_tasks_subprocess_down(method: str, sleepers: Sleepers) -> None:
     with pool(method, task_timeout=1.0) as ex:
-        future = ex.submit(lh.sleeper_then, sleepers.pid_file, "hang")
+        future = ex.submit(tasks.sleeper_then, sleepers.pid_file, "hang")
         pid = sleepers.started()
         with pytest.raises(mt.TaskTimeoutError):
             future.result(START_LIMIT)
         sleepers.assert_gone(pid, "overrun")
-        assert ex.submit(fh.square, 3).result(START_LIMIT) == 9, "the slot was replaced"
+        assert ex.submit(tasks.square, 3).result(START_LIMIT) == 9, "the slot was replaced"
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_cancel_running_takes_the_tasks_subprocess_down(method: str, sleepers: Sleepers) -> None:
     with pool(method, cancel_running=True) as ex:
-        future = ex.submit(lh.sleeper_then, sleepers.pid_file, "hang")
+        future = ex.submit(tasks.sleeper_then, sleepers.pid_file, "hang")
         pid = sleepers.started()
         assert future.cancel()
         sleepers.assert_gone(pid, "cancelled")
@@ -94,7 +94,7 @@ def test_stopping_the_pool_takes_the_tasks_subprocess_down(
     method: str, how: str, sleepers: Sleepers
 ) -> None:
     ex = pool(method)
-    future = ex.submit(lh.sleeper_then, sleepers.pid_file, "hang")
+    future = ex.submit(tasks.sleeper_then, sleepers.pid_file, "hang")
     pid = sleepers.started()
     getattr(ex, how)()
     sleepers.assert_gone(pid, how)
@@ -106,7 +106,7 @@ def test_stopping_the_pool_takes_the_tasks_subprocess_down(
 @pytest.mark.parametrize("method", METHODS)
 def test_a_crash_takes_the_tasks_subprocess_down(method: str, sleepers: Sleepers) -> None:
     with pool(method) as ex:
-        future = ex.submit(lh.sleeper_then, sleepers.pid_file, "crash")
+        future = ex.submit(tasks.sleeper_then, sleepers.pid_file, "crash")
         with pytest.raises(mt.WorkerCrashedError):
             future.result(START_LIMIT)
         pid = sleepers.started(alive=False)  # the crash came right after it started
@@ -116,9 +116,9 @@ def test_a_crash_takes_the_tasks_subprocess_down(method: str, sleepers: Sleepers
 @pytest.mark.parametrize("method", METHODS)
 def test_shutdown_takes_a_left_running_subprocess_down(method: str, sleepers: Sleepers) -> None:
     ex = pool(method)
-    pid = ex.submit(lh.sleeper_then, sleepers.pid_file, "return").result(START_LIMIT)
+    pid = ex.submit(tasks.sleeper_then, sleepers.pid_file, "return").result(START_LIMIT)
     sleepers.pids.add(pid)
-    assert fh.alive(pid), "the subprocess runs on while its worker lives"
+    assert processes.alive(pid), "the subprocess runs on while its worker lives"
     ex.shutdown(wait=True)
     sleepers.assert_gone(pid, "shutdown")
 
@@ -148,7 +148,7 @@ def test_a_killed_parent_takes_the_tasks_subprocess_down(
             parent.kill()
             parent.wait()
             sleepers.assert_gone(pid, "parent SIGKILLed")
-            assert not fh.wait_gone(workers, GONE_LIMIT)
+            assert not processes.wait_gone(workers, GONE_LIMIT)
         finally:
             if parent.poll() is None:
                 parent.kill()
@@ -161,26 +161,26 @@ def test_a_killed_parent_takes_the_tasks_subprocess_down(
 
 
 def wait_for_file(path: Path, timeout: float) -> bool:
-    return fh.wait_for(path.exists, timeout)
+    return files.wait_for(path.exists, timeout)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_an_overrun_task_unwinds_its_finally_block(method: str, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     with pool(method, task_timeout=1.0) as ex:
-        future = ex.submit(lh.hang_with_finally, str(tmp_path / "pid"), str(marker))
+        future = ex.submit(tasks.hang_with_finally, str(tmp_path / "pid"), str(marker))
         with pytest.raises(mt.TaskTimeoutError):
             future.result(START_LIMIT)
         assert wait_for_file(marker, GONE_LIMIT), "the finally block did not run"
-        assert ex.submit(fh.square, 4).result(START_LIMIT) == 16
+        assert ex.submit(tasks.square, 4).result(START_LIMIT) == 16
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_terminate_lets_running_tasks_unwind(method: str, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     ex = pool(method)
-    future = ex.submit(lh.hang_with_finally, str(tmp_path / "pid"), str(marker))
-    lh.read_pid(str(tmp_path / "pid"), START_LIMIT)
+    future = ex.submit(tasks.hang_with_finally, str(tmp_path / "pid"), str(marker))
+    files.read_pid(str(tmp_path / "pid"), START_LIMIT)
     ex.terminate()
     assert marker.exists(), "terminate() returned before the task's finally block ran"
     with pytest.raises(cf.process.BrokenProcessPool):
@@ -194,16 +194,16 @@ def test_a_task_that_ignores_the_stop_is_killed_after_the_grace(
     grace = 2.0
     log = tmp_path / "log"
     with pool(method, task_timeout=0.5, stop_grace=grace) as ex:
-        future = ex.submit(lh.hang_ignoring_stops, str(tmp_path / "pid"), str(log))
-        worker = lh.read_pid(str(tmp_path / "pid"), START_LIMIT)
+        future = ex.submit(tasks.hang_ignoring_stops, str(tmp_path / "pid"), str(log))
+        worker = files.read_pid(str(tmp_path / "pid"), START_LIMIT)
         with pytest.raises(mt.TaskTimeoutError):
             future.result(START_LIMIT)  # at the limit: the grace delays only the replacement
         failed = time.monotonic()
-        assert fh.wait_for(lambda: fh.read_lines(log) == ["WorkerStopping"], GONE_LIMIT)
-        left = fh.wait_gone([worker], grace + GONE_LIMIT)
+        assert files.wait_for(lambda: files.read_lines(log) == ["WorkerStopping"], GONE_LIMIT)
+        left = processes.wait_gone([worker], grace + GONE_LIMIT)
         assert not left, "the worker outlived its grace period"
         assert time.monotonic() - failed > grace / 4, "SIGKILL came before the grace"
-        assert ex.submit(fh.square, 5).result(START_LIMIT) == 25, "the slot was replaced"
+        assert ex.submit(tasks.square, 5).result(START_LIMIT) == 25, "the slot was replaced"
 
 
 @pytest.mark.parametrize(
@@ -219,17 +219,17 @@ def test_stop_grace_must_be_a_finite_number_of_seconds(grace: Any, error: type) 
 
 
 def closes(log: Path) -> list[int]:
-    return sorted(int(line.split()[1]) for line in lh.lines(str(log)))
+    return sorted(int(line.split()[1]) for line in files.read_lines(str(log)))
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_shutdown_closes_each_workers_object_once(method: str, tmp_path: Path) -> None:
     log = tmp_path / "closes"
     ctx = multiprocessing.get_context(method)
-    with mt.StatefulProcessPoolExecutor(2, ctx, worker=lh.Closable(str(log))) as ex:
+    with mt.StatefulProcessPoolExecutor(2, ctx, worker=specs.Closable(str(log))) as ex:
         ex.wait_ready(START_LIMIT)
         pids = set(ex._processes)
-        assert set(ex.map(lh.worker_pid, range(20))) <= pids
+        assert set(ex.map(tasks.worker_pid, range(20))) <= pids
         assert closes(log) == [], "nothing is closed while the pool runs"
     assert closes(log) == sorted(pids)
 
@@ -239,9 +239,9 @@ def test_recycling_by_task_count_closes_each_retired_object(method: str, tmp_pat
     log = tmp_path / "closes"
     ctx = multiprocessing.get_context(method)
     with mt.StatefulProcessPoolExecutor(
-        1, ctx, worker=lh.Closable(str(log)), max_tasks_per_child=1
+        1, ctx, worker=specs.Closable(str(log)), max_tasks_per_child=1
     ) as ex:
-        pids = [ex.submit(lh.worker_pid, i).result(START_LIMIT) for i in range(3)]
+        pids = [ex.submit(tasks.worker_pid, i).result(START_LIMIT) for i in range(3)]
     assert len(set(pids)) == 3
     assert closes(log) == sorted(pids), "each retired process closed its object, once"
 
@@ -251,16 +251,16 @@ def test_a_graceful_stop_closes_the_object_and_a_crash_cannot(method: str, tmp_p
     log = tmp_path / "closes"
     ctx = multiprocessing.get_context(method)
     with mt.StatefulProcessPoolExecutor(
-        1, ctx, worker=lh.Closable(str(log)), task_timeout=1.0
+        1, ctx, worker=specs.Closable(str(log)), task_timeout=1.0
     ) as ex:
-        stopped = ex.submit(lh.worker_pid_then, 0, "hang")
+        stopped = ex.submit(tasks.worker_pid_then, 0, "hang")
         with pytest.raises(mt.TaskTimeoutError):
             stopped.result(START_LIMIT)
-        crashed = ex.submit_with_timeout(None, lh.worker_pid_then, 1, "crash")
+        crashed = ex.submit_with_timeout(None, tasks.worker_pid_then, 1, "crash")
         with pytest.raises(mt.WorkerCrashedError):
             crashed.result(START_LIMIT)
-        assert fh.wait_for(lambda: len(lh.lines(str(log))) == 1, GONE_LIMIT)
-        last = ex.submit(lh.worker_pid, 2).result(START_LIMIT)
+        assert files.wait_for(lambda: len(files.read_lines(str(log))) == 1, GONE_LIMIT)
+        last = ex.submit(tasks.worker_pid, 2).result(START_LIMIT)
     assert len(closes(log)) == 2, "the stopped worker and the last one closed; the crash not"
     assert last in closes(log)
 
@@ -270,20 +270,20 @@ def test_an_exception_in_close_is_logged_not_raised(method: str, tmp_path: Path)
     log, records = tmp_path / "closes", tmp_path / "records"
     ctx = multiprocessing.get_context(method)
     with mt.StatefulProcessPoolExecutor(
-        1, ctx, lh.log_to, (str(records),), worker=lh.Closable(str(log), fail=True)
+        1, ctx, tasks.log_to, (str(records),), worker=specs.Closable(str(log), fail=True)
     ) as ex:
-        assert ex.submit(lh.worker_pid, 0).result(START_LIMIT) > 0
+        assert ex.submit(tasks.worker_pid, 0).result(START_LIMIT) > 0
     assert len(closes(log)) == 1
     assert "RuntimeError: close failed" in records.read_text()
 
 
 def test_thread_pool_shutdown_closes_each_threads_object_once(tmp_path: Path) -> None:
     log = tmp_path / "closes"
-    with mt.StatefulThreadPoolExecutor(3, worker=lh.Closable(str(log))) as ex:
+    with mt.StatefulThreadPoolExecutor(3, worker=specs.Closable(str(log))) as ex:
         ex.wait_ready(START_LIMIT)
         assert list(ex.map(ex.worker, range(9))) == [os.getpid()] * 9
-        assert lh.lines(str(log)) == []
-    assert lh.lines(str(log)) == [f"closed {os.getpid()}"] * 3
+        assert files.read_lines(str(log)) == []
+    assert files.read_lines(str(log)) == [f"closed {os.getpid()}"] * 3
 
 
 # --- max_memory_per_child ----------------------------------------------------------------------
@@ -295,19 +295,19 @@ def test_a_worker_above_its_memory_limit_is_replaced_after_its_task(
 ) -> None:
     log = tmp_path / "closes"
     ctx = multiprocessing.get_context(method)
-    with mt.StatefulProcessPoolExecutor(1, ctx, worker=lh.Closable(str(log))) as probe:
-        start = probe.submit(lh.resident).result(START_LIMIT)
+    with mt.StatefulProcessPoolExecutor(1, ctx, worker=specs.Closable(str(log))) as probe:
+        start = probe.submit(tasks.resident).result(START_LIMIT)
     limit = start + (48 << 20)
     with mt.StatefulProcessPoolExecutor(
-        1, ctx, worker=lh.Closable(str(log)), max_memory_per_child=limit
+        1, ctx, worker=specs.Closable(str(log)), max_memory_per_child=limit
     ) as ex:
-        first = ex.submit(lh.worker_pid, 0).result(START_LIMIT)
-        assert ex.submit(lh.worker_pid, 1).result(START_LIMIT) == first, "under the limit"
-        leaker = ex.submit(lh.hold_memory, 96).result(START_LIMIT)  # returns normally
+        first = ex.submit(tasks.worker_pid, 0).result(START_LIMIT)
+        assert ex.submit(tasks.worker_pid, 1).result(START_LIMIT) == first, "under the limit"
+        leaker = ex.submit(tasks.hold_memory, 96).result(START_LIMIT)  # returns normally
         assert leaker == first
-        after = ex.submit(lh.worker_pid, 2).result(START_LIMIT)
+        after = ex.submit(tasks.worker_pid, 2).result(START_LIMIT)
         assert after != first, "the worker above the limit was replaced"
-        assert fh.wait_gone([first], GONE_LIMIT) == set()
+        assert processes.wait_gone([first], GONE_LIMIT) == set()
     assert first in closes(log), "the retired worker closed its object (a graceful retire)"
 
 
@@ -315,8 +315,8 @@ def test_a_worker_above_its_memory_limit_is_replaced_after_its_task(
 def test_imap_chunks_all_return_while_workers_recycle_by_memory(method: str) -> None:
     ctx = multiprocessing.get_context(method)
     with mt.StatefulProcessPoolExecutor(2, ctx, max_memory_per_child=1) as ex:  # always above
-        assert list(ex.imap(fh.square, range(200))) == [x * x for x in range(200)]
-        pids = {ex.submit(fh.pid_of).result(START_LIMIT) for _ in range(3)}
+        assert list(ex.imap(tasks.square, range(200))) == [x * x for x in range(200)]
+        pids = {ex.submit(tasks.pid_of).result(START_LIMIT) for _ in range(3)}
     assert len(pids) == 3, "every task ran in a fresh worker"
 
 
@@ -334,18 +334,18 @@ def test_worker_stats_count_what_each_slot_went_through(method: str, tmp_path: P
     with pool(method) as ex:
         assert [s.index for s in ex.worker_stats()] == [0]
         assert ex.worker_stats()[0].pid is None, "no process before the first task"
-        assert [ex.submit(fh.square, x).result(START_LIMIT) for x in range(5)] == [
+        assert [ex.submit(tasks.square, x).result(START_LIMIT) for x in range(5)] == [
             x * x for x in range(5)
         ]
-        failing = [ex.submit(fh.fail_on, x, x) for x in range(2)]
+        failing = [ex.submit(tasks.fail_on, x, x) for x in range(2)]
         assert all(isinstance(f.exception(START_LIMIT), ValueError) for f in failing)
         late = ex.submit_with_timeout(
-            0.5, lh.hang_with_finally, str(tmp_path / "pid"), str(tmp_path / "m")
+            0.5, tasks.hang_with_finally, str(tmp_path / "pid"), str(tmp_path / "m")
         )
         assert isinstance(late.exception(START_LIMIT), mt.TaskTimeoutError)
-        crashed = ex.submit(fh.crash_on, 0, 0, "sigkill")
+        crashed = ex.submit(tasks.crash_on, 0, 0, "sigkill")
         assert isinstance(crashed.exception(START_LIMIT), mt.WorkerCrashedError)
-        pid = ex.submit(fh.pid_of).result(START_LIMIT)
+        pid = ex.submit(tasks.pid_of).result(START_LIMIT)
         (stats,) = ex.worker_stats()
     assert stats.index == 0 and stats.pid == pid
     assert stats.tasks_completed == 8  # 5 squares, 2 failures, the last pid_of
@@ -363,10 +363,10 @@ def test_worker_stats_count_what_each_slot_went_through(method: str, tmp_path: P
 def test_pqdm_passes_the_lifecycle_options_to_the_process_pool() -> None:
     from mtasklite.processes import pqdm
 
-    pids = list(pqdm(range(6), fh.pid_of, n_jobs=2, chunk_size=1, max_memory_per_child=1,
+    pids = list(pqdm(range(6), tasks.pid_of, n_jobs=2, chunk_size=1, max_memory_per_child=1,
                      disable=True))  # fmt: skip
     assert len(set(pids)) == 6, "every item ran in a fresh worker: the limit reached the pool"
-    with mt.Pool(fh.square, 2, stop_grace=0.25, max_memory_per_child=1 << 40) as pool_:
+    with mt.Pool(tasks.square, 2, stop_grace=0.25, max_memory_per_child=1 << 40) as pool_:
         assert list(pool_(range(4))) == [0, 1, 4, 9]
         config = pool_._executor._dispatcher.config  # type: ignore[union-attr]
         assert (config.stop_grace, config.max_memory) == (0.25, 1 << 40)
@@ -376,7 +376,7 @@ def test_pqdm_passes_the_lifecycle_options_to_the_process_pool() -> None:
 def test_pool_refuses_process_options_where_they_do_not_apply(where: str) -> None:
     kwargs: dict[str, Any] = {"use_threads": True} if where == "threads" else {"client": object()}
     with pytest.raises(ValueError, match="stop_grace applies to worker processes"):
-        mt.Pool(fh.square, 2, stop_grace=1.0, **kwargs)
+        mt.Pool(tasks.square, 2, stop_grace=1.0, **kwargs)
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -386,12 +386,12 @@ def test_a_close_that_hangs_is_killed_after_the_grace(
 ) -> None:
     log, grace = str(tmp_path / "closes"), 0.5
     recycle = {"max_memory_per_child": 1} if how == "recycling" else {}
-    ex = pool(method, worker=lh.HangingClose(log), stop_grace=grace, **recycle)
-    pid = ex.submit(lh.worker_pid, 0).result(START_LIMIT)
+    ex = pool(method, worker=specs.HangingClose(log), stop_grace=grace, **recycle)
+    pid = ex.submit(tasks.worker_pid, 0).result(START_LIMIT)
     if how == "recycling":
-        assert ex.submit(lh.worker_pid, 1).result(START_LIMIT) != pid
+        assert ex.submit(tasks.worker_pid, 1).result(START_LIMIT) != pid
     started = time.monotonic()
     ex.shutdown(wait=True)
     assert time.monotonic() - started < grace + GONE_LIMIT + (1.0 if how == "recycling" else 0)
-    assert f"closing {pid}" in lh.lines(log), "close() ran"
-    assert not fh.wait_gone([pid], GONE_LIMIT)
+    assert f"closing {pid}" in files.read_lines(log), "close() ran"
+    assert not processes.wait_gone([pid], GONE_LIMIT)

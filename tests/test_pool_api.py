@@ -1,7 +1,7 @@
 """``mtasklite.Pool``: the original mtasklite API (``with Pool(...) as pool: for r in pool(it)``).
 
 Both back ends run (``use_threads``); process pools use the default ``fork`` context.
-Everything a worker process runs lives in :mod:`pqdm_helpers`.
+Everything a worker process runs lives in :mod:`support.tasks` and :mod:`support.specs`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import itertools
 import multiprocessing
 import os
 import threading
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 import mtasklite as mt
-import pqdm_helpers as ph
 from mtasklite import ArgumentPassing, ExceptionBehaviour, Pool
+from support import inputs, leaks, specs, tasks
 
 BLOCK_LIMIT = 10.0
 FORK = multiprocessing.get_context("fork")
@@ -28,16 +28,6 @@ FORK = multiprocessing.get_context("fork")
 @pytest.fixture(params=[True, False], ids=["threads", "processes"])
 def use_threads(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_workers() -> Iterator[None]:
-    """Every pool thread, dispatcher and worker process a test starts is gone soon after."""
-    threads_before, children_before = ph.pool_threads(), ph.children()
-    yield
-    threads_left, procs_left = ph.leftovers(threads_before, children_before, within=10.0)
-    assert not threads_left, f"pool threads survived the test: {threads_left}"
-    assert not procs_left, f"worker processes survived the test: {procs_left}"
 
 
 def open_fds() -> int:
@@ -100,7 +90,7 @@ def test_upstream_usage_with_positional_arguments() -> None:
     # worker_or_worker_arr, n_jobs, argument_type, exception_behavior, bounded, chunk_size,
     # chunk_prefill_ratio, is_unordered, use_threads, task_timeout, join_timeout
     with Pool(
-        [ph.Worker(i) for i in range(2)],
+        [specs.Worker(i) for i in range(2)],
         2,
         "single_arg",
         "immediate",
@@ -120,7 +110,7 @@ def test_upstream_usage_with_positional_arguments() -> None:
 
 @pytest.mark.timeout(20)
 def test_upstream_usage_threads_positional(use_threads: bool) -> None:
-    with Pool(ph.add, 2, "args", "ignore", True, 1, 2, False, use_threads) as pool:
+    with Pool(tasks.add, 2, "args", "ignore", True, 1, 2, False, use_threads) as pool:
         assert list(pool([(1, 2), (3, 4), (5,)])) == [3, 7, 5]
 
 
@@ -129,7 +119,7 @@ def test_upstream_usage_threads_positional(use_threads: bool) -> None:
 
 @pytest.mark.timeout(20)
 def test_runs_in_a_worker_even_with_one_job(use_threads: bool) -> None:
-    with Pool(ph.where, 1, use_threads=use_threads) as pool:
+    with Pool(tasks.where, 1, use_threads=use_threads) as pool:
         out = list(pool(range(3)))
     if use_threads:
         assert all(name.startswith("mtasklite-pool") for _, _, name in out), out
@@ -142,7 +132,7 @@ def test_runs_in_a_worker_even_with_one_job(use_threads: bool) -> None:
 def test_worker_list_sets_the_job_count_and_each_keeps_its_arguments(use_threads: bool) -> None:
     n = 3
     barrier = threading.Barrier(n) if use_threads else FORK.Barrier(n)
-    workers = [ph.Tagged(f"t{i}", scale=10**i, barrier=barrier) for i in range(n)]
+    workers = [specs.Tagged(f"t{i}", scale=10**i, barrier=barrier) for i in range(n)]
     with Pool(workers, use_threads=use_threads) as pool:
         assert pool.num_workers == n
         out = list(pool(range(24)))
@@ -157,7 +147,7 @@ def test_worker_list_sets_the_job_count_and_each_keeps_its_arguments(use_threads
 @pytest.mark.timeout(20)
 def test_single_spec_is_built_once_per_worker(use_threads: bool) -> None:
     barrier = threading.Barrier(2) if use_threads else FORK.Barrier(2)
-    with Pool(ph.Tagged("same", barrier=barrier), 2, use_threads=use_threads) as pool:
+    with Pool(specs.Tagged("same", barrier=barrier), 2, use_threads=use_threads) as pool:
         out = list(pool(range(20)))
     assert {index for _, _, index, _, _ in out} == {0, 1}
     for worker in (0, 1):  # each worker's own instance counts its own calls
@@ -167,12 +157,12 @@ def test_single_spec_is_built_once_per_worker(use_threads: bool) -> None:
 
 def test_worker_list_with_mismatched_n_jobs_is_value_error(use_threads: bool) -> None:
     with pytest.raises(ValueError):
-        Pool([ph.double, ph.double], 3, use_threads=use_threads)
+        Pool([tasks.double, tasks.double], 3, use_threads=use_threads)
 
 
 @pytest.mark.timeout(20)
 def test_functools_partial_worker(use_threads: bool) -> None:
-    with Pool(functools.partial(ph.scaled_sum, b=1, scale=5), 2, use_threads=use_threads) as p:
+    with Pool(functools.partial(tasks.scaled_sum, b=1, scale=5), 2, use_threads=use_threads) as p:
         assert list(p(range(4))) == [5, 10, 15, 20]
 
 
@@ -181,7 +171,7 @@ def test_functools_partial_worker(use_threads: bool) -> None:
 
 @pytest.mark.timeout(20)
 def test_results_have_len_for_sized_input_only(use_threads: bool) -> None:
-    with Pool(ph.double, 2, use_threads=use_threads) as pool:
+    with Pool(tasks.double, 2, use_threads=use_threads) as pool:
         sized = pool([1, 2, 3])
         assert isinstance(sized, mt.SizedPoolResults)
         assert len(sized) == 3
@@ -195,7 +185,7 @@ def test_results_have_len_for_sized_input_only(use_threads: bool) -> None:
 
 @pytest.mark.timeout(20)
 def test_pool_runs_several_iterables_and_survives_an_early_close(use_threads: bool) -> None:
-    with Pool(ph.double, 2, use_threads=use_threads) as pool:
+    with Pool(tasks.double, 2, use_threads=use_threads) as pool:
         with pool(itertools.count()) as results:
             assert next(results) == 0
         first = pool(range(100))
@@ -207,8 +197,8 @@ def test_pool_runs_several_iterables_and_survives_an_early_close(use_threads: bo
 
 @pytest.mark.timeout(20)
 def test_bounded_is_the_default_and_pulls_lazily(use_threads: bool) -> None:
-    source = ph.SizedCounter(100)
-    with Pool(ph.double, 2, chunk_size=2, chunk_prefill_ratio=3, use_threads=use_threads) as p:
+    source = inputs.SizedCounter(100)
+    with Pool(tasks.double, 2, chunk_size=2, chunk_prefill_ratio=3, use_threads=use_threads) as p:
         results = p(source)
         assert source.pulled == 0
         for consumed, r in enumerate(results, 1):
@@ -218,8 +208,8 @@ def test_bounded_is_the_default_and_pulls_lazily(use_threads: bool) -> None:
 
 @pytest.mark.timeout(20)
 def test_unsized_input_runs_bounded_even_when_unbounded(use_threads: bool) -> None:
-    source = ph.Pulled(itertools.count())
-    with Pool(ph.double, 2, bounded=False, chunk_size=1, use_threads=use_threads) as pool:
+    source = inputs.CountingIterator(itertools.count())
+    with Pool(tasks.double, 2, bounded=False, chunk_size=1, use_threads=use_threads) as pool:
         results = pool(source)
         for consumed, _ in enumerate(results, 1):
             assert source.pulled <= consumed + 4 * 2
@@ -229,8 +219,8 @@ def test_unsized_input_runs_bounded_even_when_unbounded(use_threads: bool) -> No
 
 @pytest.mark.timeout(20)
 def test_unbounded_sized_input_is_submitted_up_front(use_threads: bool) -> None:
-    source = ph.SizedCounter(50)
-    with Pool(ph.double, 2, bounded=False, use_threads=use_threads) as pool:
+    source = inputs.SizedCounter(50)
+    with Pool(tasks.double, 2, bounded=False, use_threads=use_threads) as pool:
         results = pool(source)
         assert next(results) == 0
         assert source.pulled == 50
@@ -242,12 +232,12 @@ def test_unordered(use_threads: bool) -> None:
     go = threading.Event() if use_threads else FORK.Event()
     out = []
     with Pool(
-        ph.zero_waits_for_go,
+        tasks.zero_waits_for_go,
         2,
         chunk_size=1,
         is_unordered=True,
         use_threads=use_threads,
-        initializer=ph.install,
+        initializer=tasks.install,
         initargs=({"go": go, "go_after": None},),
     ) as pool:
         for r in pool(range(6)):
@@ -274,14 +264,14 @@ def test_unordered(use_threads: bool) -> None:
     ],
 )
 def test_argument_modes(use_threads: bool, mode: Any, items: list[Any], expected: Any) -> None:
-    with Pool(ph.add, 2, mode, use_threads=use_threads) as pool:
+    with Pool(tasks.add, 2, mode, use_threads=use_threads) as pool:
         assert pool.argument_type == ("single_arg" if mode == "direct" else mode)
         assert list(pool(items)) == expected
 
 
 @pytest.mark.timeout(20)
 def test_argument_mismatch_fails_that_item(use_threads: bool) -> None:
-    with Pool(ph.add, 2, "kwargs", "ignore", use_threads=use_threads) as pool:
+    with Pool(tasks.add, 2, "kwargs", "ignore", use_threads=use_threads) as pool:
         out = list(pool([{"a": 1}, (1, 2), {"a": 2, "b": 2}]))
     assert out[0] == 1
     assert out[2] == 4
@@ -291,16 +281,16 @@ def test_argument_mismatch_fails_that_item(use_threads: bool) -> None:
 
 def test_unknown_modes_are_value_errors() -> None:
     with pytest.raises(ValueError, match="argument_type"):
-        Pool(ph.double, 1, "star", use_threads=True)
+        Pool(tasks.double, 1, "star", use_threads=True)
     with pytest.raises(ValueError, match="exception"):
-        Pool(ph.double, 1, "single_arg", "silent", use_threads=True)
+        Pool(tasks.double, 1, "single_arg", "silent", use_threads=True)
 
 
 @pytest.mark.parametrize("name", ["chunk_size", "chunk_prefill_ratio"])
 @pytest.mark.parametrize("bad", [0, -2, True, 1.5])
 def test_bad_chunk_settings_are_value_errors(name: str, bad: Any) -> None:
     with pytest.raises(ValueError, match=name):
-        Pool(ph.double, 1, use_threads=True, **{name: bad})
+        Pool(tasks.double, 1, use_threads=True, **{name: bad})
 
 
 # --- exception behaviour -----------------------------------------------------------------------
@@ -308,9 +298,9 @@ def test_bad_chunk_settings_are_value_errors(name: str, bad: Any) -> None:
 
 @pytest.mark.timeout(20)
 def test_immediate_is_the_default_and_the_pool_stays_usable(use_threads: bool) -> None:
-    with Pool(ph.fail_odd, 2, use_threads=use_threads) as pool:
+    with Pool(tasks.fail_odd, 2, use_threads=use_threads) as pool:
         got = []
-        with pytest.raises(ph.Boom, match=r"^odd 1$"):
+        with pytest.raises(tasks.Boom, match=r"^odd 1$"):
             for r in pool(range(10)):
                 got.append(r)
         assert got == [0]
@@ -319,19 +309,19 @@ def test_immediate_is_the_default_and_the_pool_stays_usable(use_threads: bool) -
 
 @pytest.mark.timeout(20)
 def test_immediate_stops_reading_input(use_threads: bool) -> None:
-    source = ph.Pulled(itertools.count())
-    pool = Pool(ph.fail_odd, 2, chunk_size=1, use_threads=use_threads)
-    with pool, pytest.raises(ph.Boom):
+    source = inputs.CountingIterator(itertools.count())
+    pool = Pool(tasks.fail_odd, 2, chunk_size=1, use_threads=use_threads)
+    with pool, pytest.raises(tasks.Boom):
         list(pool(source))
     assert source.pulled <= 2 + 4 * 2
 
 
 @pytest.mark.timeout(20)
 def test_ignore(use_threads: bool) -> None:
-    with Pool(ph.fail_odd, 2, "single_arg", "ignore", use_threads=use_threads) as pool:
+    with Pool(tasks.fail_odd, 2, "single_arg", "ignore", use_threads=use_threads) as pool:
         out = list(pool(range(4)))
     assert out[0::2] == [0, 4]
-    assert [type(e) for e in out[1::2]] == [ph.Boom, ph.Boom]
+    assert [type(e) for e in out[1::2]] == [tasks.Boom, tasks.Boom]
 
 
 @pytest.mark.timeout(20)
@@ -342,7 +332,7 @@ def test_deferred_reports_every_failure_in_input_order(
 ) -> None:
     n = 60
     with Pool(
-        ph.fail_odd,
+        tasks.fail_odd,
         2,
         "single_arg",
         ExceptionBehaviour.DEFERRED,
@@ -379,7 +369,7 @@ def test_task_timeout_in_ignore_mode() -> None:
 @pytest.mark.timeout(20)
 def test_task_timeout_in_ignore_mode_processes() -> None:
     with Pool(
-        functools.partial(ph.hang_on, target=1), 2, "single_arg", "ignore", task_timeout=0.5
+        functools.partial(tasks.hang_on, target=1), 2, "single_arg", "ignore", task_timeout=0.5
     ) as pool:
         out = list(pool(range(4)))
     assert isinstance(out[1], mt.TaskTimeoutError)
@@ -391,40 +381,38 @@ def test_task_timeout_in_ignore_mode_processes() -> None:
 
 @pytest.mark.timeout(20)
 def test_thread_pool_threads_are_named_and_gone_after_with() -> None:
-    before = ph.pool_threads()
-    with Pool(ph.where, 3, use_threads=True) as pool:
+    before = leaks.snapshot()
+    with Pool(tasks.where, 3, use_threads=True) as pool:
         names = {name for _, _, name in pool(range(30))}
         assert names and all(n.startswith("mtasklite-pool") for n in names), names
-    threads_left, _ = ph.leftovers(before, ph.children(), within=5.0)
-    assert not threads_left, threads_left
+    leaks.check(before, 5.0)
     assert not [t for t in threading.enumerate() if t.name in names and t.is_alive()]
 
 
 @pytest.mark.timeout(20)
 def test_process_pool_workers_are_gone_after_with() -> None:
-    before = ph.children()
-    with Pool(ph.where, 2) as pool:
+    before = leaks.snapshot()
+    with Pool(tasks.where, 2) as pool:
         pids = {pid for _, pid, _ in pool(range(10))}
         assert os.getpid() not in pids
         assert {p.pid for p in multiprocessing.active_children()} >= pids
-    _, procs_left = ph.leftovers(ph.pool_threads(), before, within=5.0)
-    assert not procs_left, procs_left
+    leaks.check(before, 5.0)
     assert not pids & {p.pid for p in multiprocessing.active_children()}
 
 
 @pytest.mark.timeout(20)
 def test_break_inside_with_leaves_no_workers(use_threads: bool) -> None:
-    before = ph.pool_threads(), ph.children()
-    with Pool(ph.double, 2, use_threads=use_threads) as pool:
+    before = leaks.snapshot()
+    with Pool(tasks.double, 2, use_threads=use_threads) as pool:
         for r in pool(itertools.count()):
             if r > 10:
                 break
-    assert ph.leftovers(*before, within=5.0) == ([], [])
+    leaks.check(before, 5.0)
 
 
 @pytest.mark.timeout(20)
 def test_close_and_terminate_are_idempotent(use_threads: bool) -> None:
-    pool = Pool(ph.double, 2, use_threads=use_threads)
+    pool = Pool(tasks.double, 2, use_threads=use_threads)
     assert list(pool(range(3))) == [0, 2, 4]
     pool.close()
     pool.close()
@@ -438,12 +426,12 @@ def test_join_timeout_stops_a_hung_task_instead_of_waiting() -> None:
     started = FORK.Event()
     outcome: list[Any] = []
     with Pool(
-        ph.signal_then_hang,
+        tasks.signal_then_hang,
         1,
         "single_arg",
         "ignore",
         join_timeout=0.2,
-        initializer=ph.install,
+        initializer=tasks.install,
         initargs=({"started": started},),
     ) as pool:
         results = pool([0, 1])
@@ -460,11 +448,11 @@ def test_keyboard_interrupt_in_with_terminates_hung_workers() -> None:
     started = FORK.Event()
     outcome: list[Any] = []
     pool = Pool(
-        ph.signal_then_hang,
+        tasks.signal_then_hang,
         1,
         "single_arg",
         "ignore",
-        initializer=ph.install,
+        initializer=tasks.install,
         initargs=({"started": started},),
     )
     with pytest.raises(KeyboardInterrupt), pool:  # no join_timeout: only terminate() helps
@@ -489,11 +477,11 @@ def test_unused_pool_releases_its_file_descriptors(use_threads: bool) -> None:
     """A pool that never ran a task holds no file descriptor once closed: the process
     pool's wakeup pipe is opened only by ``Dispatcher.launch`` (the first task) and closed
     by the dispatcher thread when it exits."""
-    Pool(ph.double, 1, use_threads=use_threads).close()  # warm up lazily created resources
+    Pool(tasks.double, 1, use_threads=use_threads).close()  # warm up lazily created resources
     gc.collect()
     before = open_fds()
     for _ in range(10):
-        with Pool(ph.double, 2, use_threads=use_threads):
+        with Pool(tasks.double, 2, use_threads=use_threads):
             pass
     gc.collect()
     assert open_fds() - before <= 2, f"{open_fds() - before} file descriptors leaked"

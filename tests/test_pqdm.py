@@ -2,8 +2,9 @@
 
 Every behaviour runs on both back ends (the ``backend`` fixture); process pools use the
 default ``fork`` context except for one ``spawn`` case.  Whatever a worker process runs lives
-in :mod:`pqdm_helpers`.  Nothing sleeps to synchronise: tasks that must wait use events or
-barriers, and the tests that need a task to hang mark the sleep inside it.
+in :mod:`support.tasks` and :mod:`support.specs`.  Nothing sleeps to synchronise: tasks that
+must wait use events or barriers, and the tests that need a task to hang mark the sleep inside
+it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import tqdm
 import tqdm.auto
 
 import mtasklite as mt
-import pqdm_helpers as ph
 from mtasklite import processes, threads
 from mtasklite.constants import ArgumentPassing, ExceptionBehaviour
 from mtasklite.windowing import AdaptiveChunkSize
+from support import files, inputs, leaks, specs, tasks
 
 BLOCK_LIMIT = 10.0
 FORK = multiprocessing.get_context("fork")
@@ -67,19 +68,9 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return Backend(request.param)
 
 
-@pytest.fixture(autouse=True)
-def no_leftover_workers() -> Iterator[None]:
-    """Every pool thread, dispatcher and worker process a test starts is gone soon after."""
-    threads_before, children_before = ph.pool_threads(), ph.children()
-    yield
-    threads_left, procs_left = ph.leftovers(threads_before, children_before, within=10.0)
-    assert not threads_left, f"pool threads survived the test: {threads_left}"
-    assert not procs_left, f"worker processes survived the test: {procs_left}"
-
-
 def share(**objects: Any) -> dict[str, Any]:
-    """Pool kwargs that install ``objects`` in :data:`pqdm_helpers.SHARED` of every worker."""
-    return {"initializer": ph.install, "initargs": (objects,)}
+    """Pool kwargs that install ``objects`` in :data:`support.tasks.SHARED` of every worker."""
+    return {"initializer": tasks.install, "initargs": (objects,)}
 
 
 def last_line(output: str) -> str:
@@ -128,8 +119,8 @@ def test_signature_keeps_pqdm_argument_order_and_defaults(module: Any) -> None:
 
 @pytest.mark.timeout(20)
 def test_returns_lazy_iterable_that_list_consumes_without_with(backend: Backend) -> None:
-    source = ph.SizedCounter(10)
-    results = backend.pqdm(source, ph.double, 2, disable=True)
+    source = inputs.SizedCounter(10)
+    results = backend.pqdm(source, tasks.double, 2, disable=True)
     assert not isinstance(results, list)
     assert source.pulled == 0, "nothing may be read before the results are iterated"
     assert iter(results) is results
@@ -138,7 +129,7 @@ def test_returns_lazy_iterable_that_list_consumes_without_with(backend: Backend)
 
 @pytest.mark.timeout(20)
 def test_result_is_a_context_manager_yielding_the_results(backend: Backend) -> None:
-    with backend.pqdm(range(6), ph.double, n_jobs=2, disable=True) as results:
+    with backend.pqdm(range(6), tasks.double, n_jobs=2, disable=True) as results:
         assert hasattr(results, "__exit__")
         assert list(results) == [0, 2, 4, 6, 8, 10]
 
@@ -147,16 +138,16 @@ def test_result_is_a_context_manager_yielding_the_results(backend: Backend) -> N
 def test_positional_arguments_follow_pqdm_order(backend: Backend) -> None:
     # input, worker, n_jobs, argument_type, bounded, exception_behaviour, tqdm_class
     items = [(1, 2), (3, 4), (5, 6)]
-    with backend.pqdm(items, ph.add, 2, "args", True, "deferred", tqdm.tqdm, disable=True) as r:
+    with backend.pqdm(items, tasks.add, 2, "args", True, "deferred", tqdm.tqdm, disable=True) as r:
         assert list(r) == [3, 7, 11]
 
 
 @pytest.mark.timeout(20)
 def test_len_for_sized_input_only(backend: Backend) -> None:
-    with backend.pqdm(list(range(7)), ph.double, 2, disable=True) as sized:
+    with backend.pqdm(list(range(7)), tasks.double, 2, disable=True) as sized:
         assert len(sized) == 7
         assert len(list(sized)) == 7
-    with backend.pqdm(iter(range(7)), ph.double, 2, disable=True) as unsized:
+    with backend.pqdm(iter(range(7)), tasks.double, 2, disable=True) as unsized:
         with pytest.raises(TypeError):
             len(unsized)
         assert list(unsized) == [2 * i for i in range(7)]
@@ -168,7 +159,7 @@ def test_accepts_any_iterable(backend: Backend) -> None:
         yield from range(5)
 
     for source in (range(5), list(range(5)), tuple(range(5)), generate(), iter({0, 1, 2, 3, 4})):
-        assert sorted(backend.pqdm(source, ph.double, 2, disable=True)) == [0, 2, 4, 6, 8]
+        assert sorted(backend.pqdm(source, tasks.double, 2, disable=True)) == [0, 2, 4, 6, 8]
 
 
 # --- workers -----------------------------------------------------------------------------------
@@ -176,7 +167,7 @@ def test_accepts_any_iterable(backend: Backend) -> None:
 
 @pytest.mark.timeout(20)
 def test_single_job_still_runs_in_a_worker(backend: Backend) -> None:
-    out = list(backend.pqdm(range(3), ph.where, n_jobs=1, disable=True))
+    out = list(backend.pqdm(range(3), tasks.where, n_jobs=1, disable=True))
     assert [x for x, _, _ in out] == [0, 1, 2]
     if backend.threads:
         me = threading.current_thread().name
@@ -192,7 +183,7 @@ def test_single_job_still_runs_in_a_worker(backend: Backend) -> None:
 def test_list_of_stateful_workers_each_sees_its_own_arguments(backend: Backend) -> None:
     n = 3
     barrier = backend.barrier(n)  # each worker's first call waits for the others: work spreads
-    workers = [ph.Tagged(f"w{i}", scale=i + 1, barrier=barrier) for i in range(n)]
+    workers = [specs.Tagged(f"w{i}", scale=i + 1, barrier=barrier) for i in range(n)]
     out = list(backend.pqdm(range(30), workers, disable=True))  # n_jobs from the list
     assert len(out) == 30
     assert not any(mt.is_exception(r) for r in out), out
@@ -213,7 +204,7 @@ def test_list_of_stateful_workers_each_sees_its_own_arguments(backend: Backend) 
 
 @pytest.mark.timeout(20)
 def test_worker_list_may_mix_specs_and_functions(backend: Backend) -> None:
-    workers = [ph.Tagged("spec"), functools.partial(ph.add, b=100)]
+    workers = [specs.Tagged("spec"), functools.partial(tasks.add, b=100)]
     out = list(backend.pqdm(range(20), workers, 2, disable=True))
     for x, r in zip(range(20), out):
         if isinstance(r, tuple):
@@ -224,42 +215,44 @@ def test_worker_list_may_mix_specs_and_functions(backend: Backend) -> None:
 
 def test_worker_list_with_mismatched_n_jobs_is_value_error(backend: Backend) -> None:
     with pytest.raises(ValueError):
-        backend.pqdm(range(3), [ph.double, ph.double], n_jobs=3, disable=True)
+        backend.pqdm(range(3), [tasks.double, tasks.double], n_jobs=3, disable=True)
     with pytest.raises(ValueError):
-        backend.pqdm(range(3), [ph.double, ph.double, ph.double], 1, disable=True)
+        backend.pqdm(range(3), [tasks.double, tasks.double, tasks.double], 1, disable=True)
 
 
 @pytest.mark.timeout(20)
 def test_worker_list_with_matching_n_jobs(backend: Backend) -> None:
-    out = list(backend.pqdm(range(4), [ph.Tagged("a"), ph.Tagged("b")], n_jobs=2, disable=True))
+    out = list(
+        backend.pqdm(range(4), [specs.Tagged("a"), specs.Tagged("b")], n_jobs=2, disable=True)
+    )
     assert [value for _, value, *_ in out] == [0, 1, 2, 3]
     assert all(tag == "ab"[index] for tag, _, index, *_ in out)
 
 
 @pytest.mark.timeout(20)
 def test_functools_partial_worker(backend: Backend) -> None:
-    worker = functools.partial(ph.scaled_sum, b=10, scale=3)
+    worker = functools.partial(tasks.scaled_sum, b=10, scale=3)
     assert list(backend.pqdm(range(6), worker, 2, disable=True)) == [(x + 10) * 3 for x in range(6)]
 
 
 @pytest.mark.timeout(20)
 def test_partial_worker_with_args_mode(backend: Backend) -> None:
-    worker = functools.partial(ph.scaled_sum, scale=2)
+    worker = functools.partial(tasks.scaled_sum, scale=2)
     items = [(1, 2), (3, 4)]
     assert list(backend.pqdm(items, worker, 2, "args", disable=True)) == [6, 14]
 
 
 @pytest.mark.timeout(30)
 def test_spawn_context_with_stateful_worker_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ph, "MARKER", "set in the parent")
-    workers = [ph.Tagged("s0", scale=10), ph.Tagged("s1", scale=20)]
+    monkeypatch.setattr(tasks, "MARKER", "set in the parent")
+    workers = [specs.Tagged("s0", scale=10), specs.Tagged("s1", scale=20)]
     with processes.pqdm(range(8), workers, mp_context=SPAWN, chunk_size=2, disable=True) as r:
         out = list(r)
     assert [value // (10 * (index + 1)) for _, value, index, *_ in out] == list(range(8))
     assert all(tag == f"s{index}" for tag, _, index, *_ in out)
     assert all(pid != os.getpid() for *_, pid, _ in out)
-    # the workers really were spawned: they imported pqdm_helpers afresh
-    assert list(processes.pqdm([1], ph.marker, 1, mp_context=SPAWN, disable=True)) == [
+    # the workers really were spawned: they imported support.tasks afresh
+    assert list(processes.pqdm([1], tasks.marker, 1, mp_context=SPAWN, disable=True)) == [
         (1, "module default")
     ]
 
@@ -267,8 +260,8 @@ def test_spawn_context_with_stateful_worker_list(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.timeout(20)
 def test_processes_use_the_default_fork_context(monkeypatch: pytest.MonkeyPatch) -> None:
     assert multiprocessing.get_start_method() == "fork"
-    monkeypatch.setattr(ph, "MARKER", "set in the parent")
-    assert list(processes.pqdm([1, 2], ph.marker, 1, disable=True)) == [
+    monkeypatch.setattr(tasks, "MARKER", "set in the parent")
+    assert list(processes.pqdm([1, 2], tasks.marker, 1, disable=True)) == [
         (1, "set in the parent"),
         (2, "set in the parent"),
     ]
@@ -286,7 +279,7 @@ def test_upstream_readme_usage_processes() -> None:
     seen = []
     with pqdm(
         input_arr,
-        [ph.Worker(i) for i in range(4)],
+        [specs.Worker(i) for i in range(4)],
         n_jobs=4,
         bounded=True,
         exception_behaviour="immediate",
@@ -302,7 +295,11 @@ def test_upstream_readme_usage_threads() -> None:
 
     seen = []
     with pqdm(
-        range(20), [ph.Worker(i) for i in range(2)], 2, bounded=True, exception_behaviour="ignore"
+        range(20),
+        [specs.Worker(i) for i in range(2)],
+        2,
+        bounded=True,
+        exception_behaviour="ignore",
     ) as pbar:
         for r in pbar:
             seen.append(r)
@@ -315,7 +312,7 @@ def test_upstream_immediate_raises_workers_exception() -> None:
 
     pbar = pqdm(
         [1, 2, -3, 4],
-        [ph.Worker(i) for i in range(2)],
+        [specs.Worker(i) for i in range(2)],
         n_jobs=2,
         bounded=True,
         exception_behaviour="immediate",
@@ -329,13 +326,13 @@ def test_upstream_immediate_raises_workers_exception() -> None:
 
 
 ARGUMENT_CASES = [
-    ("single_arg", ph.double, [1, 2, 3], [2, 4, 6]),
-    ("direct", ph.double, [1, 2, 3], [2, 4, 6]),
-    (ArgumentPassing.AS_SINGLE_ARG, ph.double, [1, 2, 3], [2, 4, 6]),
-    ("args", ph.add, [(1, 2), (3, 4), [5]], [3, 7, 5]),
-    (ArgumentPassing.AS_ARGS, ph.add, [(1, 2), (3, 4)], [3, 7]),
-    ("kwargs", ph.add, [{"a": 1, "b": 2}, {"a": 3}], [3, 3]),
-    (ArgumentPassing.AS_KWARGS, ph.add, [{"b": 5, "a": 1}], [6]),
+    ("single_arg", tasks.double, [1, 2, 3], [2, 4, 6]),
+    ("direct", tasks.double, [1, 2, 3], [2, 4, 6]),
+    (ArgumentPassing.AS_SINGLE_ARG, tasks.double, [1, 2, 3], [2, 4, 6]),
+    ("args", tasks.add, [(1, 2), (3, 4), [5]], [3, 7, 5]),
+    (ArgumentPassing.AS_ARGS, tasks.add, [(1, 2), (3, 4)], [3, 7]),
+    ("kwargs", tasks.add, [{"a": 1, "b": 2}, {"a": 3}], [3, 3]),
+    (ArgumentPassing.AS_KWARGS, tasks.add, [{"b": 5, "a": 1}], [6]),
 ]
 
 
@@ -355,7 +352,7 @@ def test_argument_modes(
 def test_argument_mode_mismatch_fails_only_that_item(
     backend: Backend, mode: str, items: list[Any], bad: Any
 ) -> None:
-    out = list(backend.pqdm(items, ph.add, 2, mode, disable=True))
+    out = list(backend.pqdm(items, tasks.add, 2, mode, disable=True))
     assert mt.is_exception(out[1])
     assert isinstance(out[1], TypeError)
     assert mode in str(out[1]), f"the error should name the mode: {out[1]}"
@@ -366,7 +363,7 @@ def test_argument_mode_mismatch_fails_only_that_item(
 
 def test_argument_mode_mismatch_raises_in_immediate_mode(backend: Backend) -> None:
     with pytest.raises(TypeError, match="kwargs"):
-        list(backend.pqdm([{"a": 1}, 3], ph.add, 1, "kwargs", False, "immediate", disable=True))
+        list(backend.pqdm([{"a": 1}, 3], tasks.add, 1, "kwargs", False, "immediate", disable=True))
 
 
 @pytest.mark.parametrize(
@@ -375,9 +372,9 @@ def test_argument_mode_mismatch_raises_in_immediate_mode(backend: Backend) -> No
 def test_unknown_mode_string_is_value_error_at_call_time(
     backend: Backend, kwargs: dict[str, Any]
 ) -> None:
-    source = ph.SizedCounter(3)
+    source = inputs.SizedCounter(3)
     with pytest.raises(ValueError):
-        backend.pqdm(source, ph.double, 1, disable=True, **kwargs)  # no iteration needed
+        backend.pqdm(source, tasks.double, 1, disable=True, **kwargs)  # no iteration needed
     assert source.pulled == 0
 
 
@@ -392,7 +389,7 @@ def test_mode_constants() -> None:
     assert ExceptionBehaviour.IGNORE == "ignore"
     assert ExceptionBehaviour.IMMEDIATE == "immediate"
     assert ExceptionBehaviour.DEFERRED == "deferred"
-    assert mt.delayed_init is ph.delayed_init
+    assert mt.delayed_init is mt.delayed_init
     assert mt.is_exception(ValueError("x"))
     assert mt.is_exception(mt.TaskTimeoutError("x"))
     assert not mt.is_exception(ValueError)
@@ -405,8 +402,8 @@ def test_mode_constants() -> None:
 
 @pytest.mark.timeout(20)
 def test_unbounded_sized_input_is_submitted_up_front(backend: Backend) -> None:
-    source = ph.SizedCounter(60)
-    with backend.pqdm(source, ph.double, n_jobs=2, disable=True) as results:
+    source = inputs.SizedCounter(60)
+    with backend.pqdm(source, tasks.double, n_jobs=2, disable=True) as results:
         assert next(results) == 0
         assert source.pulled == 60
 
@@ -449,11 +446,11 @@ def test_unbounded_sized_input_runs_everything_while_the_first_item_blocks(
 def test_bounded_pulls_input_lazily(backend: Backend, sized: bool) -> None:
     n, jobs, ratio, chunk = 200, 2, 2, 3
     bound = ratio * jobs * chunk
-    source: Any = ph.SizedCounter(n) if sized else ph.Pulled(range(n))
+    source: Any = inputs.SizedCounter(n) if sized else inputs.CountingIterator(range(n))
     out = []
     with backend.pqdm(
         source,
-        ph.double,
+        tasks.double,
         jobs,
         bounded=True,
         chunk_size=chunk,
@@ -470,9 +467,9 @@ def test_bounded_pulls_input_lazily(backend: Backend, sized: bool) -> None:
 
 @pytest.mark.timeout(20)
 def test_unsized_infinite_input_runs_bounded_without_bounded_flag(backend: Backend) -> None:
-    source = ph.Pulled(itertools.count())
+    source = inputs.CountingIterator(itertools.count())
     got = []
-    with backend.pqdm(source, ph.double, 2, disable=True) as results:  # bounded=False
+    with backend.pqdm(source, tasks.double, 2, disable=True) as results:  # bounded=False
         for r in results:
             got.append(r)
             if len(got) == 30:
@@ -492,7 +489,7 @@ def test_bounded_run_stops_pulling_while_the_worker_is_blocked(release: threadin
             release.wait(BLOCK_LIMIT)
         return x
 
-    source = ph.Pulled(itertools.count())
+    source = inputs.CountingIterator(itertools.count())
     # One item per task, so the window is exactly ``ratio * jobs`` items.
     with threads.pqdm(
         source, work, jobs, bounded=True, chunk_prefill_ratio=ratio, chunk_size=1, disable=True
@@ -515,17 +512,17 @@ def test_bounded_run_stops_pulling_while_the_worker_is_blocked(release: threadin
 
 @pytest.mark.timeout(20)
 def test_ignore_is_the_default_and_yields_exceptions_in_place(backend: Backend) -> None:
-    out = list(backend.pqdm(range(6), ph.fail_odd, 2, disable=True))
+    out = list(backend.pqdm(range(6), tasks.fail_odd, 2, disable=True))
     assert [mt.is_exception(r) for r in out] == [False, True] * 3
     assert out[0::2] == [0, 4, 8]
-    assert all(type(e) is ph.Boom for e in out[1::2])
+    assert all(type(e) is tasks.Boom for e in out[1::2])
     assert [str(e) for e in out[1::2]] == ["odd 1", "odd 3", "odd 5"]
 
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("mode", ["ignore", ExceptionBehaviour.IGNORE])
 def test_ignore_mode_spelled_either_way(backend: Backend, mode: Any) -> None:
-    out = list(backend.pqdm(range(4), ph.fail_odd, 2, exception_behaviour=mode, disable=True))
+    out = list(backend.pqdm(range(4), tasks.fail_odd, 2, exception_behaviour=mode, disable=True))
     assert [mt.is_exception(r) for r in out] == [False, True, False, True]
 
 
@@ -535,15 +532,15 @@ def test_immediate_raises_the_workers_own_exception(backend: Backend, unordered:
     got = []
     results = backend.pqdm(
         range(10),
-        ph.fail_odd,
+        tasks.fail_odd,
         2,
         exception_behaviour=ExceptionBehaviour.IMMEDIATE,
         is_unordered=unordered,
         disable=True,
     )
-    with pytest.raises(ph.Boom, match=r"^odd \d+$") as info, results:
+    with pytest.raises(tasks.Boom, match=r"^odd \d+$") as info, results:
         got.extend(results)
-    assert type(info.value) is ph.Boom
+    assert type(info.value) is tasks.Boom
     if not unordered:
         assert str(info.value) == "odd 1"
         assert got == [0]
@@ -552,9 +549,9 @@ def test_immediate_raises_the_workers_own_exception(backend: Backend, unordered:
 
 @pytest.mark.timeout(20)
 def test_immediate_stops_reading_input(backend: Backend) -> None:
-    source = ph.Pulled(itertools.count())  # infinite: reading on would never end
-    with pytest.raises(ph.Boom, match="odd 1"):
-        list(backend.pqdm(source, ph.fail_odd, 2, exception_behaviour="immediate", disable=True))
+    source = inputs.CountingIterator(itertools.count())  # infinite: reading on would never end
+    with pytest.raises(tasks.Boom, match="odd 1"):
+        list(backend.pqdm(source, tasks.fail_odd, 2, exception_behaviour="immediate", disable=True))
     pulled = source.pulled
     assert pulled <= 1 + backend.window_bound(2)
     assert next(source) == pulled  # the input was left where the run stopped
@@ -566,28 +563,28 @@ def test_immediate_cancels_queued_items_threads(release: threading.Event) -> Non
 
     def work(x: int) -> int:
         if x == 0:
-            raise ph.Boom("first item failed")
+            raise tasks.Boom("first item failed")
         started.append(x)
         release.wait(BLOCK_LIMIT)
         return x
 
     # join_timeout: closing does not wait for the one blocked item, so the error arrives now
-    with pytest.raises(ph.Boom, match="first item failed"):
+    with pytest.raises(tasks.Boom, match="first item failed"):
         list(
             threads.pqdm(
                 range(30), work, 1, "single_arg", False, "immediate", join_timeout=0.2, disable=True
             )
         )
     release.set()
-    assert ph.leftovers(set(), set(), within=BLOCK_LIMIT) == ([], [])  # item 1 (if run) ended
+    leaks.check(leaks.NOTHING, BLOCK_LIMIT)  # item 1 (if run) ended
     assert started in ([], [1]), f"items that were queued still ran: {started}"
 
 
 @pytest.mark.timeout(20)
 def test_immediate_cancels_queued_items_processes(tmp_path: Any) -> None:
     log = str(tmp_path / "started")
-    worker = functools.partial(ph.fail_first_then_hang, log=log)
-    with pytest.raises(ph.Boom, match="first item failed"):
+    worker = functools.partial(tasks.fail_first_then_hang, log=log)
+    with pytest.raises(tasks.Boom, match="first item failed"):
         list(
             processes.pqdm(
                 range(30),
@@ -601,8 +598,8 @@ def test_immediate_cancels_queued_items_processes(tmp_path: Any) -> None:
                 disable=True,
             )
         )
-    assert ph.leftovers(set(), set(), within=BLOCK_LIMIT) == ([], [])  # the hung one was stopped
-    assert ph.read_lines(log) in ([], ["1"]), ph.read_lines(log)
+    leaks.check(leaks.NOTHING, BLOCK_LIMIT)  # the hung one was stopped
+    assert files.read_lines(log) in ([], ["1"]), files.read_lines(log)
 
 
 @pytest.mark.timeout(20)
@@ -613,16 +610,18 @@ def test_deferred_processes_everything_then_raises_all_in_input_order(
     assert issubclass(mt.DeferredExceptions, Exception)
     got = []
     with pytest.raises(mt.DeferredExceptions) as info:
-        for r in backend.pqdm(range(9), ph.fail_odd, 2, exception_behaviour=mode, disable=True):
+        for r in backend.pqdm(range(9), tasks.fail_odd, 2, exception_behaviour=mode, disable=True):
             got.append(r)
     assert [r for r in got if not mt.is_exception(r)] == [0, 4, 8, 12, 16]
-    assert all(type(e) is ph.Boom for e in info.value.args)
+    assert all(type(e) is tasks.Boom for e in info.value.args)
     assert [str(e) for e in info.value.args] == ["odd 1", "odd 3", "odd 5", "odd 7"]
 
 
 @pytest.mark.timeout(20)
 def test_deferred_without_failures_raises_nothing(backend: Backend) -> None:
-    assert list(backend.pqdm(range(5), ph.double, 2, exception_behaviour="deferred", disable=True))
+    assert list(
+        backend.pqdm(range(5), tasks.double, 2, exception_behaviour="deferred", disable=True)
+    )
 
 
 @pytest.mark.timeout(20)
@@ -634,7 +633,7 @@ def test_deferred_unordered_still_reports_in_input_order(backend: Backend) -> No
     with pytest.raises(mt.DeferredExceptions) as info:
         for r in backend.pqdm(
             range(6),
-            ph.zero_waits_for_go_then_fail,
+            tasks.zero_waits_for_go_then_fail,
             2,
             exception_behaviour="deferred",
             is_unordered=True,
@@ -657,7 +656,7 @@ def test_unordered_yields_in_completion_order(backend: Backend) -> None:
     out = []
     for r in backend.pqdm(
         range(6),
-        ph.zero_waits_for_go,
+        tasks.zero_waits_for_go,
         2,
         is_unordered=True,
         chunk_size=1,
@@ -677,7 +676,7 @@ def test_ordered_is_the_default(backend: Backend) -> None:
     out = list(
         backend.pqdm(
             range(10),
-            ph.zero_waits_for_go,
+            tasks.zero_waits_for_go,
             2,
             chunk_size=1,
             disable=True,
@@ -705,7 +704,7 @@ def test_task_timeout_yields_timeout_error_threads(release: threading.Event) -> 
 
 @pytest.mark.timeout(20)
 def test_task_timeout_yields_timeout_error_processes() -> None:
-    worker = functools.partial(ph.hang_on, target=2)
+    worker = functools.partial(tasks.hang_on, target=2)
     out = list(processes.pqdm(range(6), worker, 2, task_timeout=0.5, disable=True))
     assert isinstance(out[2], mt.TaskTimeoutError)
     assert out[:2] + out[3:] == [0, 2, 6, 8, 10]
@@ -717,7 +716,7 @@ def test_task_timeout_yields_timeout_error_processes() -> None:
 @pytest.mark.timeout(20)
 def test_bar_shows_total_for_sized_input(backend: Backend) -> None:
     buf = io.StringIO()
-    assert len(list(backend.pqdm(range(25), ph.double, 2, file=buf, desc="crunch"))) == 25
+    assert len(list(backend.pqdm(range(25), tasks.double, 2, file=buf, desc="crunch"))) == 25
     output = buf.getvalue()
     final = last_line(output)
     assert "25/25" in final, output
@@ -729,7 +728,7 @@ def test_bar_shows_total_for_sized_input(backend: Backend) -> None:
 @pytest.mark.timeout(20)
 def test_bar_shows_running_count_for_unsized_input(backend: Backend) -> None:
     buf = io.StringIO()
-    assert len(list(backend.pqdm(iter(range(25)), ph.double, 2, file=buf))) == 25
+    assert len(list(backend.pqdm(iter(range(25)), tasks.double, 2, file=buf))) == 25
     final = last_line(buf.getvalue())
     assert "25it" in final, final
     assert "/" not in final.split("[")[0], final
@@ -738,7 +737,7 @@ def test_bar_shows_running_count_for_unsized_input(backend: Backend) -> None:
 @pytest.mark.timeout(20)
 def test_disable_turns_the_bar_off(backend: Backend) -> None:
     buf = io.StringIO()
-    assert list(backend.pqdm(range(5), ph.double, 2, file=buf, disable=True)) == [0, 2, 4, 6, 8]
+    assert list(backend.pqdm(range(5), tasks.double, 2, file=buf, disable=True)) == [0, 2, 4, 6, 8]
     assert buf.getvalue() == ""
 
 
@@ -750,7 +749,7 @@ def test_custom_bar_class_advances_per_item(backend: Backend, chunk_size: Option
     kwargs: dict[str, Any] = {"file": io.StringIO(), "mininterval": 0, "miniters": 1}
     if chunk_size is not None:
         kwargs["chunk_size"] = chunk_size
-    out = list(backend.pqdm(range(n), ph.double, 2, tqdm_class=RecordingBar, **kwargs))
+    out = list(backend.pqdm(range(n), tasks.double, 2, tqdm_class=RecordingBar, **kwargs))
     assert out == [2 * i for i in range(n)]
     assert len(RecordingBar.instances) == 1, "one bar only"
     bar = RecordingBar.instances[0]
@@ -767,7 +766,7 @@ def test_custom_bar_class_sees_no_total_for_unsized_input(backend: Backend) -> N
     out = list(
         backend.pqdm(
             (i for i in range(9)),
-            ph.double,
+            tasks.double,
             2,
             tqdm_class=RecordingBar,
             file=io.StringIO(),
@@ -786,7 +785,7 @@ def test_bar_total_can_be_overridden_through_kwargs(backend: Backend) -> None:
     RecordingBar.instances = []
     list(
         backend.pqdm(
-            iter(range(4)), ph.double, 2, tqdm_class=RecordingBar, total=4, file=io.StringIO()
+            iter(range(4)), tasks.double, 2, tqdm_class=RecordingBar, total=4, file=io.StringIO()
         )
     )
     assert RecordingBar.instances[0].total == 4
@@ -796,7 +795,7 @@ def test_bar_total_can_be_overridden_through_kwargs(backend: Backend) -> None:
 def test_tqdm_over_executor_imap_shows_a_total() -> None:
     buf = io.StringIO()
     with mt.StatefulThreadPoolExecutor(2, "mt-pqdm-imap") as ex:
-        results = ex.imap(ph.double, range(12))
+        results = ex.imap(tasks.double, range(12))
         assert len(results) == 12
         bar = tqdm.tqdm(results, file=buf)
         assert bar.total == 12
@@ -813,7 +812,7 @@ def test_pool_kwargs_reach_the_pool_and_the_rest_reach_tqdm(backend: Backend) ->
     got = list(
         backend.pqdm(
             range(6),
-            ph.double,
+            tasks.double,
             2,
             chunk_size=2,
             chunk_prefill_ratio=1,
@@ -839,7 +838,7 @@ def test_initializer_kwargs_reach_the_pool(backend: Backend) -> None:
     event.set()
     out = list(
         backend.pqdm(
-            range(4), ph.zero_waits_for_go, 2, disable=True, **share(go=event, go_after=None)
+            range(4), tasks.zero_waits_for_go, 2, disable=True, **share(go=event, go_after=None)
         )
     )
     assert out == [0, 1, 2, 3]
@@ -848,12 +847,12 @@ def test_initializer_kwargs_reach_the_pool(backend: Backend) -> None:
 def test_max_tasks_per_child_reaches_the_process_pool() -> None:
     # The process pool refuses max_tasks_per_child under fork: proof the option got there.
     with pytest.raises(ValueError, match="max_tasks_per_child"):
-        processes.pqdm([1], ph.double, 1, max_tasks_per_child=1, mp_context=FORK, disable=True)
+        processes.pqdm([1], tasks.double, 1, max_tasks_per_child=1, mp_context=FORK, disable=True)
 
 
 def test_mp_context_reaches_the_process_pool() -> None:
     with pytest.raises((TypeError, AttributeError, ValueError)):
-        processes.pqdm([1], ph.double, 1, mp_context="not a context", disable=True)
+        processes.pqdm([1], tasks.double, 1, mp_context="not a context", disable=True)
 
 
 @pytest.mark.parametrize(
@@ -866,89 +865,91 @@ def test_naming_an_explicit_parameter_again_in_kwargs_is_type_error(
     backend: Backend, extra: dict[str, Any]
 ) -> None:
     with pytest.raises(TypeError):
-        backend.pqdm([1, 2], ph.double, 2, disable=True, **extra)
+        backend.pqdm([1, 2], tasks.double, 2, disable=True, **extra)
 
 
 def test_repeating_a_named_parameter_is_type_error(backend: Backend) -> None:
     pqdm: Any = backend.pqdm
     with pytest.raises(TypeError):
-        pqdm([1], ph.double, 2, n_jobs=2)
+        pqdm([1], tasks.double, 2, n_jobs=2)
     with pytest.raises(TypeError):
-        pqdm([1], ph.double, 2, "single_arg", False, bounded=True)
+        pqdm([1], tasks.double, 2, "single_arg", False, bounded=True)
     with pytest.raises(TypeError):
-        pqdm([1], ph.double, 2, "single_arg", False, "ignore", exception_behaviour="ignore")
+        pqdm([1], tasks.double, 2, "single_arg", False, "ignore", exception_behaviour="ignore")
     with pytest.raises(TypeError):
-        pqdm([1], ph.double, 2, "single_arg", argument_type="args")
+        pqdm([1], tasks.double, 2, "single_arg", argument_type="args")
 
 
 def test_unknown_keyword_is_refused_without_leaking_workers(backend: Backend) -> None:
     # Not a pool option, so it goes to tqdm, which refuses it; the pool must not linger.
     with pytest.raises((TypeError, KeyError)):
-        backend.pqdm(range(3), ph.double, 2, chunksize=4, file=io.StringIO())
+        backend.pqdm(range(3), tasks.double, 2, chunksize=4, file=io.StringIO())
 
 
 # --- cleanup -----------------------------------------------------------------------------------
 
 
-def assert_cleaned_up(threads_before: set[threading.Thread], children_before: set[Any]) -> None:
-    threads_left, procs_left = ph.leftovers(threads_before, children_before, within=5.0)
-    assert not threads_left, threads_left
-    assert not procs_left, procs_left
-
-
 @pytest.mark.timeout(20)
 def test_list_without_with_leaves_no_workers(backend: Backend) -> None:
-    before = ph.pool_threads(), ph.children()
-    assert list(backend.pqdm(range(20), ph.double, 3, disable=True)) == [2 * i for i in range(20)]
-    assert_cleaned_up(*before)
+    before = leaks.snapshot()
+    assert list(backend.pqdm(range(20), tasks.double, 3, disable=True)) == [
+        2 * i for i in range(20)
+    ]
+    leaks.check(before, 5.0)
 
 
 @pytest.mark.timeout(20)
 def test_leaving_with_early_leaves_no_workers(backend: Backend) -> None:
-    before = ph.pool_threads(), ph.children()
-    with backend.pqdm(itertools.count(), ph.double, 2, disable=True) as results:
+    before = leaks.snapshot()
+    with backend.pqdm(itertools.count(), tasks.double, 2, disable=True) as results:
         for r in results:
             if r == 6:
                 break
-        assert ph.pool_threads() - before[0] or ph.children() - before[1]
-    assert_cleaned_up(*before)
+        assert leaks.started_since(before)
+    leaks.check(before, 5.0)
 
 
 @pytest.mark.timeout(20)
 def test_leaving_with_early_on_sized_input_leaves_no_workers(backend: Backend) -> None:
-    before = ph.pool_threads(), ph.children()
-    with backend.pqdm(range(1000), ph.double, 2, disable=True) as results:
+    before = leaks.snapshot()
+    with backend.pqdm(range(1000), tasks.double, 2, disable=True) as results:
         assert next(results) == 0
-    assert_cleaned_up(*before)
+    leaks.check(before, 5.0)
 
 
 @pytest.mark.timeout(20)
 def test_with_never_iterated_leaves_no_workers(backend: Backend) -> None:
-    before = ph.pool_threads(), ph.children()
-    with backend.pqdm(range(10), ph.double, 2, disable=True):
+    before = leaks.snapshot()
+    with backend.pqdm(range(10), tasks.double, 2, disable=True):
         pass
-    assert_cleaned_up(*before)
+    leaks.check(before, 5.0)
 
 
 @pytest.mark.timeout(20)
 def test_immediate_error_leaves_no_workers(backend: Backend) -> None:
-    before = ph.pool_threads(), ph.children()
-    with pytest.raises(ph.Boom):
-        list(backend.pqdm(range(10), ph.fail_odd, 2, exception_behaviour="immediate", disable=True))
-    assert_cleaned_up(*before)
+    before = leaks.snapshot()
+    with pytest.raises(tasks.Boom):
+        list(
+            backend.pqdm(
+                range(10), tasks.fail_odd, 2, exception_behaviour="immediate", disable=True
+            )
+        )
+    leaks.check(before, 5.0)
 
 
 @pytest.mark.timeout(20)
 def test_deferred_error_leaves_no_workers(backend: Backend) -> None:
-    before = ph.pool_threads(), ph.children()
+    before = leaks.snapshot()
     with pytest.raises(mt.DeferredExceptions):
-        list(backend.pqdm(range(10), ph.fail_odd, 2, exception_behaviour="deferred", disable=True))
-    assert_cleaned_up(*before)
+        list(
+            backend.pqdm(range(10), tasks.fail_odd, 2, exception_behaviour="deferred", disable=True)
+        )
+    leaks.check(before, 5.0)
 
 
 @pytest.mark.timeout(20)
 def test_close_is_idempotent(backend: Backend) -> None:
-    results = backend.pqdm(range(10), ph.double, 2, disable=True)
+    results = backend.pqdm(range(10), tasks.double, 2, disable=True)
     assert next(results) == 0
     results.close()
     results.close()
@@ -958,12 +959,12 @@ def test_close_is_idempotent(backend: Backend) -> None:
 
 @pytest.mark.timeout(20)
 def test_break_without_with_cleans_up_once_collected(backend: Backend) -> None:
-    before = ph.pool_threads(), ph.children()
-    for r in backend.pqdm(itertools.count(), ph.double, 2, disable=True):
+    before = leaks.snapshot()
+    for r in backend.pqdm(itertools.count(), tasks.double, 2, disable=True):
         if r > 10:
             break
     gc.collect()
-    assert_cleaned_up(*before)
+    leaks.check(before, 5.0)
 
 
 def open_fds() -> int:
@@ -981,15 +982,15 @@ def open_fds() -> int:
     ],
 )
 def test_never_iterated_or_refused_runs_release_file_descriptors(backend: Backend) -> None:
-    with backend.pqdm(range(3), ph.double, 1, disable=True):  # warm up lazy resources
+    with backend.pqdm(range(3), tasks.double, 1, disable=True):  # warm up lazy resources
         pass
     gc.collect()
     before = open_fds()
     for _ in range(5):
-        with backend.pqdm(range(3), ph.double, 2, disable=True):
+        with backend.pqdm(range(3), tasks.double, 2, disable=True):
             pass
         with pytest.raises((TypeError, KeyError)):
-            backend.pqdm(range(3), ph.double, 2, not_a_tqdm_option=1, file=io.StringIO())
+            backend.pqdm(range(3), tasks.double, 2, not_a_tqdm_option=1, file=io.StringIO())
     gc.collect()
     assert open_fds() - before <= 2, f"{open_fds() - before} file descriptors leaked"
 
@@ -1003,22 +1004,29 @@ def test_empty_input(backend: Backend, mode: str) -> None:
     RecordingBar.instances = []
     out = list(
         backend.pqdm(
-            [], ph.double, 2, exception_behaviour=mode, tqdm_class=RecordingBar, file=io.StringIO()
+            [],
+            tasks.double,
+            2,
+            exception_behaviour=mode,
+            tqdm_class=RecordingBar,
+            file=io.StringIO(),
         )
     )
     assert out == []
     assert [bar.total for bar in RecordingBar.instances] == [0]  # tqdm draws total=0 as "0it"
-    assert list(backend.pqdm(iter([]), ph.double, 2, exception_behaviour=mode, disable=True)) == []
+    assert (
+        list(backend.pqdm(iter([]), tasks.double, 2, exception_behaviour=mode, disable=True)) == []
+    )
 
 
 @pytest.mark.timeout(20)
 def test_default_n_jobs(backend: Backend) -> None:
-    assert list(backend.pqdm(range(5), ph.double, disable=True)) == [0, 2, 4, 6, 8]
+    assert list(backend.pqdm(range(5), tasks.double, disable=True)) == [0, 2, 4, 6, 8]
 
 
 @pytest.mark.timeout(20)
 def test_single_spec_is_built_once_per_worker(backend: Backend) -> None:
-    spec = ph.Tagged("same", scale=2, barrier=backend.barrier(2))
+    spec = specs.Tagged("same", scale=2, barrier=backend.barrier(2))
     out = list(backend.pqdm(range(20), spec, n_jobs=2, disable=True))
     assert [value for _, value, *_ in out] == [2 * x for x in range(20)]
     assert {index for _, _, index, _, _ in out} == {0, 1}
@@ -1031,7 +1039,7 @@ def test_single_spec_is_built_once_per_worker(backend: Backend) -> None:
 def test_deferred_bar_still_ends_at_n(backend: Backend) -> None:
     buf = io.StringIO()
     with pytest.raises(mt.DeferredExceptions):
-        list(backend.pqdm(range(9), ph.fail_odd, 2, exception_behaviour="deferred", file=buf))
+        list(backend.pqdm(range(9), tasks.fail_odd, 2, exception_behaviour="deferred", file=buf))
     assert "9/9" in last_line(buf.getvalue())
 
 
@@ -1042,7 +1050,7 @@ def test_deferred_unordered_with_default_chunks(backend: Backend) -> None:
         list(
             backend.pqdm(
                 range(n),
-                ph.fail_odd,
+                tasks.fail_odd,
                 2,
                 exception_behaviour="deferred",
                 is_unordered=True,
@@ -1058,7 +1066,12 @@ def test_ignore_mode_keeps_every_failure_of_a_chunk_in_place(backend: Backend) -
     # position and the items between them still run.
     out = list(
         backend.pqdm(
-            range(1, 17), ph.fail_odd, 2, exception_behaviour="ignore", chunk_size=8, disable=True
+            range(1, 17),
+            tasks.fail_odd,
+            2,
+            exception_behaviour="ignore",
+            chunk_size=8,
+            disable=True,
         )
     )
     assert [mt.is_exception(r) for r in out] == [True, False] * 8

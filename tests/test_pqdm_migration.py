@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-import first_hour_helpers as fh
 import mtasklite as mt
 from mtasklite import Pool
 from mtasklite.processes import pqdm as process_pqdm
 from mtasklite.threads import pqdm as thread_pqdm
+from support import tasks
 
 BLOCK_LIMIT = 10.0
 
@@ -114,9 +114,7 @@ def test_conflicting_spellings_are_a_type_error() -> None:
     with pytest.raises(TypeError, match="disagree"):
         Pool(double, 1, exception_behavior="deferred", exception_behaviour="ignore")
     with pytest.raises(TypeError, match="disagree"):
-        thread_pqdm(
-            [1], double, 1, exception_behaviour="deferred", exception_behavior="ignore"
-        )
+        thread_pqdm([1], double, 1, exception_behaviour="deferred", exception_behavior="ignore")
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])
@@ -177,7 +175,7 @@ def test_process_pqdm_timeout_message_names_the_function_in_every_mode() -> None
     for mode, items in (("single_arg", range(5)), ("args", [(x,) for x in range(5)])):
         out = list(
             process_pqdm(
-                items, fh.nap_on_three, 2, mode, task_timeout=0.5, mp_context=ctx, disable=True
+                items, tasks.nap_on_three, 2, mode, task_timeout=0.5, mp_context=ctx, disable=True
             )
         )
         assert isinstance(out[3], mt.TaskTimeoutError), out

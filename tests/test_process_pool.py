@@ -1,7 +1,7 @@
 """StatefulProcessPoolExecutor: the stdlib contract, stateful workers, crash isolation, imap,
 the cloudpickle path, and no leftover processes.
 
-Everything sent to a worker lives in :mod:`process_helpers` (spawned workers import it by
+Everything sent to a worker lives in :mod:`support` (spawned workers import it by
 name).  Most cases run under ``fork`` (cheap); the start-method matrix (the ``ctx`` fixture)
 also runs them under ``spawn`` and ``forkserver`` (Linux's default from Python 3.14).
 """
@@ -22,13 +22,13 @@ import weakref
 from collections import Counter as Tally
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
 import mtasklite as mt
-import process_helpers as ph
 from mtasklite.stateful import WORKER_HANDLE
+from support import files, processes, specs, tasks
 
 BLOCK_LIMIT = 10.0
 
@@ -36,15 +36,6 @@ PPE = mt.StatefulProcessPoolExecutor
 FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
 FORKSERVER = multiprocessing.get_context("forkserver")
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_processes() -> Iterator[None]:
-    """Every worker process a test starts is gone (exited and reaped) soon after it ends."""
-    before = set(ph.pool_processes())
-    threads_before = ph.dispatcher_threads()
-    yield
-    ph.assert_no_leftovers(before, threads_before)
 
 
 @pytest.fixture(params=["fork", "spawn", "forkserver"])
@@ -64,7 +55,7 @@ def outcomes(
     return list(it)
 
 
-def on_every_worker(ex: mt.StatefulProcessPoolExecutor, n: int, fn: Any = ph.rendezvous) -> Any:
+def on_every_worker(ex: mt.StatefulProcessPoolExecutor, n: int, fn: Any = tasks.rendezvous) -> Any:
     """Run ``fn`` once on each of ``n`` distinct workers (the pool was built with a barrier of
     ``n`` installed as ``SHARED["barrier"]``); results sorted by worker index."""
     futures = [ex.submit(fn, i) for i in range(n)]
@@ -73,7 +64,7 @@ def on_every_worker(ex: mt.StatefulProcessPoolExecutor, n: int, fn: Any = ph.ren
 
 def with_barrier(context: Any, n: int, **extra: Any) -> tuple[Any, tuple[Any, ...]]:
     """``(initializer, initargs)`` that install a barrier for ``n`` (and ``extra``)."""
-    return ph.install, ({"barrier": context.Barrier(n), **extra},)
+    return tasks.install, ({"barrier": context.Barrier(n), **extra},)
 
 
 # --- construction ----------------------------------------------------------------------------
@@ -102,13 +93,13 @@ def test_constructor_argument_checks() -> None:
     with pytest.raises(ValueError):
         PPE(1, FORK, task_timeout=0)
     with pytest.raises(TypeError):
-        PPE(1, FORK, None, (), ph.Counter("m"))  # type: ignore[misc]  # worker= is keyword-only
+        PPE(1, FORK, None, (), specs.Counter("m"))  # type: ignore[misc]  # worker= is keyword-only
     with pytest.raises(ValueError, match=r"max_workers=3\b.*\b2 workers"):
-        PPE(3, FORK, worker=[ph.Counter("a"), ph.Counter("b")])
+        PPE(3, FORK, worker=[specs.Counter("a"), specs.Counter("b")])
 
 
 def test_worker_list_sets_max_workers() -> None:
-    ex = PPE(mp_context=FORK, worker=[ph.Counter("a"), ph.Counter("b"), ph.Counter("c")])
+    ex = PPE(mp_context=FORK, worker=[specs.Counter("a"), specs.Counter("b"), specs.Counter("c")])
     assert ex._max_workers == 3
     ex.shutdown()
 
@@ -119,24 +110,24 @@ def test_worker_list_sets_max_workers() -> None:
 @pytest.mark.timeout(30)
 def test_submit_map_and_context_manager(ctx: Any) -> None:
     with PPE(2, ctx) as ex:
-        assert ex.submit(ph.square, 7).result(BLOCK_LIMIT) == 49
-        assert ex.submit(ph.add, 2, b=3).result(BLOCK_LIMIT) == 5
-        assert list(ex.map(ph.square, range(10))) == [x * x for x in range(10)]
-        assert list(ex.map(ph.add, range(5), range(5), chunksize=2)) == [0, 2, 4, 6, 8]
-        assert list(ex.map(ph.square, [])) == []
+        assert ex.submit(tasks.square, 7).result(BLOCK_LIMIT) == 49
+        assert ex.submit(tasks.add, 2, b=3).result(BLOCK_LIMIT) == 5
+        assert list(ex.map(tasks.square, range(10))) == [x * x for x in range(10)]
+        assert list(ex.map(tasks.add, range(5), range(5), chunksize=2)) == [0, 2, 4, 6, 8]
+        assert list(ex.map(tasks.square, [])) == []
         with pytest.raises(ValueError, match="bad input 1"):
-            ex.submit(ph.fail_with_value_error, 1).result(BLOCK_LIMIT)
+            ex.submit(tasks.fail_with_value_error, 1).result(BLOCK_LIMIT)
         it = ex.map(int, ["1", "x", "3"])
         assert next(it) == 1
         with pytest.raises(ValueError):
             next(it)
-        pids = {f.result(BLOCK_LIMIT) for f in [ex.submit(ph.pid_of) for _ in range(6)]}
+        pids = {f.result(BLOCK_LIMIT) for f in [ex.submit(tasks.pid_of) for _ in range(6)]}
         assert os.getpid() not in pids
         assert 1 <= len(pids) <= 2
     with pytest.raises(RuntimeError):
-        ex.submit(ph.square, 1)
+        ex.submit(tasks.square, 1)
     with pytest.raises(RuntimeError):
-        ex.map(ph.square, [1])
+        ex.map(tasks.square, [1])
 
 
 @pytest.mark.timeout(30)
@@ -146,28 +137,30 @@ def test_forkserver_smoke(tmp_path: Path) -> None:
         mp_context=FORKSERVER,
         initializer=init,
         initargs=initargs,
-        worker=[ph.Counter("a"), ph.Counter("b")],
+        worker=[specs.Counter("a"), specs.Counter("b")],
     ) as ex:
-        seen = on_every_worker(ex, 2, ph.rendezvous_call)
+        seen = on_every_worker(ex, 2, tasks.rendezvous_call)
         assert [(s.index, s.name) for s in seen] == [(0, "a"), (1, "b")]
         assert len({s.pid for s in seen} | {os.getpid()}) == 3
-        futures = [ex.submit(ph.crash_on, i, 2, "sigkill", str(tmp_path)) for i in range(5)]
+        futures = [
+            ex.submit(tasks.crash_on, i, 2, "sigkill", str(tmp_path / "crash")) for i in range(5)
+        ]
         with pytest.raises(mt.WorkerCrashedError):
             futures[2].result(BLOCK_LIMIT)
         assert [f.result(BLOCK_LIMIT) for i, f in enumerate(futures) if i != 2] == [0, 10, 30, 40]
         assert list(ex.imap(lambda x: x + 1, range(5))) == [1, 2, 3, 4, 5]
-        assert [s.index for s in on_every_worker(ex, 2, ph.rendezvous_call)] == [0, 1]
+        assert [s.index for s in on_every_worker(ex, 2, tasks.rendezvous_call)] == [0, 1]
 
 
 def test_remote_traceback_is_chained_as_cause() -> None:
     with PPE(1, FORK) as ex:
-        fut = ex.submit(ph.fail_with_value_error, "x")
+        fut = ex.submit(tasks.fail_with_value_error, "x")
         with pytest.raises(ValueError) as info:
             fut.result(BLOCK_LIMIT)
     cause = info.value.__cause__
     assert isinstance(cause, _RemoteTraceback)
     text = str(cause)
-    assert "process_helpers.py" in text
+    assert "support/tasks.py" in text
     assert "in fail_with_value_error" in text
     assert "ValueError: bad input 'x'" in text
 
@@ -175,11 +168,11 @@ def test_remote_traceback_is_chained_as_cause() -> None:
 @pytest.mark.timeout(30)
 def test_shutdown_cancel_futures_cancels_queued_work() -> None:
     started, release = FORK.Event(), FORK.Event()
-    ex = PPE(1, FORK, ph.install, ({"started": started, "release": release},))
+    ex = PPE(1, FORK, tasks.install, ({"started": started, "release": release},))
     try:
-        running = ex.submit(ph.block_until_released, "r")
+        running = ex.submit(tasks.block_until_released, "r")
         assert started.wait(BLOCK_LIMIT)
-        queued = [ex.submit(ph.square, i) for i in range(8)]
+        queued = [ex.submit(tasks.square, i) for i in range(8)]
         ex.shutdown(wait=False, cancel_futures=True)
         assert not running.done() and not running.cancelled()
         # Like the stdlib (whose call queue holds a few items beyond the running ones), up to
@@ -201,15 +194,15 @@ def test_shutdown_cancel_futures_cancels_queued_work() -> None:
 @pytest.mark.timeout(30)
 def test_shutdown_wait_runs_queued_work_to_completion() -> None:
     started, release = FORK.Event(), FORK.Event()
-    ex = PPE(1, FORK, ph.install, ({"started": started, "release": release},))
+    ex = PPE(1, FORK, tasks.install, ({"started": started, "release": release},))
     try:
-        running = ex.submit(ph.block_until_released, "r")
+        running = ex.submit(tasks.block_until_released, "r")
         assert started.wait(BLOCK_LIMIT)
-        queued = [ex.submit(ph.square, i) for i in range(5)]
+        queued = [ex.submit(tasks.square, i) for i in range(5)]
         ex.shutdown(wait=False)  # returns at once although a task is blocked
         assert not running.done()
         with pytest.raises(RuntimeError):
-            ex.submit(ph.square, 1)
+            ex.submit(tasks.square, 1)
         release.set()
         ex.shutdown(wait=True)
         assert running.done() and all(f.done() for f in queued)
@@ -223,12 +216,12 @@ def test_shutdown_wait_runs_queued_work_to_completion() -> None:
 def test_initializer_runs_once_per_worker_with_initargs(ctx: Any, tmp_path: Path) -> None:
     log = str(tmp_path / "init.log")
     shared = {"barrier": ctx.Barrier(2)}
-    with PPE(2, ctx, ph.record_init, ("tag", log, shared)) as ex:
+    with PPE(2, ctx, tasks.record_init, ("tag", log, shared)) as ex:
         on_every_worker(ex, 2)
-        seen = {f.result(BLOCK_LIMIT) for f in [ex.submit(ph.init_seen) for _ in range(10)]}
-        seen.update(ex.map(ph.init_seen, range(10)))
+        seen = {f.result(BLOCK_LIMIT) for f in [ex.submit(tasks.init_seen) for _ in range(10)]}
+        seen.update(ex.map(tasks.init_seen, range(10)))
         on_every_worker(ex, 2)
-    lines = ph.read_lines(log)
+    lines = files.read_lines(log)
     assert len(lines) == 2, lines
     pids = {int(line.split()[0]) for line in lines}
     assert len(pids) == 2
@@ -238,8 +231,8 @@ def test_initializer_runs_once_per_worker_with_initargs(ctx: Any, tmp_path: Path
 
 
 def test_failing_initializer_breaks_pool_with_worker_init_error(ctx: Any) -> None:
-    with PPE(1, ctx, ph.failing_initializer) as ex:
-        fut = ex.submit(ph.square, 2)
+    with PPE(1, ctx, tasks.failing_initializer) as ex:
+        fut = ex.submit(tasks.square, 2)
         with pytest.raises(mt.WorkerInitError) as info:
             fut.result(BLOCK_LIMIT)
         err = info.value
@@ -249,14 +242,14 @@ def test_failing_initializer_breaks_pool_with_worker_init_error(ctx: Any) -> Non
         assert str(err.__cause__) == "no device"
         assert "failing_initializer" in str(err.__cause__.__cause__)  # the remote traceback
         with pytest.raises(BrokenProcessPool):
-            ex.submit(ph.square, 2)
+            ex.submit(tasks.square, 2)
 
 
 def test_failing_spec_build_breaks_pool_and_names_the_worker() -> None:
-    bad = ph.FailingBuild("bad")
-    with PPE(mp_context=FORK, worker=[ph.Counter("ok"), bad]) as ex:
+    bad = specs.FailingBuild("bad")
+    with PPE(mp_context=FORK, worker=[specs.Counter("ok"), bad]) as ex:
         # only worker 0 can take it (worker 1 never gets ready), so it fails with the pool
-        fut = ex.submit(ph.hang_forever)
+        fut = ex.submit(tasks.hang_forever)
         with pytest.raises(mt.WorkerInitError) as info:
             fut.result(BLOCK_LIMIT)
         err = info.value
@@ -265,12 +258,12 @@ def test_failing_spec_build_breaks_pool_and_names_the_worker() -> None:
         assert isinstance(err.__cause__, ValueError)
         assert str(err.__cause__) == "cannot load bad"
         with pytest.raises(mt.WorkerInitError):
-            ex.submit(ph.square, 2)
+            ex.submit(tasks.square, 2)
 
 
 def test_worker_dying_during_initialisation_breaks_pool() -> None:
-    with PPE(1, FORK, worker=ph.ExitingBuild()) as ex:
-        fut = ex.submit(ph.square, 2)
+    with PPE(1, FORK, worker=specs.ExitingBuild()) as ex:
+        fut = ex.submit(tasks.square, 2)
         with pytest.raises(mt.WorkerInitError) as info:
             fut.result(BLOCK_LIMIT)
         assert "exit code 5" in str(info.value)
@@ -279,21 +272,21 @@ def test_worker_dying_during_initialisation_breaks_pool() -> None:
 
 def test_system_exit_in_a_task_is_reported_on_its_future() -> None:
     with PPE(1, FORK) as ex:
-        pid = ex.submit(ph.pid_of).result(BLOCK_LIMIT)
+        pid = ex.submit(tasks.pid_of).result(BLOCK_LIMIT)
         with pytest.raises(SystemExit) as info:
             ex.submit(sys.exit, 3).result(BLOCK_LIMIT)
         # args, not .code: importing distributed (test_dask) registers a copyreg reducer for
         # exceptions that rebuilds SystemExit without its .code
         assert info.value.args == (3,)
-        assert ex.submit(ph.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
+        assert ex.submit(tasks.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
 
 
 @pytest.mark.timeout(30)
 def test_large_arguments_and_results() -> None:
     big = b"x" * (8 << 20)  # far beyond any pipe buffer
     with PPE(2, FORK) as ex:
-        assert ex.submit(ph.identity, big).result(BLOCK_LIMIT) == big
-        assert [len(b) for b in ex.imap(ph.identity, [big] * 4, chunksize=2)] == [len(big)] * 4
+        assert ex.submit(tasks.identity, big).result(BLOCK_LIMIT) == big
+        assert [len(b) for b in ex.imap(tasks.identity, [big] * 4, chunksize=2)] == [len(big)] * 4
 
 
 def test_done_callbacks_may_submit_more_work() -> None:
@@ -302,10 +295,10 @@ def test_done_callbacks_may_submit_more_work() -> None:
     with PPE(2, FORK) as ex:
 
         def chain(fut: concurrent.futures.Future[int]) -> None:
-            follow_up = ex.submit(ph.square, fut.result())
+            follow_up = ex.submit(tasks.square, fut.result())
             follow_up.add_done_callback(lambda f: (out.append(f.result()), done.set()))
 
-        ex.submit(ph.square, 3).add_done_callback(chain)
+        ex.submit(tasks.square, 3).add_done_callback(chain)
         assert done.wait(BLOCK_LIMIT)
     assert out == [81]
 
@@ -316,7 +309,7 @@ def test_concurrent_submitters() -> None:
     try:
 
         def submit_many(k: int) -> None:
-            results[k] = [ex.submit(ph.add, k, i) for i in range(50)]
+            results[k] = [ex.submit(tasks.add, k, i) for i in range(50)]
 
         threads = [threading.Thread(target=submit_many, args=(k,)) for k in range(4)]
         for thread in threads:
@@ -345,7 +338,7 @@ def test_a_wakeup_during_the_dispatchers_drain_is_not_lost(
 
     ex = PPE(1, FORK)
     try:
-        assert ex.submit(ph.square, 2).result(BLOCK_LIMIT) == 4  # the dispatcher is idle now
+        assert ex.submit(tasks.square, 2).result(BLOCK_LIMIT) == 4  # the dispatcher is idle now
         dispatcher = ex._dispatcher
         real_os = waiting.os
         wake = dispatcher.control.wake
@@ -380,7 +373,7 @@ def test_a_wakeup_during_the_dispatchers_drain_is_not_lost(
         assert injected.wait(BLOCK_LIMIT)
         assert waiting_again.wait(BLOCK_LIMIT)
         monkeypatch.setattr(waiting, "os", real_os)
-        fut = ex.submit(ph.square, 3)
+        fut = ex.submit(tasks.square, 3)
         done, _ = concurrent.futures.wait([fut], timeout=2.0)
         assert done, "the submit's wakeup was lost: the task is never dispatched"
         assert fut.result(0) == 9
@@ -392,15 +385,15 @@ def test_a_wakeup_during_the_dispatchers_drain_is_not_lost(
 
 def test_unpicklable_worker_spec_under_spawn_fails_at_construction_naming_the_worker() -> None:
     with pytest.raises(TypeError, match=r"worker 1 .*cannot be pickled .*'spawn'"):
-        PPE(mp_context=SPAWN, worker=[ph.Counter("ok"), ph.Counter(threading.Lock())])  # type: ignore[arg-type]
+        PPE(mp_context=SPAWN, worker=[specs.Counter("ok"), specs.Counter(threading.Lock())])  # type: ignore[arg-type]
 
 
 def test_unpicklable_initargs_under_spawn_keep_failing_submit_and_run_nothing() -> None:
-    ex = PPE(2, SPAWN, ph.install, ({"lock": threading.Lock()},))
+    ex = PPE(2, SPAWN, tasks.install, ({"lock": threading.Lock()},))
     try:
         for _ in range(4):
             with pytest.raises((TypeError, pickle.PicklingError), match="pickle"):
-                ex.submit(ph.square, 2)
+                ex.submit(tasks.square, 2)
         assert not ex._dispatcher.backlog
     finally:
         ex.shutdown()
@@ -415,12 +408,12 @@ def test_max_tasks_per_child_respawns_slot_with_same_spec(tmp_path: Path) -> Non
     with PPE(
         1,
         SPAWN,
-        ph.record_init,
+        tasks.record_init,
         ("t", init_log),
         max_tasks_per_child=2,
-        worker=ph.Counter("m", build_log),
+        worker=specs.Counter("m", build_log),
     ) as ex:
-        seen = [ex.submit(ph.call_worker, i).result(BLOCK_LIMIT) for i in range(5)]
+        seen = [ex.submit(tasks.call_worker, i).result(BLOCK_LIMIT) for i in range(5)]
     assert [s.x for s in seen] == list(range(5))
     assert {(s.name, s.index) for s in seen} == {("m", 0)}
     assert [s.calls for s in seen] == [1, 2, 1, 2, 1], "each new process builds a fresh object"
@@ -430,9 +423,9 @@ def test_max_tasks_per_child_respawns_slot_with_same_spec(tmp_path: Path) -> Non
     builds_seen = [s.build_id for s in seen]
     assert builds_seen[0] == builds_seen[1] and builds_seen[2] == builds_seen[3]
     assert len({builds_seen[0], builds_seen[2], builds_seen[4]}) == 3
-    inits = [int(line.split()[0]) for line in ph.read_lines(init_log)]
+    inits = [int(line.split()[0]) for line in files.read_lines(init_log)]
     assert inits == [pids[0], pids[2], pids[4]], "the initializer runs again in each new process"
-    builds = [line.split() for line in ph.read_lines(build_log)]
+    builds = [line.split() for line in files.read_lines(build_log)]
     assert [(int(b[0]), b[1], b[2]) for b in builds] == [(p, "0", "m") for p in inits]
     assert [b[3] for b in builds] == [seen[0].build_id, seen[2].build_id, seen[4].build_id]
 
@@ -441,9 +434,9 @@ def test_max_tasks_per_child_respawns_slot_with_same_spec(tmp_path: Path) -> Non
 def test_max_tasks_per_child_splits_chunks(tmp_path: Path) -> None:
     log = str(tmp_path / "runs.log")
     with PPE(1, SPAWN, max_tasks_per_child=3) as ex:
-        fn = functools.partial(ph.record_run, log=log)
+        fn = functools.partial(tasks.record_run, log=log)
         assert list(ex.imap(fn, range(10), chunksize=5)) == [x * 10 for x in range(10)]
-    runs = [line.split() for line in ph.read_lines(log)]
+    runs = [line.split() for line in files.read_lines(log)]
     assert sorted(int(x) for x, _ in runs) == list(range(10)), "every item runs exactly once"
     per_pid = Tally(pid for _, pid in runs)
     assert max(per_pid.values()) <= 3, per_pid
@@ -453,7 +446,7 @@ def test_max_tasks_per_child_splits_chunks(tmp_path: Path) -> None:
 def test_max_tasks_per_child_defaults_to_spawn() -> None:
     with PPE(1, max_tasks_per_child=1) as ex:
         assert ex._mp_context.get_start_method() == "spawn"
-        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
 
 
 # --- what cannot be pickled ------------------------------------------------------------------
@@ -461,15 +454,15 @@ def test_max_tasks_per_child_defaults_to_spawn() -> None:
 
 def test_unpicklable_argument_fails_only_that_future() -> None:
     with PPE(1, FORK) as ex:
-        bad = ex.submit(ph.identity, threading.Lock())
-        good = ex.submit(ph.square, 4)
+        bad = ex.submit(tasks.identity, threading.Lock())
+        good = ex.submit(tasks.square, 4)
         with pytest.raises(mt.TaskPicklingError) as info:
             bad.result(BLOCK_LIMIT)
         assert isinstance(info.value, pickle.PicklingError)
         assert "arguments" in str(info.value)
         assert info.value.__cause__ is not None
         assert good.result(BLOCK_LIMIT) == 16
-        got = outcomes(ex, ph.identity, [1, threading.Lock(), 3, 4], chunksize=4)
+        got = outcomes(ex, tasks.identity, [1, threading.Lock(), 3, 4], chunksize=4)
         assert got[0] == 1 and got[2:] == [3, 4]
         assert isinstance(got[1], mt.TaskPicklingError)
 
@@ -486,17 +479,17 @@ def test_unpicklable_function_fails_with_task_pickling_error() -> None:
             fut.result(BLOCK_LIMIT)
         assert "holds_a_lock" in str(info.value)
         assert "mtasklite[cloudpickle]" not in str(info.value), "cloudpickle is installed"
-        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
 
 
 def test_unpicklable_result_fails_only_that_future() -> None:
     with PPE(1, FORK) as ex:
-        pid = ex.submit(ph.pid_of).result(BLOCK_LIMIT)
-        bad = ex.submit(ph.unpicklable_result)
+        pid = ex.submit(tasks.pid_of).result(BLOCK_LIMIT)
+        bad = ex.submit(tasks.unpicklable_result)
         with pytest.raises(TypeError, match="pickle"):
             bad.result(BLOCK_LIMIT)
-        assert ex.submit(ph.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
-        got = outcomes(ex, ph.unpicklable_result_on, range(6), [3] * 6, chunksize=6)
+        assert ex.submit(tasks.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
+        got = outcomes(ex, tasks.unpicklable_result_on, range(6), [3] * 6, chunksize=6)
         assert [g for i, g in enumerate(got) if i != 3] == [0, 10, 20, 40, 50]
         assert isinstance(got[3], TypeError)
 
@@ -504,65 +497,65 @@ def test_unpicklable_result_fails_only_that_future() -> None:
 def test_unpicklable_exception_becomes_remote_error() -> None:
     with PPE(1, FORK) as ex:
         with pytest.raises(mt.RemoteError) as info:
-            ex.submit(ph.raise_unpicklable, 1).result(BLOCK_LIMIT)
+            ex.submit(tasks.raise_unpicklable, 1).result(BLOCK_LIMIT)
         err = info.value
-        assert err.type_name == "process_helpers.UnpicklableError"
+        assert err.type_name == "support.tasks.UnpicklableError"
         assert "unsendable 1" in str(err)
         assert isinstance(err.__cause__, _RemoteTraceback)
         assert "raise_unpicklable" in str(err.__cause__)
         with pytest.raises(mt.RemoteError) as info2:
-            ex.submit(ph.raise_two_arg, 2).result(BLOCK_LIMIT)
-        assert info2.value.type_name == "process_helpers.TwoArgError"
+            ex.submit(tasks.raise_two_arg, 2).result(BLOCK_LIMIT)
+        assert info2.value.type_name == "support.tasks.TwoArgError"
         assert "two-arg 2" in str(info2.value)
-        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
 
 
 def test_argument_that_cannot_be_unpickled_in_the_worker() -> None:
     with PPE(1, FORK) as ex:
-        pid = ex.submit(ph.pid_of).result(BLOCK_LIMIT)
+        pid = ex.submit(tasks.pid_of).result(BLOCK_LIMIT)
         with pytest.raises(mt.DeserializationError) as info:
-            ex.submit(ph.identity, ph.RaiseOnUnpickleInWorker(5)).result(BLOCK_LIMIT)
+            ex.submit(tasks.identity, tasks.RaiseOnUnpickleInWorker(5)).result(BLOCK_LIMIT)
         assert isinstance(info.value, BrokenProcessPool)
         assert isinstance(info.value.__cause__, ImportError)
-        assert ex.submit(ph.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
+        assert ex.submit(tasks.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
 
 
 def test_argument_unpickling_failure_in_a_chunk_fails_only_that_item() -> None:
     with PPE(1, FORK) as ex:
-        got = outcomes(ex, ph.identity, [0, ph.RaiseOnUnpickleInWorker(1), 2, 3], chunksize=4)
+        got = outcomes(ex, tasks.identity, [0, tasks.RaiseOnUnpickleInWorker(1), 2, 3], chunksize=4)
     assert isinstance(got[1], mt.DeserializationError)
     assert [got[0], *got[2:]] == [0, 2, 3]
 
 
 def test_result_that_cannot_be_unpickled_in_the_parent() -> None:
     with PPE(1, FORK) as ex:
-        pid = ex.submit(ph.pid_of).result(BLOCK_LIMIT)
+        pid = ex.submit(tasks.pid_of).result(BLOCK_LIMIT)
         with pytest.raises(mt.DeserializationError) as info:
-            ex.submit(ph.unreadable_result_on, 1, 1).result(BLOCK_LIMIT)
+            ex.submit(tasks.unreadable_result_on, 1, 1).result(BLOCK_LIMIT)
         assert isinstance(info.value.__cause__, ImportError)
-        assert ex.submit(ph.unreadable_result_on, 2, 1).result(BLOCK_LIMIT) == 20
-        assert ex.submit(ph.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
+        assert ex.submit(tasks.unreadable_result_on, 2, 1).result(BLOCK_LIMIT) == 20
+        assert ex.submit(tasks.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
 
 
 def test_result_unpickling_failure_in_a_chunk_fails_only_that_item() -> None:
     with PPE(1, FORK) as ex:
-        got = outcomes(ex, ph.unreadable_result_on, range(4), [1] * 4, chunksize=4)
+        got = outcomes(ex, tasks.unreadable_result_on, range(4), [1] * 4, chunksize=4)
     assert isinstance(got[1], mt.DeserializationError)
     assert [got[0], *got[2:]] == [0, 20, 30]
 
 
 def test_crash_while_unpickling_a_chunk_charges_only_the_culprit() -> None:
     with PPE(1, FORK) as ex:
-        got = outcomes(ex, ph.identity, [0, 1, ph.ExitOnUnpickleInWorker(2), 3], chunksize=4)
+        got = outcomes(ex, tasks.identity, [0, 1, tasks.ExitOnUnpickleInWorker(2), 3], chunksize=4)
         assert [got[0], got[1], got[3]] == [0, 1, 3]
         assert isinstance(got[2], mt.WorkerCrashedError)
         assert got[2].exitcode == 9
-        assert ex.submit(ph.square, 5).result(BLOCK_LIMIT) == 25
+        assert ex.submit(tasks.square, 5).result(BLOCK_LIMIT) == 25
 
 
 def test_crash_while_pickling_a_result_charges_only_the_culprit() -> None:
     with PPE(1, FORK) as ex:
-        got = outcomes(ex, ph.exit_when_result_is_pickled, range(5), [2] * 5, chunksize=5)
+        got = outcomes(ex, tasks.exit_when_result_is_pickled, range(5), [2] * 5, chunksize=5)
         assert [g for i, g in enumerate(got) if i != 2] == [0, 10, 30, 40]
         assert isinstance(got[2], mt.WorkerCrashedError)
         assert got[2].exitcode == 7
@@ -578,35 +571,35 @@ def test_per_worker_specs_run_on_distinct_processes(ctx: Any, tmp_path: Path) ->
         mp_context=ctx,
         initializer=init,
         initargs=initargs,
-        worker=[ph.Counter("a", log), ph.Counter("b", log)],
+        worker=[specs.Counter("a", log), specs.Counter("b", log)],
     ) as ex:
-        seen = on_every_worker(ex, 2, ph.rendezvous_call)
-        again = on_every_worker(ex, 2, ph.rendezvous_call)
+        seen = on_every_worker(ex, 2, tasks.rendezvous_call)
+        again = on_every_worker(ex, 2, tasks.rendezvous_call)
     assert [(s.index, s.name, s.calls) for s in seen] == [(0, "a", 1), (1, "b", 1)]
     assert [(s.index, s.name, s.calls) for s in again] == [(0, "a", 2), (1, "b", 2)]
     assert [s.pid for s in seen] == [s.pid for s in again]
     assert len({seen[0].pid, seen[1].pid, os.getpid()}) == 3
-    builds = sorted(line.split() for line in ph.read_lines(log))
+    builds = sorted(line.split() for line in files.read_lines(log))
     assert builds == sorted([str(s.pid), str(s.index), s.name, s.build_id] for s in seen)
 
 
 def test_instance_is_built_once_and_survives_submit_map_and_imap(ctx: Any, tmp_path: Path) -> None:
     log = str(tmp_path / "builds.log")
     init, initargs = with_barrier(ctx, 2)
-    seen: list[ph.Seen] = []
-    with PPE(2, ctx, init, initargs, worker=ph.Counter("m", log)) as ex:
-        seen += on_every_worker(ex, 2, ph.rendezvous_call)
-        seen += [f.result(BLOCK_LIMIT) for f in [ex.submit(ph.call_worker, i) for i in range(8)]]
-        seen += ex.map(ph.call_worker, range(8))
-        seen += ex.map(ph.call_worker, range(8), chunksize=3)
-        seen += ex.imap(ph.call_worker, range(8))
-        seen += ex.imap(ph.call_worker, range(8), chunksize=1)
-        seen += ex.imap_unordered(ph.call_worker, range(8), chunksize=2)
+    seen: list[specs.Seen] = []
+    with PPE(2, ctx, init, initargs, worker=specs.Counter("m", log)) as ex:
+        seen += on_every_worker(ex, 2, tasks.rendezvous_call)
+        seen += [f.result(BLOCK_LIMIT) for f in [ex.submit(tasks.call_worker, i) for i in range(8)]]
+        seen += ex.map(tasks.call_worker, range(8))
+        seen += ex.map(tasks.call_worker, range(8), chunksize=3)
+        seen += ex.imap(tasks.call_worker, range(8))
+        seen += ex.imap(tasks.call_worker, range(8), chunksize=1)
+        seen += ex.imap_unordered(tasks.call_worker, range(8), chunksize=2)
         seen += ex.map(ex.worker, range(8))
-        seen += on_every_worker(ex, 2, ph.rendezvous_call)
-    builds = [line.split() for line in ph.read_lines(log)]
+        seen += on_every_worker(ex, 2, tasks.rendezvous_call)
+    builds = [line.split() for line in files.read_lines(log)]
     assert sorted(b[1] for b in builds) == ["0", "1"], "one build per worker"
-    by_build: dict[str, list[ph.Seen]] = {}
+    by_build: dict[str, list[specs.Seen]] = {}
     for s in seen:
         by_build.setdefault(s.build_id, []).append(s)
     assert set(by_build) == {b[3] for b in builds}
@@ -618,7 +611,7 @@ def test_instance_is_built_once_and_survives_submit_map_and_imap(ctx: Any, tmp_p
 
 
 def test_worker_handle_with_submit_map_and_imap() -> None:
-    with PPE(1, FORK, worker=ph.Counter("h")) as ex:
+    with PPE(1, FORK, worker=specs.Counter("h")) as ex:
         handle = ex.worker
         assert handle is WORKER_HANDLE
         assert pickle.loads(pickle.dumps(handle)) is handle
@@ -633,7 +626,7 @@ def test_worker_handle_with_submit_map_and_imap() -> None:
 
 
 def test_plain_function_as_worker_spec() -> None:
-    with PPE(2, FORK, worker=ph.square) as ex:
+    with PPE(2, FORK, worker=tasks.square) as ex:
         assert list(ex.map(ex.worker, range(4))) == [0, 1, 4, 9]
         assert ex.submit(ex.worker, 5).result(BLOCK_LIMIT) == 25
 
@@ -644,7 +637,7 @@ def test_worker_handle_needs_worker_spec() -> None:
             ex.worker  # noqa: B018
         with pytest.raises(RuntimeError, match="outside a pool worker"):
             ex.submit(WORKER_HANDLE, 1).result(BLOCK_LIMIT)
-        assert ex.submit(ph.whoami).result(BLOCK_LIMIT)[0] == 0
+        assert ex.submit(tasks.whoami).result(BLOCK_LIMIT)[0] == 0
 
 
 # --- crash isolation -------------------------------------------------------------------------
@@ -664,9 +657,9 @@ def test_crash_fails_only_that_task_and_respawns_the_slot(
     context: Any, how: str, exitcode: int, text: str, tmp_path: Path
 ) -> None:
     init, initargs = with_barrier(context, 2)
-    with PPE(2, context, init, initargs, worker=ph.Counter("m")) as ex:
+    with PPE(2, context, init, initargs, worker=specs.Counter("m")) as ex:
         before = on_every_worker(ex, 2)
-        futures = [ex.submit(ph.crash_on, i, 3, how, str(tmp_path)) for i in range(8)]
+        futures = [ex.submit(tasks.crash_on, i, 3, how, str(tmp_path / "crash")) for i in range(8)]
         with pytest.raises(mt.WorkerCrashedError) as info:
             futures[3].result(BLOCK_LIMIT)
         assert [f.result(BLOCK_LIMIT) for i, f in enumerate(futures) if i != 3] == [
@@ -675,7 +668,7 @@ def test_crash_fails_only_that_task_and_respawns_the_slot(
         after = on_every_worker(ex, 2)
     err = info.value
     assert isinstance(err, BrokenProcessPool)
-    dead_pid, _ = ph.read_stamp(tmp_path, "crash-3")
+    dead_pid = int(files.read_lines(tmp_path / "crash")[-1].split()[1])
     assert err.pid == dead_pid
     assert err.exitcode == exitcode
     slot = err.slot
@@ -689,7 +682,7 @@ def test_crash_fails_only_that_task_and_respawns_the_slot(
 
 def test_crash_in_a_chunk_charges_only_the_running_item() -> None:
     with PPE(2, FORK) as ex:
-        got = outcomes(ex, ph.crash_on, range(20), [7] * 20, ["exit"] * 20, chunksize=5)
+        got = outcomes(ex, tasks.crash_on, range(20), [7] * 20, ["exit"] * 20, chunksize=5)
     assert isinstance(got[7], mt.WorkerCrashedError)
     assert [g for i, g in enumerate(got) if i != 7] == [i * 10 for i in range(20) if i != 7]
 
@@ -697,8 +690,8 @@ def test_crash_in_a_chunk_charges_only_the_running_item() -> None:
 @pytest.mark.timeout(30)
 def test_repeated_crashes_each_fail_one_item() -> None:
     with PPE(2, FORK) as ex:
-        got = outcomes(ex, ph.crash_every, range(30), [5] * 30, chunksize=None)
-        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+        got = outcomes(ex, tasks.crash_every, range(30), [5] * 30, chunksize=None)
+        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
     crashed = [i for i, g in enumerate(got) if isinstance(g, mt.WorkerCrashedError)]
     assert crashed == [4, 9, 14, 19, 24, 29]
     assert [g for i, g in enumerate(got) if i not in crashed] == [
@@ -709,12 +702,12 @@ def test_repeated_crashes_each_fail_one_item() -> None:
 def test_break_mode_breaks_the_whole_pool_like_the_stdlib() -> None:
     started, release = FORK.Event(), FORK.Event()
     shared = {"started": started, "release": release}
-    ex = PPE(2, FORK, ph.install, (shared,), on_worker_crash="break")
+    ex = PPE(2, FORK, tasks.install, (shared,), on_worker_crash="break")
     try:
-        hung = ex.submit(ph.hang_after_started)
+        hung = ex.submit(tasks.hang_after_started)
         assert started.wait(BLOCK_LIMIT)
-        ex.submit(ph.crash_when_released)  # the other worker takes it
-        queued = [ex.submit(ph.square, i) for i in range(3)]  # both workers are busy
+        ex.submit(tasks.crash_when_released)  # the other worker takes it
+        queued = [ex.submit(tasks.square, i) for i in range(3)]  # both workers are busy
         release.set()
         for fut in [hung, *queued]:
             with pytest.raises(BrokenProcessPool) as info:
@@ -722,7 +715,7 @@ def test_break_mode_breaks_the_whole_pool_like_the_stdlib() -> None:
             assert not isinstance(info.value, mt.WorkerCrashedError)
             assert "terminated abruptly" in str(info.value)
         with pytest.raises(BrokenProcessPool):
-            ex.submit(ph.square, 1)
+            ex.submit(tasks.square, 1)
     finally:
         release.set()
         ex.shutdown()
@@ -730,9 +723,9 @@ def test_break_mode_breaks_the_whole_pool_like_the_stdlib() -> None:
 
 def test_break_mode_fails_the_crashing_task_too() -> None:
     release = FORK.Event()
-    with PPE(1, FORK, ph.install, ({"release": release},), on_worker_crash="break") as ex:
-        crashing = ex.submit(ph.crash_when_released)
-        queued = ex.submit(ph.square, 2)
+    with PPE(1, FORK, tasks.install, ({"release": release},), on_worker_crash="break") as ex:
+        crashing = ex.submit(tasks.crash_when_released)
+        queued = ex.submit(tasks.square, 2)
         release.set()
         with pytest.raises(BrokenProcessPool):
             queued.result(BLOCK_LIMIT)
@@ -748,21 +741,21 @@ def test_break_mode_fails_the_crashing_task_too() -> None:
 @pytest.mark.parametrize("chunksize", [1, 3, None])
 def test_imap_and_imap_unordered_results(chunksize: Optional[int]) -> None:
     with PPE(2, FORK) as ex:
-        assert list(ex.imap(ph.square, range(50), chunksize=chunksize)) == [
+        assert list(ex.imap(tasks.square, range(50), chunksize=chunksize)) == [
             x * x for x in range(50)
         ]
-        assert sorted(ex.imap_unordered(ph.square, range(50), chunksize=chunksize)) == [
+        assert sorted(ex.imap_unordered(tasks.square, range(50), chunksize=chunksize)) == [
             x * x for x in range(50)
         ]
-        assert list(ex.imap(ph.add, range(5), range(10), chunksize=chunksize)) == [0, 2, 4, 6, 8]
-        assert list(ex.imap(ph.square, [], chunksize=chunksize)) == []
+        assert list(ex.imap(tasks.add, range(5), range(10), chunksize=chunksize)) == [0, 2, 4, 6, 8]
+        assert list(ex.imap(tasks.square, [], chunksize=chunksize)) == []
 
 
 def test_imap_unordered_yields_as_tasks_complete() -> None:
     started, release = FORK.Event(), FORK.Event()
     try:
-        with PPE(2, FORK, ph.install, ({"started": started, "release": release},)) as ex:
-            it = ex.imap_unordered(ph.block_on, range(6), [0] * 6, chunksize=1)
+        with PPE(2, FORK, tasks.install, ({"started": started, "release": release},)) as ex:
+            it = ex.imap_unordered(tasks.block_on, range(6), [0] * 6, chunksize=1)
             first = [next(it) for _ in range(5)]  # item 0 is still blocked meanwhile
             assert sorted(first) == [10, 20, 30, 40, 50]
             # Item 0 may reach the busier worker after the other five finished (both workers
@@ -777,8 +770,8 @@ def test_imap_unordered_yields_as_tasks_complete() -> None:
 def test_imap_ordered_waits_for_the_head_item() -> None:
     started, release = FORK.Event(), FORK.Event()
     try:
-        with PPE(2, FORK, ph.install, ({"started": started, "release": release},)) as ex:
-            it = ex.imap(ph.block_on, range(6), [2] * 6, chunksize=1)
+        with PPE(2, FORK, tasks.install, ({"started": started, "release": release},)) as ex:
+            it = ex.imap(tasks.block_on, range(6), [2] * 6, chunksize=1)
             assert [next(it), next(it)] == [0, 10]
             assert started.wait(BLOCK_LIMIT)
             release.set()
@@ -789,16 +782,16 @@ def test_imap_ordered_waits_for_the_head_item() -> None:
 
 def test_imap_len_on_sized_input_only() -> None:
     with PPE(2, FORK) as ex:
-        it = ex.imap(ph.square, range(10))
+        it = ex.imap(tasks.square, range(10))
         assert isinstance(it, mt.SizedResultIterator)
         assert len(it) == 10
         assert list(it) == [x * x for x in range(10)]
-        assert len(ex.imap_unordered(ph.add, range(10), [1, 2, 3])) == 3
-        gen = ex.imap(ph.square, (x for x in range(10)))
+        assert len(ex.imap_unordered(tasks.add, range(10), [1, 2, 3])) == 3
+        gen = ex.imap(tasks.square, (x for x in range(10)))
         with pytest.raises(TypeError):
             len(gen)  # type: ignore[arg-type]
         assert list(gen) == [x * x for x in range(10)]
-        unordered = ex.imap_unordered(ph.square, iter(range(7)), chunksize=2)
+        unordered = ex.imap_unordered(tasks.square, iter(range(7)), chunksize=2)
         assert sorted(unordered) == [x * x for x in range(7)]
 
 
@@ -818,17 +811,17 @@ def test_imap_default_chunksize_is_adaptive(monkeypatch: pytest.MonkeyPatch) -> 
 
         monkeypatch.setattr(ex, "_submit_chunk", spy_chunk)
         monkeypatch.setattr(ex, "_submit_call", spy_call)
-        assert list(ex.imap(ph.square, range(400))) == [x * x for x in range(400)]
+        assert list(ex.imap(tasks.square, range(400))) == [x * x for x in range(400)]
         assert calls == []
         assert sum(chunks) == 400
         assert chunks[0] == 1, "adaptive sizing starts at one item"
         assert max(chunks) > 1, f"chunks never grew: {chunks}"
         assert max(chunks) <= 50, "a sized input is split at least 4 ways per worker"
         chunks.clear()
-        assert list(ex.imap(ph.square, range(50), chunksize=7)) == [x * x for x in range(50)]
+        assert list(ex.imap(tasks.square, range(50), chunksize=7)) == [x * x for x in range(50)]
         assert chunks == [7] * 7 + [1]
         chunks.clear()
-        assert list(ex.imap(ph.square, range(5), chunksize=1)) == [x * x for x in range(5)]
+        assert list(ex.imap(tasks.square, range(5), chunksize=1)) == [x * x for x in range(5)]
         assert chunks == [] and len(calls) == 5
 
 
@@ -851,7 +844,7 @@ def test_imap_chunks_of_sequences_are_slices(monkeypatch: pytest.MonkeyPatch) ->
             (iter(range(3, 40)), list),
         ]:
             chunks.clear()
-            assert list(ex.imap(ph.square, source, chunksize=5)) == [x * x for x in range(3, 40)]
+            assert list(ex.imap(tasks.square, source, chunksize=5)) == [x * x for x in range(3, 40)]
             assert {type(chunk) for chunk in chunks} == {kind}
             assert [x for chunk in chunks for x in chunk] == list(range(3, 40))
 
@@ -862,7 +855,7 @@ def test_imap_buffersize_bounds_how_much_input_is_pulled(
 ) -> None:
     source = counting(range(60))
     with PPE(2, FORK) as ex:
-        it = ex.imap(ph.square, source, chunksize=chunksize, buffersize=4)
+        it = ex.imap(tasks.square, source, chunksize=chunksize, buffersize=4)
         assert source.pulled == 0, "nothing is read before the first next()"
         consumed = 0
         for value in it:
@@ -880,8 +873,8 @@ def test_imap_close_cancels_queued_tasks_and_stops_pulling(
     started, release = FORK.Event(), FORK.Event()
     source = counting(itertools.count())
     try:
-        with PPE(1, FORK, ph.install, ({"started": started, "release": release},)) as ex:
-            fn = functools.partial(ph.record_and_block_on, target=1, log=log)
+        with PPE(1, FORK, tasks.install, ({"started": started, "release": release},)) as ex:
+            fn = functools.partial(tasks.record_and_block_on, target=1, log=log)
             it = ex.imap(fn, source, chunksize=1, buffersize=4)
             assert next(it) == 0
             assert started.wait(BLOCK_LIMIT)  # item 1 runs; items 2 and 3 are queued
@@ -889,7 +882,7 @@ def test_imap_close_cancels_queued_tasks_and_stops_pulling(
             it.close()
             release.set()
         assert source.pulled == 4
-        assert ph.read_lines(log) == ["0", "1"], "queued items were cancelled, not run"
+        assert files.read_lines(log) == ["0", "1"], "queued items were cancelled, not run"
     finally:
         release.set()
 
@@ -903,8 +896,8 @@ def test_imap_leaving_early_stops_pulling(
     started, release = FORK.Event(), FORK.Event()
     source = counting(itertools.count())
     try:
-        with PPE(1, FORK, ph.install, ({"started": started, "release": release},)) as ex:
-            fn = functools.partial(ph.record_and_block_on, target=1, log=log)
+        with PPE(1, FORK, tasks.install, ({"started": started, "release": release},)) as ex:
+            fn = functools.partial(tasks.record_and_block_on, target=1, log=log)
             if how == "break":
                 for value in ex.imap(fn, source, chunksize=1, buffersize=4):
                     assert value == 0
@@ -913,9 +906,9 @@ def test_imap_leaving_early_stops_pulling(
                 with ex.imap(fn, source, chunksize=1, buffersize=4) as it:
                     assert next(it) == 0
             release.set()
-            assert ex.submit(ph.square, 2).result(BLOCK_LIMIT) == 4
+            assert ex.submit(tasks.square, 2).result(BLOCK_LIMIT) == 4
         assert source.pulled == 4
-        ran = ph.read_lines(log)
+        ran = files.read_lines(log)
         assert ran in (["0"], ["0", "1"]), ran
     finally:
         release.set()
@@ -924,8 +917,8 @@ def test_imap_leaving_early_stops_pulling(
 def test_imap_overall_timeout() -> None:
     started, release = FORK.Event(), FORK.Event()
     try:
-        with PPE(1, FORK, ph.install, ({"started": started, "release": release},)) as ex:
-            it = ex.imap(ph.block_on, range(3), [1] * 3, chunksize=1, timeout=0.3)
+        with PPE(1, FORK, tasks.install, ({"started": started, "release": release},)) as ex:
+            it = ex.imap(tasks.block_on, range(3), [1] * 3, chunksize=1, timeout=0.3)
             assert next(it) == 0
             with pytest.raises(concurrent.futures.TimeoutError):  # 3.9/3.10: not the builtin
                 next(it)
@@ -937,10 +930,12 @@ def test_imap_overall_timeout() -> None:
 @pytest.mark.timeout(30)
 def test_imap_under_spawn() -> None:
     with PPE(2, SPAWN) as ex:
-        assert list(ex.imap(ph.square, range(100))) == [x * x for x in range(100)]
+        assert list(ex.imap(tasks.square, range(100))) == [x * x for x in range(100)]
         gen = (x for x in range(30))
-        assert sorted(ex.imap_unordered(ph.square, gen, chunksize=4)) == [x * x for x in range(30)]
-        got = outcomes(ex, ph.crash_on, range(10), [4] * 10, ["sigkill"] * 10, chunksize=None)
+        assert sorted(ex.imap_unordered(tasks.square, gen, chunksize=4)) == [
+            x * x for x in range(30)
+        ]
+        got = outcomes(ex, tasks.crash_on, range(10), [4] * 10, ["sigkill"] * 10, chunksize=None)
         assert isinstance(got[4], mt.WorkerCrashedError)
         assert [g for i, g in enumerate(got) if i != 4] == [i * 10 for i in range(10) if i != 4]
 
@@ -961,7 +956,7 @@ def test_lambdas_and_closures_work_under_spawn() -> None:
         assert list(ex.map(lambda a, b: a * b, range(4), range(4))) == [0, 1, 4, 9]
         assert sorted(ex.imap_unordered(lambda x: -x, range(3), chunksize=2)) == [-2, -1, 0]
         # a plain function after a cloudpickled one still goes the ordinary way
-        assert ex.submit(ph.square, 6).result(BLOCK_LIMIT) == 36
+        assert ex.submit(tasks.square, 6).result(BLOCK_LIMIT) == 36
 
 
 def test_without_cloudpickle_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -976,7 +971,7 @@ def test_without_cloudpickle_the_error_names_the_extra(monkeypatch: pytest.Monke
         assert isinstance(info.value, pickle.PicklingError)
         assert "mtasklite[cloudpickle]" in str(info.value)
         assert info.value.__cause__ is not None
-        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9, "the pool is not broken"
+        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9, "the pool is not broken"
         with pytest.raises(mt.TaskPicklingError, match=r"mtasklite\[cloudpickle\]"):
             list(ex.imap(lambda x: x, range(3)))
 
@@ -985,19 +980,19 @@ def test_without_cloudpickle_the_error_names_the_extra(monkeypatch: pytest.Monke
 
 
 def test_workers_exit_when_executor_is_garbage_collected() -> None:
-    threads_before = ph.dispatcher_threads()
+    threads_before = processes.dispatcher_threads()
     ex = PPE(2, FORK)
-    assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+    assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
     pids = set(ex._processes)
     assert len(pids) == 2
-    threads = ph.dispatcher_threads() - threads_before
+    threads = processes.dispatcher_threads() - threads_before
     assert len(threads) == 1
     del ex
     gc.collect()
     for thread in threads:
         thread.join(BLOCK_LIMIT)
         assert not thread.is_alive()
-    assert not pids & set(ph.pool_processes())
+    assert not pids & set(processes.child_processes())
 
 
 class _Resource:
@@ -1009,7 +1004,7 @@ def _fail_with(_: Any) -> None:
     raise OSError("no device")
 
 
-@pytest.mark.parametrize("initializer", [ph.install, _fail_with], ids=["ok", "failing"])
+@pytest.mark.parametrize("initializer", [tasks.install, _fail_with], ids=["ok", "failing"])
 def test_a_shut_down_pool_frees_its_initargs_without_the_garbage_collector(
     initializer: Callable[..., None],
 ) -> None:
@@ -1021,7 +1016,7 @@ def test_a_shut_down_pool_frees_its_initargs_without_the_garbage_collector(
     try:
         ex = PPE(2, FORK, initializer, ({"resource": resource},))
         try:
-            ex.submit(ph.square, 3).result(BLOCK_LIMIT)
+            ex.submit(tasks.square, 3).result(BLOCK_LIMIT)
         except mt.WorkerInitError:
             assert initializer is _fail_with
         ex.shutdown()
@@ -1035,7 +1030,7 @@ def test_a_shut_down_pool_frees_its_initargs_without_the_garbage_collector(
 
 @pytest.mark.timeout(30)
 def test_a_worker_that_keeps_dying_outside_tasks_breaks_the_pool_instead_of_respawning() -> None:
-    ex = PPE(1, FORK, ph.exit_shortly_after_start, (0.5,))  # long after it reports ready
+    ex = PPE(1, FORK, tasks.exit_shortly_after_start, (0.5,))  # long after it reports ready
     try:
         ex.wait_ready(BLOCK_LIMIT)  # nothing runs on it: every death is outside a task
         deadline = time.monotonic() + BLOCK_LIMIT
@@ -1065,7 +1060,7 @@ def test_chunks_sent_ahead_never_deadlock_against_big_results(item_kib: int) -> 
     with PPE(2, FORK) as ex:
         ex.wait_ready(BLOCK_LIMIT)
         limit = min(slot.prefetch_bytes for slot in ex._dispatcher.slots.all)
-        results = list(ex.imap(ph.inflate, items, chunksize=2))
+        results = list(ex.imap(tasks.inflate, items, chunksize=2))
     assert [len(r) for r in results] == [3 * len(payload)] * len(items)
     assert limit > 0, "no chunk is ever sent ahead here"
     if item_kib == 3072:

@@ -23,17 +23,17 @@ from concurrent.futures import Future, as_completed
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from operator import add
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from unittest import mock
 
 import pytest
 
-import compat_helpers as ch
 import mtasklite as mt
-import process_helpers as ph
+import support
 from mtasklite._futures import TaskFuture
 from mtasklite._procpool import groups
 from mtasklite.errors import abrupt_exit_cause
+from support import files, processes, tasks
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,14 +45,6 @@ FORCE_OPERATIONS = [("terminate_workers", signal.SIGTERM), ("kill_workers", sign
 OPERATION = {"terminate_workers": "terminate", "kill_workers": "kill"}
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_processes() -> Iterator[None]:
-    before = set(ph.pool_processes())
-    threads_before = ph.dispatcher_threads()
-    yield
-    ph.assert_no_leftovers(before, threads_before)
-
-
 def make(kind: str, workers: int = 2, **kwargs: Any) -> Any:
     if kind == "threads":
         return TPE(workers, thread_name_prefix=f"mt-314-{kind}", **kwargs)
@@ -60,7 +52,11 @@ def make(kind: str, workers: int = 2, **kwargs: Any) -> Any:
 
 
 def new_pool_pids(before: set[int]) -> set[int]:
-    return {pid for pid, state in ph.pool_processes().items() if pid not in before and state != "Z"}
+    return {
+        pid
+        for pid, state in processes.child_processes().items()
+        if pid not in before and state != "Z"
+    }
 
 
 # --- map(buffersize=) (test_map_buffersize_*) ------------------------------------------------
@@ -111,19 +107,22 @@ def test_buffersize_reads_only_that_many_items_ahead(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["threads", "fork"])
 def test_falsey_exceptions_are_raised_by_result_and_map(kind: str) -> None:
     with make(kind) as ex:
-        for exc_type, message in ((ch.FalseyBoolError, "boolbool"), (ch.FalseyLenError, "lenlen")):
+        for exc_type, message in (
+            (tasks.FalseyBoolError, "boolbool"),
+            (tasks.FalseyLenError, "lenlen"),
+        ):
             with pytest.raises(exc_type, match=message):
-                ex.submit(ch.raiser, exc_type, message).result(LIMIT)
+                ex.submit(tasks.raiser, exc_type, message).result(LIMIT)
             with pytest.raises(exc_type, match=message):
-                list(ex.map(ch.raiser, [exc_type], [message]))
+                list(ex.map(tasks.raiser, [exc_type], [message]))
             with pytest.raises(exc_type, match=message):
-                list(ex.imap(ch.raiser, [exc_type] * 3, [message] * 3, chunksize=2))
+                list(ex.imap(tasks.raiser, [exc_type] * 3, [message] * 3, chunksize=2))
 
 
 def test_task_future_raises_a_falsey_exception_and_returns_a_falsey_result() -> None:
     failed: TaskFuture[Any] = TaskFuture()
-    failed.set_exception(ch.FalseyBoolError("quiet"))
-    with pytest.raises(ch.FalseyBoolError, match="quiet"):
+    failed.set_exception(tasks.FalseyBoolError("quiet"))
+    with pytest.raises(tasks.FalseyBoolError, match="quiet"):
         failed.result(0)
     for value in (None, 0, "", []):
         done: TaskFuture[Any] = TaskFuture()
@@ -135,7 +134,7 @@ def test_task_future_raises_a_falsey_exception_and_returns_a_falsey_result() -> 
 def test_stdlib_future_before_314_swallows_falsey_exceptions() -> None:
     # Why TaskFuture exists: the stdlib Future our futures build on returns None here.
     plain: Future[Any] = Future()
-    plain.set_exception(ch.FalseyBoolError("quiet"))
+    plain.set_exception(tasks.FalseyBoolError("quiet"))
     assert plain.result(0) is None
 
 
@@ -165,11 +164,11 @@ def test_force_methods_stop_running_work_cancel_queued_work_and_respawn_nothing(
     kind: str, name: str, signum: int, tmp_path: Path
 ) -> None:
     log, release = str(tmp_path / "log"), str(tmp_path / "release")
-    before = set(ph.pool_processes())
+    before = set(processes.child_processes())
     ex = PPE(1, multiprocessing.get_context(kind))
-    running = ex.submit(ch.report_then_wait, "started", log, release)
-    queued = [ex.submit(ch.append_line, log, f"queued {i}") for i in range(3)]
-    assert ch.wait_until(lambda: len(ch.read_lines(log)) == 1)
+    running = ex.submit(tasks.report_then_wait, "started", log, release)
+    queued = [ex.submit(files.append_line, log, f"queued {i}") for i in range(3)]
+    assert files.wait_for(lambda: len(files.read_lines(log)) == 1, LIMIT)
     (worker,) = ex._processes.values()
     # the worker's whole process group gets the operation's signal (see _procpool.groups)
     calls = mock.Mock(wraps=groups.signal_worker)
@@ -178,7 +177,7 @@ def test_force_methods_stop_running_work_cancel_queued_work_and_respawn_nothing(
     worker.join(LIMIT)
     # The dispatcher reaps the worker too: when both wait at once, the stdlib's Popen.poll()
     # of the loser returns None until the winner has recorded the status (a moment later).
-    assert ch.wait_until(lambda: worker.exitcode is not None)
+    assert files.wait_for(lambda: worker.exitcode is not None, LIMIT)
     calls.assert_any_call(worker, signum)
     assert worker.exitcode == -signum
     with pytest.raises(BrokenProcessPool) as info:
@@ -189,7 +188,7 @@ def test_force_methods_stop_running_work_cancel_queued_work_and_respawn_nothing(
         ex.submit(abs, 1)
     Path(release).touch()
     ex.shutdown()
-    assert ch.read_lines(log) == [f"started {worker.pid}"]  # nothing else ever ran
+    assert files.read_lines(log) == [f"started {worker.pid}"]  # nothing else ever ran
     assert new_pool_pids(before) == set(), "a worker was respawned"
 
 
@@ -223,7 +222,7 @@ def test_force_methods_leave_the_pool_unusable(name: str, signum: int) -> None:
         with pytest.raises(RuntimeError):
             ex.map(abs, [1])
         worker.join(LIMIT)
-        assert ch.wait_until(lambda: not worker.is_alive())  # see the note above
+        assert files.wait_for(lambda: not worker.is_alive(), LIMIT)  # see the note above
 
 
 # --- one exception per failed future (test_broken_process_pool_traceback) --------------------
@@ -237,8 +236,8 @@ def _frames_here(error: BaseException) -> int:
 def test_break_mode_gives_every_failed_future_its_own_exception(kind: str, tmp_path: Path) -> None:
     log, release = str(tmp_path / "log"), str(tmp_path / "release")
     with PPE(3, multiprocessing.get_context(kind), on_worker_crash="break") as ex:
-        futures = [ex.submit(ch.report_then_wait, i, log, release) for i in range(3)]
-        assert ch.wait_until(lambda: len(ch.read_lines(log)) == 3)
+        futures = [ex.submit(tasks.report_then_wait, i, log, release) for i in range(3)]
+        assert files.wait_for(lambda: len(files.read_lines(log)) == 3, LIMIT)
         next(iter(ex._processes.values())).terminate()
         errors = []
         for future in futures:
@@ -257,16 +256,16 @@ def test_isolate_mode_fails_only_the_dead_workers_task(kind: str, tmp_path: Path
     # the two tasks whose workers live on keep running until their event is set.
     log, release = str(tmp_path / "log"), str(tmp_path / "release")
     with PPE(3, multiprocessing.get_context(kind)) as ex:
-        futures = [ex.submit(ch.report_then_wait, i, log, release) for i in range(3)]
-        assert ch.wait_until(lambda: len(ch.read_lines(log)) == 3)
-        victim = int(ch.read_lines(log)[0].split()[1])
+        futures = [ex.submit(tasks.report_then_wait, i, log, release) for i in range(3)]
+        assert files.wait_for(lambda: len(files.read_lines(log)) == 3, LIMIT)
+        victim = int(files.read_lines(log)[0].split()[1])
         os.kill(victim, signal.SIGTERM)
         done = next(as_completed(futures, timeout=LIMIT))
         assert isinstance(done.exception(), mt.WorkerCrashedError)
         assert sum(f.done() for f in futures) == 1
         Path(release).touch()
         assert sorted(f.result(LIMIT) for f in futures if f is not done) == sorted(
-            {0, 1, 2} - {int(ch.read_lines(log)[0].split()[0])}
+            {0, 1, 2} - {int(files.read_lines(log)[0].split()[0])}
         )
 
 
@@ -302,12 +301,12 @@ def test_dead_worker_error_names_the_process_and_exit_code(kind: str, mode: str)
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize(("workers", "max_tasks", "tasks"), [(1, 2, 6), (2, 2, 8)])
-def test_queued_work_outlives_retiring_workers(workers: int, max_tasks: int, tasks: int) -> None:
+@pytest.mark.parametrize(("workers", "max_tasks", "count"), [(1, 2, 6), (2, 2, 8)])
+def test_queued_work_outlives_retiring_workers(workers: int, max_tasks: int, count: int) -> None:
     ctx = multiprocessing.get_context("forkserver")
     with PPE(workers, ctx, max_tasks_per_child=max_tasks) as ex:
-        futures = [ex.submit(ph.square, i) for i in range(tasks)]
-        assert [f.result(LIMIT) for f in futures] == [i * i for i in range(tasks)]
+        futures = [ex.submit(tasks.square, i) for i in range(count)]
+        assert [f.result(LIMIT) for f in futures] == [i * i for i in range(count)]
 
 
 @pytest.mark.timeout(90)
@@ -320,8 +319,8 @@ def test_shutdown_without_wait_or_a_dropped_executor_still_resolves_every_future
     # executor object, so they run (CPython 3.15 fails them once the executor is collected).
     log, release = str(tmp_path / "log"), str(tmp_path / "release")
     ex = PPE(1, multiprocessing.get_context("forkserver"), max_tasks_per_child=1)
-    futures = [ex.submit(ch.report_then_wait, i, log, release) for i in range(3)]
-    assert ch.wait_until(lambda: len(ch.read_lines(log)) == 1)
+    futures = [ex.submit(tasks.report_then_wait, i, log, release) for i in range(3)]
+    assert files.wait_for(lambda: len(files.read_lines(log)) == 1, LIMIT)
     ex.shutdown(wait=False)
     if drop_executor:
         collected = weakref.ref(ex)
@@ -330,22 +329,22 @@ def test_shutdown_without_wait_or_a_dropped_executor_still_resolves_every_future
         assert collected() is None
     Path(release).touch()
     assert [f.result(LIMIT) for f in futures] == [0, 1, 2]
-    assert len({line.split()[1] for line in ch.read_lines(log)}) == 3  # one worker per task
+    assert len({line.split()[1] for line in files.read_lines(log)}) == 3  # one worker per task
 
 
 @pytest.mark.timeout(90)
 def test_forced_stop_while_a_worker_retires_runs_nothing_more(tmp_path: Path) -> None:
     log, release = str(tmp_path / "log"), str(tmp_path / "release")
-    before = set(ph.pool_processes())
+    before = set(processes.child_processes())
     ex = PPE(1, multiprocessing.get_context("forkserver"), max_tasks_per_child=1)
-    futures = [ex.submit(ch.report_then_wait, i, log, release) for i in range(3)]
-    assert ch.wait_until(lambda: len(ch.read_lines(log)) == 1)
+    futures = [ex.submit(tasks.report_then_wait, i, log, release) for i in range(3)]
+    assert files.wait_for(lambda: len(files.read_lines(log)) == 1, LIMIT)
     ex.kill_workers()
     with pytest.raises(BrokenProcessPool):
         futures[0].result(LIMIT)
     assert all(f.cancelled() for f in futures[1:])
     ex.shutdown()
-    assert len(ch.read_lines(log)) == 1 and new_pool_pids(before) == set()
+    assert len(files.read_lines(log)) == 1 and new_pool_pids(before) == set()
     Path(release).touch()
 
 
@@ -354,8 +353,8 @@ def test_a_worker_that_cannot_be_replaced_breaks_the_pool(tmp_path: Path) -> Non
     log, release = str(tmp_path / "log"), str(tmp_path / "release")
     ctx = multiprocessing.get_context("forkserver")
     ex = PPE(1, ctx, max_tasks_per_child=1)
-    futures = [ex.submit(ch.report_then_wait, i, log, release) for i in range(3)]
-    assert ch.wait_until(lambda: len(ch.read_lines(log)) == 1)
+    futures = [ex.submit(tasks.report_then_wait, i, log, release) for i in range(3)]
+    assert files.wait_for(lambda: len(files.read_lines(log)) == 1, LIMIT)
     with mock.patch.object(ctx, "Process", side_effect=OSError("spawn failed")):
         Path(release).touch()
         assert futures[0].result(LIMIT) == 0
@@ -368,7 +367,7 @@ def test_a_worker_that_cannot_be_replaced_breaks_the_pool(tmp_path: Path) -> Non
 @pytest.mark.timeout(90)
 def test_shutdown_right_after_submitting_to_single_task_workers() -> None:
     ex = PPE(3, multiprocessing.get_context("forkserver"), max_tasks_per_child=1)
-    futures = [ex.submit(ph.square, i) for i in range(6)]
+    futures = [ex.submit(tasks.square, i) for i in range(6)]
     ex.shutdown()
     assert [f.result(0) for f in futures] == [i * i for i in range(6)]
 
@@ -381,18 +380,18 @@ def test_shutdown_right_after_submitting_to_single_task_workers() -> None:
 def test_task_arguments_are_freed_in_the_worker_after_the_task(kind: str, tmp_path: Path) -> None:
     notes = str(tmp_path / "notes")
     with PPE(1, multiprocessing.get_context(kind)) as ex:
-        ex.submit(id, ch.NotesWhenCollected(notes)).result(LIMIT)
+        ex.submit(id, tasks.NotesWhenCollected(notes)).result(LIMIT)
 
         def freed_in_worker() -> bool:
-            return any(int(line.split()[1]) != os.getpid() for line in ch.read_lines(notes))
+            return any(int(line.split()[1]) != os.getpid() for line in files.read_lines(notes))
 
-        assert ch.wait_until(freed_in_worker), "the worker kept the task's argument alive"
+        assert files.wait_for(freed_in_worker, LIMIT), "the worker kept the task's argument alive"
 
 
 @pytest.mark.parametrize("kind", ["threads", "fork"])
 def test_a_discarded_future_does_not_keep_its_callable(kind: str) -> None:
     with make(kind) as ex:
-        obj = ch.Plain()
+        obj = tasks.Plain()
         ref = weakref.ref(obj)
         ex.submit(obj.method).result(LIMIT)  # the future is dropped at once
         del obj
@@ -403,7 +402,7 @@ def test_a_discarded_future_does_not_keep_its_callable(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["threads", "fork"])
 def test_map_does_not_keep_results_it_yielded(kind: str) -> None:
     with make(kind) as ex:
-        for obj in ex.map(ch.make_plain, range(10)):
+        for obj in ex.map(tasks.make_plain, range(10)):
             ref = weakref.ref(obj)
             del obj
             gc.collect()
@@ -428,9 +427,7 @@ def test_default_sizes_count_the_cpus_this_process_may_use(monkeypatch: pytest.M
 @pytest.mark.skipif(not hasattr(os, "process_cpu_count"), reason="PYTHON_CPU_COUNT is 3.13+")
 def test_python_cpu_count_sets_the_default_pool_size() -> None:
     code = "import mtasklite as mt; print(mt.StatefulProcessPoolExecutor()._max_workers)"
-    env = {**os.environ, "PYTHON_CPU_COUNT": "3"}
-    src = str(Path(__file__).resolve().parent.parent / "src")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    env = support.child_env(tests=False, PYTHON_CPU_COUNT="3")
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
     )

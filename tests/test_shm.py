@@ -1,7 +1,7 @@
 """The shared-memory transport (mtasklite._shm): round trips, ownership, arena reuse, the
 pipe fallback, and no leftovers in /dev/shm across real processes and their deaths.
 
-The core path is tested with :class:`shm_helpers.Blob` and ``pickle.PickleBuffer`` (no
+The core path is tested with :class:`support.shm.Blob` and ``pickle.PickleBuffer`` (no
 numpy); numpy arrays get their own round trip where numpy is installed (the test extra).
 """
 
@@ -21,24 +21,12 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-import shm_helpers as sh
+import support
 from mtasklite import _shm
+from support import shm
 
 MIB = 1 << 20
 START_METHODS = ["fork", "spawn", "forkserver"]
-TESTS_DIR = Path(__file__).resolve().parent
-
-
-def _own_segment_fds() -> int:
-    """Descriptors of this process that point at one of our segments."""
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        count += sh.SHM_PREFIX in target
-    return count
 
 
 @pytest.fixture()
@@ -52,9 +40,9 @@ def pair() -> Iterator[tuple[Any, Any]]:
 
 @pytest.fixture(autouse=True)
 def no_leftovers() -> Iterator[None]:
-    before = sh.shm_entries()
+    before = shm.shm_entries()
     yield
-    assert sh.shm_entries() - before == set()
+    assert shm.shm_entries() - before == set()
 
 
 def _round_trip(sender: _shm.Sender, receiver: _shm.Receiver, obj: object) -> Any:
@@ -90,7 +78,7 @@ def test_check_threshold_rejects_bad_values_naming_them(value: Any, error: Any, 
 
 def test_small_objects_are_one_plain_pickle() -> None:
     sender = _shm.Sender()
-    obj = {"x": [1, 2.5, "three"], "blob": sh.Blob(b"tiny")}
+    obj = {"x": [1, 2.5, "three"], "blob": shm.Blob(b"tiny")}
     message = sender.encode(obj)
     assert message.fd is None
     assert message.data[:1] == b"\x80"  # a plain pickle, as the pipe always carried
@@ -100,15 +88,15 @@ def test_small_objects_are_one_plain_pickle() -> None:
 
 def test_big_buffers_travel_through_shared_memory() -> None:
     sender, receiver = _shm.Sender(), _shm.Receiver()
-    blobs = [sh.Blob(sh.pattern(2 * MIB, seed)) for seed in range(3)]
-    obj = {"blobs": blobs, "raw": pickle.PickleBuffer(sh.pattern(MIB, 7)), "n": 5}
+    blobs = [shm.Blob(shm.pattern(2 * MIB, seed)) for seed in range(3)]
+    obj = {"blobs": blobs, "raw": pickle.PickleBuffer(shm.pattern(MIB, 7)), "n": 5}
     message = sender.encode(obj)
     assert message.fd is not None
     assert len(message.data) < 4096  # the megabytes are not in the message...
     assert message.shared_nbytes == 7 * MIB  # ...but it says what they weigh
     decoded = receiver.decode(message.data, lambda: os.dup(message.fd))  # type: ignore[arg-type]
     assert decoded["blobs"] == blobs
-    assert bytes(decoded["raw"]) == bytes(sh.pattern(MIB, 7))
+    assert bytes(decoded["raw"]) == bytes(shm.pattern(MIB, 7))
     # The same type an in-band pickle gives (a writable buffer comes back a bytearray).
     in_band = pickle.loads(pickle.dumps(obj["raw"], protocol=5))
     assert type(decoded["raw"]) is type(in_band) is bytearray
@@ -119,7 +107,7 @@ def test_big_buffers_travel_through_shared_memory() -> None:
 
 def test_buffers_adding_up_below_the_threshold_stay_in_the_pipe() -> None:
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    obj = [sh.Blob(sh.pattern(200 << 10, seed)) for seed in range(4)]  # 800 KiB in all
+    obj = [shm.Blob(shm.pattern(200 << 10, seed)) for seed in range(4)]  # 800 KiB in all
     message = sender.encode(obj)
     assert message.fd is None and message.data[:1] == b"\x80"
     assert _round_trip(sender, receiver, obj) == obj
@@ -128,7 +116,7 @@ def test_buffers_adding_up_below_the_threshold_stay_in_the_pipe() -> None:
 
 def test_threshold_counts_the_total_not_each_buffer() -> None:
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    obj = [sh.Blob(sh.pattern(300 << 10, seed)) for seed in range(4)]  # 1.2 MiB in all
+    obj = [shm.Blob(shm.pattern(300 << 10, seed)) for seed in range(4)]  # 1.2 MiB in all
     assert sender.encode(obj).fd is not None
     sender.close()
     receiver.close()
@@ -137,23 +125,23 @@ def test_threshold_counts_the_total_not_each_buffer() -> None:
 @pytest.mark.parametrize("threshold", [0, None])
 def test_threshold_zero_or_none_disables_shared_memory(threshold: Any) -> None:
     sender = _shm.Sender(threshold=threshold)
-    message = sender.encode(sh.Blob(sh.pattern(4 * MIB, 1)))
+    message = sender.encode(shm.Blob(shm.pattern(4 * MIB, 1)))
     assert message.fd is None
-    assert pickle.loads(message.data) == sh.Blob(sh.pattern(4 * MIB, 1))
+    assert pickle.loads(message.data) == shm.Blob(shm.pattern(4 * MIB, 1))
 
 
 def test_what_the_receiver_gets_is_its_own() -> None:
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    first = _round_trip(sender, receiver, sh.Blob(sh.pattern(2 * MIB, 1)))
+    first = _round_trip(sender, receiver, shm.Blob(shm.pattern(2 * MIB, 1)))
     # The next message lands on the same bytes of the same arena...
-    second = _round_trip(sender, receiver, sh.Blob(sh.pattern(2 * MIB, 2)))
+    second = _round_trip(sender, receiver, shm.Blob(shm.pattern(2 * MIB, 2)))
     assert sender.arenas_created == 1
     # ...and the first value did not change: it was copied out, and is writable.
     assert not isinstance(first.data, bytes)
-    assert first == sh.Blob(sh.pattern(2 * MIB, 1))
-    assert second == sh.Blob(sh.pattern(2 * MIB, 2))
+    assert first == shm.Blob(shm.pattern(2 * MIB, 1))
+    assert second == shm.Blob(shm.pattern(2 * MIB, 2))
     first.data[0] ^= 0xFF
-    assert second == sh.Blob(sh.pattern(2 * MIB, 2))
+    assert second == shm.Blob(shm.pattern(2 * MIB, 2))
     sender.close()
     receiver.close()
 
@@ -161,13 +149,13 @@ def test_what_the_receiver_gets_is_its_own() -> None:
 def test_steady_traffic_reuses_one_arena() -> None:
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
     for seed in range(10):
-        obj = sh.Blob(sh.pattern(3 * MIB, seed))
+        obj = shm.Blob(shm.pattern(3 * MIB, seed))
         assert _round_trip(sender, receiver, obj) == obj
     assert sender.arenas_created == 1
-    obj = sh.Blob(sh.pattern(16 * MIB, 99))  # bigger: grows once...
+    obj = shm.Blob(shm.pattern(16 * MIB, 99))  # bigger: grows once...
     assert _round_trip(sender, receiver, obj) == obj
     for seed in range(3):  # ...and smaller ones fit the grown arena
-        obj = sh.Blob(sh.pattern(3 * MIB, seed))
+        obj = shm.Blob(shm.pattern(3 * MIB, seed))
         assert _round_trip(sender, receiver, obj) == obj
     assert sender.arenas_created == 2
     sender.close()
@@ -177,7 +165,7 @@ def test_steady_traffic_reuses_one_arena() -> None:
 def test_unconsumed_messages_are_never_overwritten() -> None:
     """Messages sent ahead (before the receiver read the previous one) get their own room."""
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    objs = [sh.Blob(sh.pattern(2 * MIB, seed)) for seed in range(5)]
+    objs = [shm.Blob(shm.pattern(2 * MIB, seed)) for seed in range(5)]
     messages = [sender.encode(obj) for obj in objs]
     fds = [m.fd for m in messages if m.fd is not None]
     for message, obj in zip(messages, objs):
@@ -195,13 +183,13 @@ def test_unconsumed_messages_are_never_overwritten() -> None:
 def test_a_pipelined_stream_wraps_around_the_arena_instead_of_growing() -> None:
     """Always one message unconsumed (a Run sent ahead): the arena fits two and wraps."""
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    queue = [sender.encode(sh.Blob(sh.pattern(2 * MIB, 0)))]
+    queue = [sender.encode(shm.Blob(shm.pattern(2 * MIB, 0)))]
     for seed in range(1, 12):
-        queue.append(sender.encode(sh.Blob(sh.pattern(2 * MIB, seed))))
+        queue.append(sender.encode(shm.Blob(shm.pattern(2 * MIB, seed))))
         oldest = queue.pop(0)
         fd = oldest.fd
         decoded = receiver.decode(oldest.data, lambda fd=fd: os.dup(fd))  # type: ignore
-        assert decoded == sh.Blob(sh.pattern(2 * MIB, seed - 1))
+        assert decoded == shm.Blob(shm.pattern(2 * MIB, seed - 1))
     assert sender.arenas_created == 2  # one for the first message, one that holds two
     sender.close()
     receiver.close()
@@ -209,12 +197,12 @@ def test_a_pipelined_stream_wraps_around_the_arena_instead_of_growing() -> None:
 
 def test_a_failed_copy_out_does_not_pin_its_region(monkeypatch: pytest.MonkeyPatch) -> None:
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    first = sender.encode(sh.Blob(sh.pattern(2 * MIB, 1)))
+    first = sender.encode(shm.Blob(shm.pattern(2 * MIB, 1)))
     with monkeypatch.context() as patch:
         patch.setattr(_shm, "_private_copy", lambda source: _fail_memory())
         with pytest.raises(MemoryError):
             receiver.decode(first.data, lambda: os.dup(first.fd))  # type: ignore[arg-type]
-    obj = sh.Blob(sh.pattern(2 * MIB, 2))
+    obj = shm.Blob(shm.pattern(2 * MIB, 2))
     assert _round_trip(sender, receiver, obj) == obj
     assert sender.arenas_created == 1  # the region was released, not worked around
     sender.close()
@@ -264,17 +252,17 @@ def test_a_big_copy_out_is_the_receivers_own_bytearray_whatever_the_setting(
     _pretend_huge_page_setting(monkeypatch, tmp_path, setting)
     size = 16 * MIB + 12345  # big enough to be advised; not a whole number of pages
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    first = _round_trip(sender, receiver, sh.Blob(sh.pattern(size, 1)))
-    second = _round_trip(sender, receiver, sh.Blob(sh.pattern(size, 2)))  # same arena bytes
+    first = _round_trip(sender, receiver, shm.Blob(shm.pattern(size, 1)))
+    second = _round_trip(sender, receiver, shm.Blob(shm.pattern(size, 2)))  # same arena bytes
     assert sender.arenas_created == 1
     assert type(first.data) is type(second.data) is bytearray
     # Every byte was written (storage that starts out unwritten holds nothing stale)...
-    assert first == sh.Blob(sh.pattern(size, 1))
-    assert second == sh.Blob(sh.pattern(size, 2))
+    assert first == shm.Blob(shm.pattern(size, 1))
+    assert second == shm.Blob(shm.pattern(size, 2))
     # ...and each copy is private: changing one changes nothing else.
     first.data[-1] ^= 0xFF
     first.data[0] ^= 0xFF
-    assert second == sh.Blob(sh.pattern(size, 2))
+    assert second == shm.Blob(shm.pattern(size, 2))
     sender.close()
     receiver.close()
 
@@ -299,7 +287,7 @@ def test_big_copies_are_advised_for_huge_pages_where_that_helps(
 ) -> None:
     import ctypes
 
-    source = sh.pattern(16 * MIB, 3)
+    source = shm.pattern(16 * MIB, 3)
     _pretend_huge_page_setting(monkeypatch, tmp_path, "always [madvise] never")
     advised = _shm._private_copy(memoryview(source))
     assert advised == source
@@ -314,13 +302,13 @@ def test_big_copies_are_advised_for_huge_pages_where_that_helps(
 
 def test_a_withdrawn_message_frees_its_room_and_its_announcement() -> None:
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    plain = sender.encode(sh.Blob(b"small"))
+    plain = sender.encode(shm.Blob(b"small"))
     assert sender.withdraw(plain) is plain  # a plain pickle stays valid for anyone
-    shared = sender.encode(sh.Blob(sh.pattern(2 * MIB, 1)))
+    shared = sender.encode(shm.Blob(shm.pattern(2 * MIB, 1)))
     assert shared.fd is not None
     assert sender.withdraw(shared) is None
     # The next message reuses the room and announces the arena again (the first never went).
-    obj = sh.Blob(sh.pattern(2 * MIB, 2))
+    obj = shm.Blob(shm.pattern(2 * MIB, 2))
     again = sender.encode(obj)
     assert again.fd == shared.fd
     assert receiver.decode(again.data, lambda: os.dup(again.fd)) == obj  # type: ignore
@@ -331,8 +319,8 @@ def test_a_withdrawn_message_frees_its_room_and_its_announcement() -> None:
 
 def test_only_the_last_message_can_be_withdrawn() -> None:
     sender = _shm.Sender(threshold=MIB)
-    first = sender.encode(sh.Blob(sh.pattern(2 * MIB, 1)))
-    sender.encode(sh.Blob(sh.pattern(2 * MIB, 2)))
+    first = sender.encode(shm.Blob(shm.pattern(2 * MIB, 1)))
+    sender.encode(shm.Blob(shm.pattern(2 * MIB, 2)))
     with pytest.raises(ValueError, match="last message"):
         sender.withdraw(first)
     sender.close()
@@ -341,7 +329,7 @@ def test_only_the_last_message_can_be_withdrawn() -> None:
 def test_a_lost_descriptor_is_reported_as_such(pair: tuple[Any, Any]) -> None:
     left, right = pair
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    message = sender.encode(sh.Blob(sh.pattern(2 * MIB, 1)))
+    message = sender.encode(shm.Blob(shm.pattern(2 * MIB, 1)))
     left.send_bytes(message.data)
     left.close()  # the sender dies before passing the descriptor
     with pytest.raises(_shm.DescriptorLost):
@@ -350,15 +338,15 @@ def test_a_lost_descriptor_is_reported_as_such(pair: tuple[Any, Any]) -> None:
 
 
 def test_close_releases_every_segment() -> None:
-    before = _own_segment_fds()
+    before = shm.own_segment_fds()
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    messages = [sender.encode(sh.Blob(sh.pattern(2 * MIB, seed))) for seed in range(3)]
-    assert _own_segment_fds() > before
+    messages = [sender.encode(shm.Blob(shm.pattern(2 * MIB, seed))) for seed in range(3)]
+    assert shm.own_segment_fds() > before
     first = messages[0]
     receiver.decode(first.data, lambda: os.dup(first.fd))  # type: ignore[arg-type]
     sender.close()
     receiver.close()
-    assert _own_segment_fds() == before
+    assert shm.own_segment_fds() == before
 
 
 # --- the pipe fallback ------------------------------------------------------------------------
@@ -373,7 +361,7 @@ def test_falls_back_to_the_pipe_when_no_segment_can_be_made(
 ) -> None:
     monkeypatch.setattr(_shm, "create_segment", _fail)
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    obj = sh.Blob(sh.pattern(4 * MIB, 3))
+    obj = shm.Blob(shm.pattern(4 * MIB, 3))
     message = sender.encode(obj)
     assert message.fd is None and message.data[:1] == b"\x80"
     assert receiver.decode(message.data, lambda: pytest.fail("no descriptor expected")) == obj
@@ -386,11 +374,11 @@ def test_without_memfd_segments_are_unlinked_dev_shm_files(
         pytest.skip("no /dev/shm here")
     monkeypatch.delattr(os, "memfd_create", raising=False)
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    obj = sh.Blob(sh.pattern(2 * MIB, 4))
+    obj = shm.Blob(shm.pattern(2 * MIB, 4))
     message = sender.encode(obj)
     assert message.fd is not None
-    assert sh.shm_entries() == set() or all(
-        not name.startswith(f"{sh.SHM_PREFIX}-{os.getpid()}-") for name in sh.shm_entries()
+    assert shm.shm_entries() == set() or all(
+        not name.startswith(f"{shm.SHM_PREFIX}-{os.getpid()}-") for name in shm.shm_entries()
     )
     assert receiver.decode(message.data, lambda: os.dup(message.fd)) == obj  # type: ignore
     sender.close()
@@ -405,7 +393,7 @@ def test_without_memfd_or_dev_shm_the_pipe_carries_everything(
     with pytest.raises(_shm.SharedMemoryUnavailable):
         _shm.create_segment(4096, "probe")
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    obj = sh.Blob(sh.pattern(2 * MIB, 5))
+    obj = shm.Blob(shm.pattern(2 * MIB, 5))
     message = sender.encode(obj)
     assert message.fd is None
     assert receiver.decode(message.data, lambda: pytest.fail("no descriptor expected")) == obj
@@ -414,7 +402,7 @@ def test_without_memfd_or_dev_shm_the_pipe_carries_everything(
 def test_a_connection_that_cannot_pass_descriptors_uses_the_pipe() -> None:
     reader, writer = multiprocessing.Pipe(duplex=False)  # os.pipe(): no SCM_RIGHTS
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    obj = sh.Blob(sh.pattern(MIB + 1, 6))
+    obj = shm.Blob(shm.pattern(MIB + 1, 6))
     thread = threading.Thread(target=sender.send, args=(writer, obj))
     thread.start()
     assert receiver.recv(reader) == obj
@@ -428,7 +416,7 @@ def test_send_and_recv_pass_the_arena_over_a_socket(pair: tuple[Any, Any]) -> No
     left, right = pair
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
     for seed in range(3):
-        obj = sh.Blob(sh.pattern(2 * MIB, seed))
+        obj = shm.Blob(shm.pattern(2 * MIB, seed))
         sent = sender.send(left, obj)
         assert sent < 4096
         assert receiver.recv(right) == obj
@@ -442,7 +430,7 @@ def test_send_and_recv_pass_the_arena_over_a_socket(pair: tuple[Any, Any]) -> No
 def _start_echo(method: str, dev_shm: bool) -> tuple[Any, Any]:
     ctx = multiprocessing.get_context(method)
     mine, theirs = ctx.Pipe(duplex=True)
-    child = ctx.Process(target=sh.echo_server, args=(theirs, dev_shm, MIB), daemon=True)
+    child = ctx.Process(target=shm.echo_server, args=(theirs, dev_shm, MIB), daemon=True)
     child.start()
     theirs.close()
     return mine, child
@@ -456,17 +444,17 @@ def test_round_trips_between_processes(
 ) -> None:
     if dev_shm:
         monkeypatch.delattr(os, "memfd_create", raising=False)
-    before = sh.shm_entries()
+    before = shm.shm_entries()
     conn, child = _start_echo(method, dev_shm)
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
     try:
         for seed, size in enumerate([2 * MIB, 2 * MIB, 5 * MIB, 100, 3 * MIB]):
-            data = sh.pattern(size, seed)
-            sender.send(conn, sh.Blob(data))
+            data = shm.pattern(size, seed)
+            sender.send(conn, shm.Blob(data))
             crc, echoed = receiver.recv(conn)
             assert crc == zlib.crc32(data)
-            assert echoed == sh.Blob(data[::-1])
-            assert sh.shm_entries() == before  # no name exists even while running
+            assert echoed == shm.Blob(data[::-1])
+            assert shm.shm_entries() == before  # no name exists even while running
         sender.send(conn, "exit")
         child.join(20)
         assert child.exitcode == 0
@@ -474,23 +462,23 @@ def test_round_trips_between_processes(
         sender.close()
         receiver.close()
         conn.close()
-    assert sh.shm_entries() == before
+    assert shm.shm_entries() == before
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("method", START_METHODS)
 def test_a_killed_receiver_leaves_nothing(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(os, "memfd_create", raising=False)  # the case with files in /dev/shm
-    before, fds_before = sh.shm_entries(), _own_segment_fds()
+    before, fds_before = shm.shm_entries(), shm.own_segment_fds()
     conn, child = _start_echo(method, dev_shm=True)
     sender, receiver = _shm.Sender(threshold=MIB), _shm.Receiver()
-    sender.send(conn, sh.Blob(sh.pattern(2 * MIB, 1)))
+    sender.send(conn, shm.Blob(shm.pattern(2 * MIB, 1)))
     receiver.recv(conn)  # both arenas exist and are mapped on both sides
-    sender.send(conn, sh.Blob(sh.pattern(2 * MIB, 2)))
+    sender.send(conn, shm.Blob(shm.pattern(2 * MIB, 2)))
     receiver.recv(conn)
     sender.send(conn, "die")
     try:  # a bigger arena: its descriptor is in the socket (or the send fails) as it dies
-        sender.send(conn, sh.Blob(sh.pattern(8 * MIB, 3)))
+        sender.send(conn, shm.Blob(shm.pattern(8 * MIB, 3)))
     except OSError:
         pass
     child.join(20)
@@ -501,8 +489,8 @@ def test_a_killed_receiver_leaves_nothing(method: str, monkeypatch: pytest.Monke
     sender.close()
     receiver.close()
     conn.close()
-    assert sh.shm_entries() == before
-    assert _own_segment_fds() == fds_before
+    assert shm.shm_entries() == before
+    assert shm.own_segment_fds() == fds_before
 
 
 def _wait_gone(pid: int, deadline: float) -> bool:
@@ -521,15 +509,13 @@ def _wait_gone(pid: int, deadline: float) -> bool:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("method", START_METHODS)
 def test_a_sigkilled_parent_leaves_nothing(method: str) -> None:
-    before = sh.shm_entries()
-    env = dict(os.environ)
-    src = str(TESTS_DIR.parent / "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, str(TESTS_DIR), env.get("PYTHONPATH", "")])
+    before = shm.shm_entries()
+    env = support.child_env()
     middle = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            f"import shm_helpers; shm_helpers.middle_parent({method!r}, True, {2 * MIB})",
+            f"from support import shm; shm.middle_parent({method!r}, True, {2 * MIB})",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -551,7 +537,7 @@ def test_a_sigkilled_parent_leaves_nothing(method: str) -> None:
         for stream in (middle.stdin, middle.stdout):
             if stream is not None:
                 stream.close()
-    assert sh.shm_entries() == before
+    assert shm.shm_entries() == before
 
 
 # --- numpy, where installed (the test extra) --------------------------------------------------

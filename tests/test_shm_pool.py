@@ -21,21 +21,11 @@ from typing import Any, Iterator
 import pytest
 
 import mtasklite as mt
-import shm_helpers as sh
+import support
+from support import shm
 
 MIB = 1 << 20
-TESTS_DIR = Path(__file__).resolve().parent
 PPE = mt.StatefulProcessPoolExecutor
-
-
-def _own_segment_fds() -> int:
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            count += sh.SHM_PREFIX in os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            pass
-    return count
 
 
 @pytest.fixture(autouse=True, params=["memfd", "dev-shm"])
@@ -46,10 +36,10 @@ def nothing_left_behind(
     use memfd), then a check for leftovers."""
     if request.param == "dev-shm":
         monkeypatch.delattr(os, "memfd_create", raising=False)
-    entries, fds = sh.shm_entries(), _own_segment_fds()
+    entries, fds = shm.shm_entries(), shm.own_segment_fds()
     yield
-    assert sh.shm_entries() - entries == set()
-    assert _own_segment_fds() == fds
+    assert shm.shm_entries() - entries == set()
+    assert shm.own_segment_fds() == fds
 
 
 @pytest.fixture(params=["fork", "spawn", "forkserver"])
@@ -66,14 +56,14 @@ def _wait_for_file(path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_big_blobs_round_trip_through_submit_map_and_imap(ctx: Any) -> None:
-    blobs = [sh.Blob(sh.pattern(3 * MIB, seed)) for seed in range(4)]
-    expected = [sh.Blob(blob.data[::-1]) for blob in blobs]
+    blobs = [shm.Blob(shm.pattern(3 * MIB, seed)) for seed in range(4)]
+    expected = [shm.Blob(blob.data[::-1]) for blob in blobs]
     with PPE(2, ctx) as ex:
-        assert ex.submit(sh.reverse, blobs[0]).result(60) == expected[0]
-        assert _own_segment_fds() > 0  # the arguments went through shared memory
-        assert list(ex.map(sh.reverse, blobs)) == expected
-        assert list(ex.imap(sh.reverse, blobs)) == expected
-        assert ex.submit(sh.reverse, sh.Blob(b"small")).result(60) == sh.Blob(b"llams")
+        assert ex.submit(shm.reverse, blobs[0]).result(60) == expected[0]
+        assert shm.own_segment_fds() > 0  # the arguments went through shared memory
+        assert list(ex.map(shm.reverse, blobs)) == expected
+        assert list(ex.imap(shm.reverse, blobs)) == expected
+        assert ex.submit(shm.reverse, shm.Blob(b"small")).result(60) == shm.Blob(b"llams")
 
 
 @pytest.mark.timeout(120)
@@ -82,7 +72,7 @@ def test_a_64_mib_numpy_array_round_trips_through_submit(ctx: Any) -> None:
     array = np.arange(64 * MIB // 8, dtype=np.float64)
     with PPE(1, ctx) as ex:
         for _ in range(3):  # the arenas are reused from the second call on
-            result = ex.submit(sh.numpy_plus_one, array).result(60)
+            result = ex.submit(shm.numpy_plus_one, array).result(60)
             assert result.dtype == array.dtype and result.shape == array.shape
             assert result[0] == 1.0 and result[-1] == array[-1] + 1
             result[0] = -1.0  # the caller's own, writable array
@@ -94,20 +84,20 @@ def test_chunks_too_big_to_send_ahead_wait_for_an_idle_worker() -> None:
     """A chunk whose pickle (beside its shared-memory part) exceeds what may be sent ahead is
     taken back from the busy slot's arena and sent to the next idle one instead."""
     items = [
-        (sh.Blob(sh.pattern(2 * MIB, seed)), bytes([seed]) * (300 << 10)) for seed in range(12)
+        (shm.Blob(shm.pattern(2 * MIB, seed)), bytes([seed]) * (300 << 10)) for seed in range(12)
     ]
-    expected = [(sh.Blob(blob.data[::-1]), data[::-1]) for blob, data in items]
+    expected = [(shm.Blob(blob.data[::-1]), data[::-1]) for blob, data in items]
     with PPE(2, multiprocessing.get_context("fork")) as ex:
-        assert list(ex.imap(sh.reverse_pair, items, chunksize=3)) == expected
+        assert list(ex.imap(shm.reverse_pair, items, chunksize=3)) == expected
 
 
 @pytest.mark.parametrize("threshold", [None, 0])
 def test_shm_threshold_none_or_zero_keeps_everything_in_the_pipe(threshold: Any) -> None:
-    blob = sh.Blob(sh.pattern(3 * MIB, 1))
-    before = _own_segment_fds()
+    blob = shm.Blob(shm.pattern(3 * MIB, 1))
+    before = shm.own_segment_fds()
     with PPE(1, multiprocessing.get_context("fork"), shm_threshold=threshold) as ex:
-        assert ex.submit(sh.reverse, blob).result(60) == sh.Blob(blob.data[::-1])
-        assert _own_segment_fds() == before
+        assert ex.submit(shm.reverse, blob).result(60) == shm.Blob(blob.data[::-1])
+        assert shm.own_segment_fds() == before
 
 
 @pytest.mark.parametrize(
@@ -120,13 +110,13 @@ def test_a_bad_shm_threshold_is_refused_by_name(value: Any, error: Any) -> None:
 
 @pytest.mark.timeout(120)
 def test_terminate_with_big_arguments_in_flight_leaves_nothing(ctx: Any, tmp_path: Path) -> None:
-    blob = sh.Blob(sh.pattern(3 * MIB, 2))
+    blob = shm.Blob(shm.pattern(3 * MIB, 2))
     ex = PPE(2, ctx)
-    futures = [ex.submit(sh.report_then_hang, blob, str(tmp_path / f"w{i}")) for i in range(2)]
+    futures = [ex.submit(shm.report_then_hang, blob, str(tmp_path / f"w{i}")) for i in range(2)]
     for i in range(2):
         _wait_for_file(tmp_path / f"w{i}")
         assert (tmp_path / f"w{i}").read_text() == str(zlib.crc32(blob.data))
-    queued = ex.submit(sh.reverse, blob)  # encoded later, or never: it must not leak either
+    queued = ex.submit(shm.reverse, blob)  # encoded later, or never: it must not leak either
     ex.terminate()
     for future in [*futures, queued]:
         assert future.done()
@@ -134,41 +124,39 @@ def test_terminate_with_big_arguments_in_flight_leaves_nothing(ctx: Any, tmp_pat
 
 @pytest.mark.timeout(120)
 def test_a_worker_crash_holding_big_arguments_leaves_nothing(ctx: Any) -> None:
-    blob = sh.Blob(sh.pattern(3 * MIB, 3))
+    blob = shm.Blob(shm.pattern(3 * MIB, 3))
     with PPE(1, ctx) as ex:
-        crashed = ex.submit(sh.die_holding, blob)
+        crashed = ex.submit(shm.die_holding, blob)
         assert isinstance(crashed.exception(60), mt.WorkerCrashedError)
         # The respawned worker gets a new pair of arenas and the pool carries on.
-        assert ex.submit(sh.reverse, blob).result(60) == sh.Blob(blob.data[::-1])
+        assert ex.submit(shm.reverse, blob).result(60) == shm.Blob(blob.data[::-1])
 
 
 @pytest.mark.timeout(120)
 def test_a_timeout_kill_holding_big_arguments_leaves_nothing(tmp_path: Path) -> None:
-    blob = sh.Blob(sh.pattern(3 * MIB, 4))
+    blob = shm.Blob(shm.pattern(3 * MIB, 4))
     with PPE(1, multiprocessing.get_context("fork")) as ex:
-        hung = ex.submit_with_timeout(0.5, sh.report_then_hang, blob, str(tmp_path / "w"))
+        hung = ex.submit_with_timeout(0.5, shm.report_then_hang, blob, str(tmp_path / "w"))
         with pytest.raises(mt.TaskTimeoutError):
             hung.result(60)
-        assert ex.submit(sh.reverse, blob).result(60) == sh.Blob(blob.data[::-1])
+        assert ex.submit(shm.reverse, blob).result(60) == shm.Blob(blob.data[::-1])
 
 
 @pytest.mark.timeout(120)
 def test_an_abandoned_imap_of_big_blobs_leaves_nothing() -> None:
-    blobs = (sh.Blob(sh.pattern(2 * MIB, seed)) for seed in range(50))
+    blobs = (shm.Blob(shm.pattern(2 * MIB, seed)) for seed in range(50))
     with PPE(2, multiprocessing.get_context("fork")) as ex:
-        results = ex.imap(sh.reverse, blobs)
+        results = ex.imap(shm.reverse, blobs)
         first = next(results)
-        assert first == sh.Blob(sh.pattern(2 * MIB, 0)[::-1])
+        assert first == shm.Blob(shm.pattern(2 * MIB, 0)[::-1])
         results.close()  # type: ignore[attr-defined]
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_a_sigkilled_pool_parent_leaves_nothing(method: str, tmp_path: Path) -> None:
-    env = dict(os.environ)
-    src = str(TESTS_DIR.parent / "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, str(TESTS_DIR), env.get("PYTHONPATH", "")])
-    code = f"import shm_helpers; shm_helpers.pool_parent({method!r}, {str(tmp_path / 'w')!r})"
+    env = support.child_env()
+    code = f"from support import shm; shm.pool_parent({method!r}, {str(tmp_path / 'w')!r})"
     parent = subprocess.Popen(
         [sys.executable, "-c", code],
         stdin=subprocess.PIPE,

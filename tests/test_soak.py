@@ -13,8 +13,8 @@ from typing import Optional
 
 import pytest
 
-import fault_helpers as fh
 import mtasklite as mt
+from support import processes, tasks
 
 TOTAL = 1_000_000
 WARMUP = 100_000
@@ -47,8 +47,8 @@ def open_fds() -> int:
     ],
 )
 def test_a_million_tiny_tasks_do_not_grow_the_parent(chunksize: Optional[int]) -> None:
-    children_before = set(fh.child_processes())
-    threads_before = fh.pool_threads()
+    children_before = set(processes.child_processes())
+    threads_before = processes.pool_threads()
     fds_before = open_fds()
     ex = mt.StatefulProcessPoolExecutor(2, multiprocessing.get_context("fork"))
     start = time.monotonic()
@@ -56,7 +56,7 @@ def test_a_million_tiny_tasks_do_not_grow_the_parent(chunksize: Optional[int]) -
     count = 0
     rss_warm = fds_warm = rss_late = 0
     with ex:
-        for value in ex.imap(fh.square, range(TOTAL), chunksize=chunksize):
+        for value in ex.imap(tasks.square, range(TOTAL), chunksize=chunksize):
             total += value
             count += 1
             if count == WARMUP:
@@ -83,8 +83,8 @@ def test_a_million_tiny_tasks_do_not_grow_the_parent(chunksize: Optional[int]) -
     assert abs(steady) < RSS_SLACK, f"parent RSS changed by {steady / 2**20:+.1f} MiB"
     assert rss_end <= rss_warm + RSS_SLACK, f"parent RSS grew by {growth:+.2%}"
     assert fds_end <= fds_warm, f"file descriptors grew from {fds_warm} to {fds_end}"
-    fh.assert_gone(
-        set(fh.child_processes()) - children_before,
-        fh.pool_threads() - threads_before,
+    processes.assert_gone(
+        set(processes.child_processes()) - children_before,
+        processes.pool_threads() - threads_before,
         timeout=10,
     )

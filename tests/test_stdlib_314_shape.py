@@ -8,21 +8,19 @@ patch cannot leak into other tests.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent / "scripts" / "thread_pool_on_314_base.py"
-SRC = Path(__file__).resolve().parent.parent / "src"
+import support
+
+SCRIPT = support.SCRIPTS / "thread_pool_on_314_base.py"
 
 
 @pytest.mark.timeout(60)
 def test_thread_pool_runs_on_a_base_class_that_sets_only_what_314_sets() -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    env = support.child_env(tests=False)
     proc = subprocess.run(
         [sys.executable, str(SCRIPT)],
         check=False,

@@ -18,7 +18,7 @@ import mtasklite as mt
 from mtasklite._thread_chunks import ThreadChunkSize
 from mtasklite.threads import pqdm
 from mtasklite.windowing import ChunkResult, submits_everything
-from pqdm_helpers import SizedCounter
+from support.inputs import SizedCounter
 
 ORDERED = pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
 

@@ -14,7 +14,6 @@ import functools
 import itertools
 import logging
 import multiprocessing
-import os
 import queue
 import subprocess
 import sys
@@ -22,12 +21,13 @@ import threading
 import time
 from collections import Counter as Tally
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
 import mtasklite as mt
-import process_helpers as ph
+import support
+from support import files, specs, tasks
 
 BLOCK_LIMIT = 10.0
 #: the per-task limit used throughout: short, yet far above what a trivial task needs
@@ -40,15 +40,6 @@ STPE = mt.StatefulThreadPoolExecutor
 FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
 FORKSERVER = multiprocessing.get_context("forkserver")
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_processes() -> Iterator[None]:
-    """Every worker process a test starts is gone (exited and reaped) soon after it ends."""
-    before = set(ph.pool_processes())
-    threads_before = ph.dispatcher_threads()
-    yield
-    ph.assert_no_leftovers(before, threads_before)
 
 
 def outcomes(
@@ -94,16 +85,16 @@ def test_hung_task_times_out_promptly_and_its_slot_is_renewed(
     context: Any, kind: str, tmp_path: Path
 ) -> None:
     log = str(tmp_path / "builds.log")
-    hang = ph.HANGS[kind]
-    with PPE(1, context, worker=ph.Counter("m", log)) as ex:
-        first = ex.submit(ph.call_worker, "first").result(BLOCK_LIMIT)
+    hang = tasks.HANGS[kind]
+    with PPE(1, context, worker=specs.Counter("m", log)) as ex:
+        first = ex.submit(tasks.call_worker, "first").result(BLOCK_LIMIT)
         late = ex.submit_with_timeout(LIMIT, hang, str(tmp_path), "late")
-        queued = [ex.submit(ph.call_worker, i) for i in range(3)]  # waiting behind it
+        queued = [ex.submit(tasks.call_worker, i) for i in range(3)]  # waiting behind it
         with pytest.raises(mt.TaskTimeoutError) as info:
             late.result(BLOCK_LIMIT)
         failed_at = time.monotonic()
         after = [f.result(BLOCK_LIMIT) for f in queued]
-    hung_pid, started = ph.read_stamp(tmp_path, "late")
+    hung_pid, started = files.read_stamp(tmp_path, "late")
     assert hung_pid == first.pid
     took = failed_at - started
     assert LIMIT - 0.05 <= took <= LIMIT + BOUND, f"failed {took:.3f} s after it started"
@@ -118,7 +109,7 @@ def test_hung_task_times_out_promptly_and_its_slot_is_renewed(
     assert after[0].pid != first.pid, "the replacement is a new process"
     assert {s.build_id for s in after} == {after[0].build_id} != {first.build_id}
     assert [s.calls for s in after] == [1, 2, 3], "a freshly built object"
-    builds = [line.split() for line in ph.read_lines(log)]
+    builds = [line.split() for line in files.read_lines(log)]
     assert [(int(pid), index) for pid, index, _, _ in builds] == [
         (first.pid, "0"),
         (after[0].pid, "0"),
@@ -127,31 +118,31 @@ def test_hung_task_times_out_promptly_and_its_slot_is_renewed(
 
 def test_executor_task_timeout_applies_to_submit_and_map() -> None:
     with PPE(1, FORK, task_timeout=LIMIT) as ex:
-        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
         with pytest.raises(mt.TaskTimeoutError):
-            ex.submit(ph.hang_if, 1, 1).result(BLOCK_LIMIT)
-        it = ex.map(ph.hang_if, range(4), [2] * 4)
+            ex.submit(tasks.hang_if, 1, 1).result(BLOCK_LIMIT)
+        it = ex.map(tasks.hang_if, range(4), [2] * 4)
         assert [next(it), next(it)] == [0, 2]
         with pytest.raises(mt.TaskTimeoutError):
             next(it)
         with pytest.raises(mt.TaskTimeoutError):
-            list(ex.map(ph.hang_if, range(4), [1] * 4, chunksize=2))
-        assert ex.submit(ph.square, 4).result(BLOCK_LIMIT) == 16
+            list(ex.map(tasks.hang_if, range(4), [1] * 4, chunksize=2))
+        assert ex.submit(tasks.square, 4).result(BLOCK_LIMIT) == 16
 
 
 def test_submit_with_timeout_none_overrides_the_executor_default() -> None:
     started, release = FORK.Event(), FORK.Event()
     try:
         with PPE(
-            1, FORK, ph.install, ({"started": started, "release": release},), task_timeout=LIMIT
+            1, FORK, tasks.install, ({"started": started, "release": release},), task_timeout=LIMIT
         ) as ex:
-            free = ex.submit_with_timeout(None, ph.block_until_released, "free")
+            free = ex.submit_with_timeout(None, tasks.block_until_released, "free")
             assert started.wait(BLOCK_LIMIT)
             done, _ = concurrent.futures.wait([free], timeout=3 * LIMIT)
             assert not done, "a task with no limit must outlive the executor's default"
             release.set()
             assert free.result(BLOCK_LIMIT) == "free"
-            assert list(ex.imap(ph.sleep_for, [7], [2 * LIMIT], task_timeout=None)) == [7]
+            assert list(ex.imap(tasks.sleep_for, [7], [2 * LIMIT], task_timeout=None)) == [7]
     finally:
         release.set()
 
@@ -160,11 +151,11 @@ def test_submit_with_timeout_none_overrides_the_executor_default() -> None:
 def test_bad_limits_are_value_errors(bad: Any) -> None:
     with PPE(1, FORK) as ex:
         with pytest.raises(ValueError):
-            ex.submit_with_timeout(bad, ph.square, 1)
+            ex.submit_with_timeout(bad, tasks.square, 1)
         with pytest.raises(ValueError):
-            ex.imap(ph.square, [1], task_timeout=bad)
+            ex.imap(tasks.square, [1], task_timeout=bad)
         with pytest.raises(ValueError):
-            ex.imap_unordered(ph.square, [1], task_timeout=bad)
+            ex.imap_unordered(tasks.square, [1], task_timeout=bad)
 
 
 @pytest.mark.parametrize("chunksize", [1, 4, None])
@@ -173,12 +164,12 @@ def test_imap_task_timeout_fails_the_item_at_its_position(chunksize: Optional[in
         out: list[int] = []
         with pytest.raises(mt.TaskTimeoutError) as info:
             for value in ex.imap(
-                ph.hang_if, range(8), [3] * 8, chunksize=chunksize, task_timeout=LIMIT
+                tasks.hang_if, range(8), [3] * 8, chunksize=chunksize, task_timeout=LIMIT
             ):
                 out.append(value)
         assert out == [0, 2, 4]
         assert "hang_if(3, 3" in str(info.value)
-        assert list(ex.imap(ph.square, range(4))) == [0, 1, 4, 9]
+        assert list(ex.imap(tasks.square, range(4))) == [0, 1, 4, 9]
 
 
 def test_imap_unordered_task_timeout() -> None:
@@ -186,22 +177,22 @@ def test_imap_unordered_task_timeout() -> None:
         out: list[int] = []
         with pytest.raises(mt.TaskTimeoutError):
             for value in ex.imap_unordered(
-                ph.hang_if, range(8), [3] * 8, chunksize=1, task_timeout=LIMIT
+                tasks.hang_if, range(8), [3] * 8, chunksize=1, task_timeout=LIMIT
             ):
                 out.append(value)
         assert set(out) <= {0, 2, 4, 8, 10, 12, 14}
-        got = outcomes(ex, ph.hang_if, range(8), [3] * 8, task_timeout=LIMIT, ordered=False)
+        got = outcomes(ex, tasks.hang_if, range(8), [3] * 8, task_timeout=LIMIT, ordered=False)
         assert sum(isinstance(g, mt.TaskTimeoutError) for g in got) == 1
         assert sorted(g for g in got if isinstance(g, int)) == [0, 2, 4, 8, 10, 12, 14]
 
 
 def test_executor_task_timeout_applies_to_imap() -> None:
     with PPE(2, FORK, task_timeout=LIMIT) as ex:
-        got = outcomes(ex, ph.hang_if, range(6), [2] * 6, chunksize=None, task_timeout=LIMIT)
+        got = outcomes(ex, tasks.hang_if, range(6), [2] * 6, chunksize=None, task_timeout=LIMIT)
         assert isinstance(got[2], mt.TaskTimeoutError)
         out: list[int] = []
         with pytest.raises(mt.TaskTimeoutError):
-            out.extend(ex.imap(ph.hang_if, range(6), [2] * 6))
+            out.extend(ex.imap(tasks.hang_if, range(6), [2] * 6))
         assert out == [0, 2]
 
 
@@ -210,7 +201,7 @@ def test_the_limit_is_per_item_not_per_chunk(executor: str, prefix: str) -> None
     # three items of 0.15 s in one chunk: the chunk runs 0.45 s, each item stays well inside
     pool = PPE(1, FORK) if executor == "process" else STPE(1, prefix)
     with pool as ex:
-        got = outcomes(ex, ph.sleep_for, range(3), [0.15] * 3, chunksize=3, task_timeout=LIMIT)
+        got = outcomes(ex, tasks.sleep_for, range(3), [0.15] * 3, chunksize=3, task_timeout=LIMIT)
     assert got == [0, 1, 2]
 
 
@@ -218,11 +209,11 @@ def test_the_limit_is_per_item_not_per_chunk(executor: str, prefix: str) -> None
 def test_clock_starts_when_the_task_runs_not_when_it_is_queued() -> None:
     started, release = FORK.Event(), FORK.Event()
     try:
-        with PPE(1, FORK, ph.install, ({"started": started, "release": release},)) as ex:
-            busy = ex.submit(ph.block_until_released, "busy")  # no limit
+        with PPE(1, FORK, tasks.install, ({"started": started, "release": release},)) as ex:
+            busy = ex.submit(tasks.block_until_released, "busy")  # no limit
             assert started.wait(BLOCK_LIMIT)
-            timed = ex.submit_with_timeout(LIMIT, ph.square, 3)
-            chunk = ex.imap(ph.square, range(4), chunksize=4, task_timeout=LIMIT)
+            timed = ex.submit_with_timeout(LIMIT, tasks.square, 3)
+            chunk = ex.imap(tasks.square, range(4), chunksize=4, task_timeout=LIMIT)
             done, _ = concurrent.futures.wait([timed], timeout=3 * LIMIT)
             assert not done, "a queued task must not time out"
             release.set()
@@ -237,8 +228,8 @@ def test_clock_starts_when_the_task_runs_not_when_it_is_queued() -> None:
 def test_clock_does_not_count_worker_startup() -> None:
     gate = SPAWN.Event()
     try:
-        with PPE(1, SPAWN, worker=ph.GatedBuild(gate)) as ex:
-            timed = ex.submit_with_timeout(LIMIT, ph.square, 5)
+        with PPE(1, SPAWN, worker=specs.GatedBuild(gate)) as ex:
+            timed = ex.submit_with_timeout(LIMIT, tasks.square, 5)
             done, _ = concurrent.futures.wait([timed], timeout=2 * LIMIT)
             assert not done, "the worker is still building its object: nothing runs yet"
             gate.set()
@@ -250,14 +241,14 @@ def test_clock_does_not_count_worker_startup() -> None:
 @pytest.mark.timeout(30)
 def test_items_chunked_or_queued_with_the_late_one_are_redispatched(tmp_path: Path) -> None:
     log = str(tmp_path / "runs.log")
-    fn = functools.partial(ph.record_and_hang_if, hang_on=2, log=log)
+    fn = functools.partial(tasks.record_and_hang_if, hang_on=2, log=log)
     with PPE(1, FORK) as ex:
-        first_pid = ex.submit(ph.pid_of).result(BLOCK_LIMIT)
+        first_pid = ex.submit(tasks.pid_of).result(BLOCK_LIMIT)
         # two chunks of five: 3 and 4 share the late item's chunk, 5..9 wait behind it
         got = outcomes(ex, fn, range(10), chunksize=5, task_timeout=LIMIT)
     assert isinstance(got[2], mt.TaskTimeoutError)
     assert [g for i, g in enumerate(got) if i != 2] == [x * 2 for x in range(10) if x != 2]
-    runs = [tuple(map(int, line.split())) for line in ph.read_lines(log)]
+    runs = [tuple(map(int, line.split())) for line in files.read_lines(log)]
     assert Tally(x for x, _ in runs) == Tally(range(10)), "each item ran exactly once"
     pids = dict(runs)
     assert [pids[x] for x in (0, 1, 2)] == [first_pid] * 3
@@ -271,13 +262,13 @@ def test_items_after_the_late_one_survive_a_worker_that_outlives_sigterm(
     # The late task's SIGTERM handler raises SystemExit: the worker goes on with the chunk's
     # next items until SIGKILL; their results are dropped and they run again elsewhere.
     log = str(tmp_path / "runs.log")
-    fn = functools.partial(ph.exit_on_sigterm_then_hang_if, hang_on=2, log=log)
+    fn = functools.partial(tasks.exit_on_sigterm_then_hang_if, hang_on=2, log=log)
     with PPE(1, FORK) as ex:
         got = outcomes(ex, fn, range(6), chunksize=6, task_timeout=LIMIT)
-        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
     assert isinstance(got[2], mt.TaskTimeoutError)
     assert [g for i, g in enumerate(got) if i != 2] == [0, 2, 6, 8, 10]
-    ran = Tally(int(line.split()[0]) for line in ph.read_lines(log))
+    ran = Tally(int(line.split()[0]) for line in files.read_lines(log))
     assert set(ran) == set(range(6)) and ran[2] == 1
 
 
@@ -293,7 +284,7 @@ def test_imap_where_every_tenth_item_hangs(
     with PPE(2, context) as ex:
         got = outcomes(
             ex,
-            ph.hang_if,
+            tasks.hang_if,
             range(total),
             [5] * total,
             [10] * total,
@@ -311,8 +302,8 @@ def test_imap_where_every_tenth_item_hangs(
 def test_timeout_does_not_break_a_pool_in_break_mode() -> None:
     with PPE(1, FORK, on_worker_crash="break") as ex:
         with pytest.raises(mt.TaskTimeoutError):
-            ex.submit_with_timeout(LIMIT, ph.hang_if, 1, 1).result(BLOCK_LIMIT)
-        assert ex.submit(ph.square, 3).result(BLOCK_LIMIT) == 9
+            ex.submit_with_timeout(LIMIT, tasks.hang_if, 1, 1).result(BLOCK_LIMIT)
+        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
 
 
 # --- thread executor -------------------------------------------------------------------------
@@ -479,15 +470,14 @@ def test_thread_watchdog_survives_a_task_ending_at_its_deadline() -> None:
     # A timed task whose end races the watchdog's expiry once leaked the watchdog's lock (the
     # async stop landed in Condition.__enter__); the pool then could be neither shut down nor
     # garbage-collected, so the race runs in a child interpreter that cannot hang this one.
-    tests_dir = str(Path(__file__).parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, *sys.path])}
-    code = "import process_helpers; process_helpers.watchdog_race_main()"
+    env = support.child_env()
+    code = "from support import tasks; tasks.watchdog_race_main()"
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, timeout=80, capture_output=True, check=False
     )
-    if done.returncode == ph.RACE_NOT_EXERCISED:
+    if done.returncode == tasks.RACE_NOT_EXERCISED:
         pytest.skip("the watchdog never won the race in 250 attempts")
-    assert done.returncode == ph.RACE_OK, (done.returncode, done.stderr.decode()[-2000:])
+    assert done.returncode == tasks.RACE_OK, (done.returncode, done.stderr.decode()[-2000:])
 
 
 @pytest.mark.timeout(30)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CASES = ROOT / "tests" / "typing_cases"
+import support
+
+ROOT = support.ROOT
+CASES = support.TESTS / "typing_cases"
 USER_CODE = CASES / "user_code.py"
 USER_ERRORS = CASES / "user_errors.py"
 README_BLOCKS = re.findall(

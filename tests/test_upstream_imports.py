@@ -4,16 +4,13 @@ implementation under the old name, never a copy."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import mtasklite
-
-SRC = Path(__file__).resolve().parent.parent / "src"
+import support
 
 
 def test_utils_is_exception_is_the_package_function() -> None:
@@ -58,7 +55,7 @@ def test_version_path_is_the_package_version() -> None:
     from mtasklite.version import __version__
 
     assert __version__ == mtasklite.__version__
-    pyproject = (SRC.parent / "pyproject.toml").read_text()
+    pyproject = (support.ROOT / "pyproject.toml").read_text()
     assert f'version = "{__version__}"' in pyproject
 
 
@@ -77,8 +74,7 @@ def test_importing_the_submodule_first_keeps_the_decorator_on_the_package() -> N
         "assert C()(3) == -3\n"
         "print('OK')\n"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    env = support.child_env(tests=False)
     proc = subprocess.run(
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env
     )

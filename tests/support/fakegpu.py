@@ -1,6 +1,6 @@
 """A stand-in for a GPU framework (torch, jax, ...): it reads ``CUDA_VISIBLE_DEVICES`` once,
 when it is first imported, and never again, as CUDA runtimes do.  Only worker processes
-import it (see :class:`fault_helpers.GpuWorker`)."""
+import it (see :class:`support.specs.GpuWorker`)."""
 
 from __future__ import annotations
 

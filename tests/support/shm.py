@@ -62,6 +62,18 @@ def shm_entries() -> set[str]:
         return set()
 
 
+def own_segment_fds() -> int:
+    """Descriptors of this process that point at one of our segments."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        count += SHM_PREFIX in target
+    return count
+
+
 def force_dev_shm() -> None:
     """Make this process create segments as files in /dev/shm (as without memfd_create)."""
     if hasattr(os, "memfd_create"):
@@ -124,10 +136,6 @@ def middle_parent(start_method: str, dev_shm: bool, size: int) -> None:
     print(child.pid, flush=True)
     print("ready", flush=True)
     sys.stdin.read()  # until the test kills us (or closes our stdin)
-
-
-if __name__ == "__main__":
-    middle_parent(sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]))
 
 
 # --- tasks for the process pool tests ---------------------------------------------------------
