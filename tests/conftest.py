@@ -1,11 +1,12 @@
 """The one conftest of the mtasklite test suite: backend fixtures and the leak guard.
 
-Layout (see ``tests/README``-style notes in each directory's files): ``unit/`` pure rules, no
-processes; ``contract/`` the stdlib behaviour each executor keeps; ``behaviour/`` one file per
-promise, run on every back end where it applies; ``api/`` the pqdm and ``Pool`` APIs, the
-README, typing and help; ``faults/`` the fault matrix; ``soak/`` long runs (``-m slow``);
-``conformance/`` CPython's own suite (a separate runner, not collected here).  Shared code
-lives in the :mod:`support` package.
+Layout, by what users rely on: ``unit/`` pure rules (no processes); ``contract/`` the stdlib
+behaviour each executor keeps; ``behaviour/`` one file per promise (imap, timeouts, crash
+isolation, shutdown, stateful workers, ...), run on every back end where it applies through
+the ``kind`` / ``ctx`` / ``dask_client`` fixtures; ``api/`` the pqdm and ``Pool`` APIs, the
+README, typing and help; ``faults/`` the fault matrix, fault properties, interrupts;
+``soak/`` long runs (``-m slow``); ``conformance/`` CPython's own suite (a separate runner,
+not collected here).  Shared code lives in the :mod:`support` package.
 
 Conventions:
 
@@ -37,7 +38,7 @@ try:
 except ImportError:  # the dask extra is optional
     pass
 
-from support import leaks, tasks
+from support import leaks, specs, tasks
 from support.executors import KINDS, PROCESS_KINDS, Guard
 from support.inputs import CountingIterator
 
@@ -58,9 +59,10 @@ def no_leaks() -> Iterator[None]:
     What existed before the test is ignored; what is new gets until a deadline to go.  It is
     the first fixture set up, so its check runs after every other fixture's teardown.
     """
+    tasks.SHARED.clear()  # what thread-pool initializers installed in this process
+    specs.BUILD_EVENTS.clear()
     before = leaks.snapshot()
     yield
-    tasks.SHARED.clear()  # what thread-pool initializers installed in this process
     leaks.check(before)
 
 

@@ -1,4 +1,4 @@
-"""Exercise every way a process pool ends, then exit (run by tests/test_faults.py).
+"""Exercise every way a process pool ends, then exit (run by tests/faults/test_fault_matrix.py).
 
 Usage: ``exit_cleanly.py START_METHOD``
 

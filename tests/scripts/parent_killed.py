@@ -1,4 +1,4 @@
-"""A parent that gets SIGKILLed with busy workers (run by tests/test_interrupts.py).
+"""A parent that gets SIGKILLed with busy workers (run by tests/faults/test_interrupts.py).
 
 Usage: ``parent_killed.py START_METHOD {main,thread,respawned} LOG``
 

@@ -1,5 +1,5 @@
 """A parent that gets SIGKILLed while its worker's task runs a subprocess (run by
-tests/test_lifecycle.py).
+tests/behaviour/test_worker_lifecycle.py).
 
 Usage: ``parent_killed_with_child.py START_METHOD PID_FILE``.  Prints ``READY <worker pid>``
 once the task has written the subprocess's pid to PID_FILE, then waits to be killed.

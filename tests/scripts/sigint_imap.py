@@ -1,4 +1,4 @@
-"""Ctrl-C during a busy imap (run by tests/test_interrupts.py in a subprocess).
+"""Ctrl-C during a busy imap (run by tests/faults/test_interrupts.py in a subprocess).
 
 Usage: ``sigint_imap.py START_METHOD {imap,pqdm,threads} LOG``
 
@@ -11,7 +11,7 @@ test then sends SIGINT; the script prints ``INTERRUPTED <monotonic time>`` as so
 KeyboardInterrupt reaches its loop, lets it propagate through the executor (or pqdm) and
 prints ``EXITED`` once the pool is gone.
 
-(Where the signal lands matters: see test_interrupts.py for Ctrl-C landing in pqdm's
+(Where the signal lands matters: see faults/test_interrupts.py for Ctrl-C landing in pqdm's
 progress-bar code instead of in the wait.)
 """
 

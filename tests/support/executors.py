@@ -12,10 +12,10 @@ import itertools
 import multiprocessing
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import mtasklite as mt
-from support import leaks
+from support import BLOCK_LIMIT, leaks, tasks
 from support.files import read_lines
 
 #: the multiprocessing start methods a process pool is tested under
@@ -39,6 +39,62 @@ def new_executor(kind: str, workers: Optional[int] = 2, **kwargs: Any) -> Any:
         kwargs.pop("cancel_running", None)
         return TPE(workers, thread_name_prefix=f"mt-{next(_names)}", **kwargs)
     return PPE(workers, multiprocessing.get_context(kind), **kwargs)
+
+
+def outcomes(
+    ex: Any,
+    fn: Callable[..., Any],
+    *iterables: Any,
+    chunksize: Optional[int] = 1,
+    task_timeout: Optional[float] = None,
+    ordered: bool = True,
+) -> list[Any]:
+    """The imap results of ``fn`` over ``iterables`` with each failed item's exception in its
+    place (``return_exceptions``)."""
+    it = ex._imap(fn, iterables, ordered, None, chunksize, None, task_timeout, True)
+    return list(it)
+
+
+def run_on_every_worker(ex: Any, n: int, fn: Callable[[], Any]) -> list[Any]:
+    """Thread pools: run ``fn()`` once on each of ``n`` distinct workers (a barrier keeps them
+    apart); the results in completion order."""
+    barrier = threading.Barrier(n, timeout=BLOCK_LIMIT)
+
+    def task() -> Any:
+        barrier.wait()
+        return fn()
+
+    return [f.result(BLOCK_LIMIT) for f in [ex.submit(task) for _ in range(n)]]
+
+
+def with_barrier(context: Any, n: int, **extra: Any) -> tuple[Any, tuple[Any, ...]]:
+    """Process pools: ``(initializer, initargs)`` that install a barrier for ``n`` workers (and
+    ``extra`` objects) in :data:`support.tasks.SHARED`; see :func:`on_every_worker`."""
+    return tasks.install, ({"barrier": context.Barrier(n), **extra},)
+
+
+def on_every_worker(ex: Any, n: int, fn: Any = tasks.rendezvous) -> Any:
+    """Process pools built :func:`with_barrier` of ``n``: run ``fn`` once on each of ``n``
+    distinct workers; results sorted by worker index."""
+    futures = [ex.submit(fn, i) for i in range(n)]
+    return sorted((f.result(BLOCK_LIMIT) for f in futures), key=lambda r: r[0] if r else -1)
+
+
+def returns_within(call: Callable[[], Any], seconds: float) -> tuple[bool, Any]:
+    """Run ``call`` in a thread; whether it returned within ``seconds``, and what it returned
+    (or raised).  A deadlocked call is left behind as a daemon thread instead of hanging."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return (not thread.is_alive(), outcome[0] if outcome else None)
 
 
 class Guard:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import itertools
 import os
 import threading
 import time
@@ -279,3 +280,58 @@ class Concrete(Abstract):
 
     def __call__(self, x: int) -> int:
         return self.k * x
+
+
+# --- a thread-pool worker that records where it was built -------------------------------------
+
+
+class EventLog:
+    """Thread-safe ordered record of what happened where."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.items: list[tuple[Any, ...]] = []
+
+    def add(self, *item: Any) -> None:
+        with self._lock:
+            self.items.append(item)
+
+    def of(self, kind: str) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return [i for i in self.items if i[0] == kind]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.items.clear()
+
+
+#: the builds of :class:`LoggedModel` in this process (cleared before every test)
+BUILD_EVENTS = EventLog()
+_serials = itertools.count(1)
+
+
+@mt.delayed_init
+class LoggedModel:
+    """Records its construction (``"build"``, thread, worker index, name) in
+    :data:`BUILD_EVENTS` and gets a unique serial; waits for ``gate`` first, then raises if
+    ``fail`` (thread pools: the log is this process's)."""
+
+    def __init__(
+        self, name: str, gate: Optional[threading.Event] = None, fail: bool = False
+    ) -> None:
+        if gate is not None:
+            gate.wait(BLOCK_LIMIT)
+        BUILD_EVENTS.add("build", threading.current_thread().name, mt.worker_index(), name)
+        if fail:
+            raise ValueError(f"cannot load {name}")
+        self.name = name
+        self.serial = next(_serials)
+
+    def __call__(self, x: Any) -> tuple[str, Any]:
+        return self.name, x
+
+
+def logged_whoami(_: Any = None) -> tuple[Optional[int], str, int]:
+    """(worker index, worker object's name, its serial) of the calling worker."""
+    obj = mt.current_worker()
+    return mt.worker_index(), obj.name, obj.serial

@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 
 from mtasklite import TaskTimeoutError, WorkerCrashedError, WorkerInitError
 from mtasklite._procpool import blame, wire
-from mtasklite._procpool.blame import Breakage, Death, Remedy, judge_death
+from mtasklite._procpool.blame import (
+    Breakage,
+    Death,
+    Remedy,
+    describe_start_death,
+    judge_death,
+    starting_death_is_a_crash,
+)
 from mtasklite._procpool.jobs import Span
 from mtasklite._procpool.slots import SlotState
 
@@ -43,9 +50,6 @@ def death(**changes: Any) -> Death:
     return base._replace(**changes)
 
 
-# --- which item is running ------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("phase", "reported", "expected"),
     [
@@ -66,9 +70,6 @@ def test_running_item_is_named_only_by_an_unreported_index(
 def test_an_items_deadline_counts_from_its_start_or_from_now_between_items() -> None:
     assert blame.item_deadline(3.0, 1, 100.0, 2.5, 200.0) == (3, 102.5)
     assert blame.item_deadline(wire.IDLE, 1, 100.0, 2.5, 200.0) == (None, 202.5)
-
-
-# --- deaths: who is charged, what runs again --------------------------------------------------
 
 
 def test_a_death_while_running_a_named_item_charges_that_item_and_reruns_the_others() -> None:
@@ -139,9 +140,6 @@ def test_a_stopped_worker_without_work_is_respawned_and_charged_nothing() -> Non
     assert verdict.respawn
 
 
-# --- deaths: when the pool breaks, when the slot respawns -----------------------------------
-
-
 def test_a_reported_init_failure_breaks_the_pool() -> None:
     verdict = judge_death(death(state=SlotState.STARTING, unreported=None, init_failed=True))
     assert verdict.breaks is Breakage.INIT
@@ -194,9 +192,6 @@ def test_while_winding_down_a_slot_respawns_only_for_work_left_to_run() -> None:
     assert not judge_death(busy._replace(pool_broken=True)).respawn
 
 
-# --- the property behind every death verdict ------------------------------------------------
-
-
 @st.composite
 def deaths_with_work(draw: Any) -> Death:
     start = draw(st.integers(0, 20))
@@ -233,9 +228,6 @@ def test_every_unreported_item_is_charged_or_rerun_exactly_once(case: Death) -> 
     assert [span.start for span in verdict.requeue] == sorted(s.start for s in verdict.requeue)
 
 
-# --- unreadable messages --------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("has_piece", "streaming", "remedy"),
     [
@@ -253,9 +245,6 @@ def test_an_unreadable_result_fails_its_items_and_never_runs_them_again(
 def test_an_unreadable_run_is_split_to_find_the_item_that_cannot_be_unpickled() -> None:
     assert blame.unreadable_run(4) is Remedy.SPLIT
     assert blame.unreadable_run(1) is Remedy.FAIL_REST
-
-
-# --- the errors ---------------------------------------------------------------------------
 
 
 def test_a_crash_error_names_the_worker_its_pid_and_how_it_died() -> None:
@@ -311,3 +300,32 @@ def test_a_timeout_error_shows_the_call_shortened() -> None:
     text = str(error)
     assert text.startswith("task divmod(7, 'xxx")
     assert "...) exceeded its 1.5 s limit in worker 0 (pid 99)" in text
+
+
+# --- what a death while a worker starts is reported as --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ever_ready", "is_crash"),
+    [(True, True), (False, False)],
+)
+def test_a_death_while_starting_is_a_crash_only_once_the_slot_has_been_ready(
+    ever_ready: bool, is_crash: bool
+) -> None:
+    assert starting_death_is_a_crash(ever_ready) is is_crash
+
+
+def test_start_death_message_says_what_happened() -> None:
+    plain = describe_start_death(0, 1, False, None, "spawn")
+    assert plain == (
+        "worker 0 died while starting (exit code 1), before running any task "
+        "(did its main module fail to import under spawn?)"
+    )
+    assert "initializer" not in plain
+    assert "main module" not in describe_start_death(2, -9, False, None, "fork")
+    # our code ran, with an initializer or a spec to blame
+    blamed = describe_start_death(1, 3, True, "the pool initializer in worker 1", "spawn")
+    assert blamed.startswith("the pool initializer in worker 1 failed: the worker died while")
+    assert "exit code 3" in blamed and "main module" not in blamed
+    # nothing of ours to blame: no initializer, no spec
+    assert describe_start_death(1, 3, True, None, "fork").startswith("worker 1 died while")

@@ -1,13 +1,17 @@
-"""The thread pool's default ``imap``: chunks sized from measured durations.
+"""How imap batches items into tasks on threads (the default: chunks sized from measured
+durations) and on unbounded runs.
 
 What users rely on: tiny items are batched (far fewer tasks than items), while an item that
 takes about a millisecond or more always runs in a task of its own, so slow (I/O-bound) items
 spread over every thread exactly as with ``chunksize=1``.  ``Pool`` and the pqdm functions on
-threads use the same default; ``chunksize=1`` still selects the one-item drainer engine.
+threads use the same default; ``chunksize=1`` still selects the one-item drainer engine; an
+unbounded pqdm / Pool run chunks adaptively like a bounded one.  The sizing rules themselves
+are unit tests (``unit/test_window_rules.py``).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -15,9 +19,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import pytest
 
 import mtasklite as mt
-from mtasklite._thread_chunks import ThreadChunkSize
+from mtasklite.processes import pqdm as process_pqdm
 from mtasklite.threads import pqdm
-from mtasklite.windowing import ChunkResult, submits_everything
+from support import tasks
 from support.inputs import SizedCounter
 
 ORDERED = pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
@@ -55,53 +59,6 @@ class ChunkLog:
 @pytest.fixture
 def chunks(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChunkLog]:
     yield ChunkLog(monkeypatch)
-
-
-# --- the sizing rule (pure) -------------------------------------------------------------------
-
-
-def observed(sizer: ThreadChunkSize, per_item: float, count: int) -> int:
-    sizer.observe(ChunkResult([None] * count, None, per_item * count), count)
-    return sizer.size
-
-
-@pytest.mark.parametrize("per_item", [0.0006, 0.001, 0.05, 3.0])
-def test_an_item_over_half_a_millisecond_gets_a_chunk_of_its_own(per_item: float) -> None:
-    sizer = ThreadChunkSize(workers=4)
-    assert [observed(sizer, per_item, 1) for _ in range(20)] == [1] * 20
-
-
-def test_tiny_items_are_batched_up_to_the_cap() -> None:
-    sizer = ThreadChunkSize(workers=2)
-    sizes = [observed(sizer, 1e-7, 1)]
-    while sizes[-1] < ThreadChunkSize.MAX_ITEMS_UNKNOWN_BYTES and len(sizes) < 20:
-        sizes.append(observed(sizer, 1e-7, sizes[-1]))
-    assert sizes[-1] == ThreadChunkSize.MAX_ITEMS_UNKNOWN_BYTES
-
-
-def test_items_turning_slow_are_unbatched_from_the_next_chunk() -> None:
-    sizer = ThreadChunkSize(workers=2)
-    for _ in range(10):
-        observed(sizer, 1e-6, sizer.size)
-    assert sizer.size > 100
-    assert observed(sizer, 0.002, 1) == 1
-
-
-def test_a_sized_input_still_spreads_over_every_thread() -> None:
-    # 4 chunks per worker at least, however cheap the items.
-    sizer = ThreadChunkSize(workers=4, total=160)
-    assert observed(sizer, 1e-7, 1) == 160 // (4 * 4)
-
-
-def test_a_window_submits_everything_only_when_it_holds_the_whole_sized_input() -> None:
-    assert submits_everything((range(10),), None)
-    assert submits_everything((range(10),), 10)
-    assert submits_everything((range(10), range(5)), 5)  # zip stops at the shortest
-    assert not submits_everything((range(10),), 9)
-    assert not submits_everything((iter(range(3)),), 100)  # unsized: never known to fit
-
-
-# --- the executor's default -------------------------------------------------------------------
 
 
 @pytest.mark.timeout(30)
@@ -178,3 +135,43 @@ def test_pool_and_pqdm_on_threads_batch_tiny_items_by_default(chunks: ChunkLog) 
     for sizes in (from_pqdm, from_pool):
         assert sum(sizes) == n
         assert len(sizes) < n // 10, "tiny items were not batched"
+
+
+# --- unbounded pqdm / Pool chunk adaptively -------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["pqdm default", "Pool(bounded=False)", "Pool(bounded=True)"])
+def test_unbounded_runs_chunk_adaptively_like_bounded_ones(
+    monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
+    chunk_sizes: list[int] = []
+    submit_chunk = mt.StatefulProcessPoolExecutor._submit_chunk
+
+    def counting(self: Any, fn: Any, items: Any, star: bool, timeout: Any) -> Any:
+        chunk_sizes.append(len(items))
+        return submit_chunk(self, fn, items, star, timeout)
+
+    monkeypatch.setattr(mt.StatefulProcessPoolExecutor, "_submit_chunk", counting)
+    items = range(20_000)
+    if entry == "pqdm default":  # pqdm's default is bounded=False
+        out = list(
+            process_pqdm(
+                items,
+                tasks.square,
+                n_jobs=2,
+                mp_context=multiprocessing.get_context("fork"),
+                disable=True,
+            )
+        )
+    else:
+        bounded = entry == "Pool(bounded=True)"
+        with mt.Pool(
+            tasks.square, 2, bounded=bounded, mp_context=multiprocessing.get_context("fork")
+        ) as pool:
+            out = list(pool(items))
+    assert out == [x * x for x in items]
+    assert sum(chunk_sizes) == len(items)
+    # one task per item was 20000 tasks; adaptive sizing needs a few dozen at most (the cap
+    # alone, total / (4 x workers) = 2500 items, allows 8)
+    assert len(chunk_sizes) <= 100, f"{len(chunk_sizes)} chunks: {chunk_sizes[:10]}..."
+    assert max(chunk_sizes) > 100

@@ -40,12 +40,24 @@ import support
 from mtasklite.processes import pqdm as process_pqdm
 from mtasklite.threads import pqdm as thread_pqdm
 from support import files, inputs, processes, specs, tasks
-from support.executors import FAULT_LIMIT, KINDS, PPE, PROCESS_KINDS, TPE, Guard, new_executor
+from support.executors import (
+    FAULT_LIMIT,
+    KINDS,
+    PPE,
+    PROCESS_KINDS,
+    TPE,
+    Guard,
+    new_executor,
+    returns_within,
+)
 from support.inputs import CountingIterator
 
 pytestmark = pytest.mark.timeout(30)
 
+
 SCRIPTS = support.SCRIPTS
+
+
 SPAWN = multiprocessing.get_context("spawn")
 
 
@@ -69,9 +81,6 @@ def blocker(kind: str, guard: Guard) -> Callable[[Any], Any]:
     """A task that logs its start and blocks until the guard lets go (it polls a file, so on
     processes it can be killed and on threads a timeout's asynchronous exception lands)."""
     return functools.partial(tasks.hang_unless, log=guard.log, release_file=guard.release_file)
-
-
-# --- worker crashes --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", PROCESS_KINDS)
@@ -150,9 +159,6 @@ def test_crash_inside_a_chunk_that_does_not_repeat_is_survived(
     assert first[1] != second[1] and not processes.alive(int(first[1]))
     ex.shutdown()
     guard.check()
-
-
-# --- tasks that never return -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", PROCESS_KINDS)
@@ -241,8 +247,6 @@ def test_never_returning_task_with_limit_threads(guard: Guard) -> None:
     guard.check()
 
 
-# --- serialisation trouble -------------------------------------------------------------------
-
 SERIAL_CASES = [
     "unpicklable-argument",
     "unpicklable-result",
@@ -310,9 +314,6 @@ def test_serialisation_fault_fails_only_that_future(guard: Guard, kind: str, cas
     assert list(ex.imap(tasks.square, range(10), chunksize=3)) == [x * x for x in range(10)]
     ex.shutdown()
     guard.check()
-
-
-# --- a worker that cannot be built -----------------------------------------------------------
 
 
 def failing_specs(which: str) -> tuple[Any, Optional[int], str]:
@@ -404,9 +405,6 @@ def test_worker_init_error_from_imap(guard: Guard, kind: str, which: str) -> Non
     guard.check()
 
 
-# --- the input iterator fails ----------------------------------------------------------------
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_input_error_reaches_the_consumer_after_earlier_results(guard: Guard, kind: str) -> None:
     ex = guard.make(kind)
@@ -428,8 +426,6 @@ def test_input_error_reaches_the_consumer_after_earlier_results(guard: Guard, ki
     ex.shutdown()
     guard.check()
 
-
-# --- the consumer walks away -----------------------------------------------------------------
 
 #: a task long enough that queued tasks are still queued when the consumer walks away
 ABANDON_TASK_SECONDS = 0.1
@@ -495,9 +491,6 @@ def test_consumer_walking_away_from_pqdm(guard: Guard, kind: str, how: str) -> N
     assert len(guard.starts()) < pulled, "queued tasks were not cancelled"
 
 
-# --- the executor is dropped while its imap runs ---------------------------------------------
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_executor_collected_while_its_imap_is_consumed(guard: Guard, kind: str) -> None:
     it = new_executor(kind).imap(tasks.square, range(1000))
@@ -509,13 +502,6 @@ def test_executor_collected_while_its_imap_is_consumed(guard: Guard, kind: str) 
     del it
     gc.collect()
     guard.check()
-
-
-# --- shutdown from odd places ----------------------------------------------------------------
-
-# Regression (found by this suite, since fixed in src): the thread pool's shutdown() joined
-# the calling thread too, so from a done-callback (run by the worker thread that finished the
-# future) it raised RuntimeError("cannot join current thread").
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -574,9 +560,6 @@ def test_shutdown_from_another_thread_while_imap_runs(
         assert cancel and isinstance(error, cf.CancelledError), error
     shutter.join(FAULT_LIMIT)
     guard.check()
-
-
-# --- asyncio ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -648,9 +631,6 @@ def test_cancel_running_stops_the_task_and_replaces_its_worker(guard: Guard, kin
     guard.check()
 
 
-# --- after shutdown(cancel_futures=True) -----------------------------------------------------
-
-
 def start_blocked_and_queued(kind: str, guard: Guard) -> tuple[Any, list[Any], list[Any]]:
     ex = guard.make(kind)
     blocked = [ex.submit(blocker(kind, guard), i) for i in range(2)]
@@ -672,13 +652,6 @@ def test_shutdown_cancel_futures_resolves_every_future(guard: Guard, kind: str) 
     # the stdlib keeps up to max_workers queued tasks for processes, none for threads
     assert sum(f.cancelled() for f in queued) >= len(queued) - (0 if kind == "threads" else 2)
     guard.check()
-
-
-# Regression (found by this suite, since fixed in src): futures the executor cancelled itself
-# (shutdown(cancel_futures=True), terminate(), and queued futures a caller cancelled that a
-# cancel_running pool then dropped) stayed in state CANCELLED, never CANCELLED_AND_NOTIFIED,
-# so concurrent.futures.wait() / as_completed() never saw them (as in CPython gh-87893 and
-# gh-92001): the items were dropped without set_running_or_notify_cancel().
 
 
 def assert_wait_and_as_completed_return(futures: list[Any]) -> None:
@@ -730,8 +703,6 @@ def test_no_leaked_resource_warning_at_interpreter_exit(method: str) -> None:
     assert "resource_tracker" not in proc.stderr, proc.stderr
 
 
-# --- progress bars ---------------------------------------------------------------------------
-
 N_ITEMS = 103
 
 
@@ -781,9 +752,6 @@ def test_pqdm_bar_counts_items(guard: Guard, kind: str) -> None:
     guard.check()
 
 
-# --- one GPU per worker ----------------------------------------------------------------------
-
-
 def gpu_round(ex: Any, guard: Guard, round_no: int, crash: bool = False) -> list[Any]:
     """Run one task on each of the two workers at once (each waits for the other to start)."""
     futures = [
@@ -823,8 +791,6 @@ def test_gpu_per_worker_environment_survives_respawns(guard: Guard, respawn: str
     ex.shutdown()
     guard.check()
 
-
-# --- wrong inputs ----------------------------------------------------------------------------
 
 BAD_CONSTRUCTIONS: list[tuple[str, Callable[[], Any], type[BaseException], str]] = [
     ("process max_workers=0", lambda: PPE(0), ValueError, r"max_workers must be greater than 0"),
@@ -967,14 +933,6 @@ def test_pqdm_items_of_the_wrong_shape_fail_alone(guard: Guard, kind: str) -> No
     guard.check()
 
 
-# --- the dispatcher's wakeup pipe ------------------------------------------------------------
-#
-# Regression test for a lost wakeup found by this suite (random hangs of shutdown): the
-# dispatcher cleared its ``wake_pending`` flag before draining the pipe, so a caller's
-# wakeup() landing in between had its byte swallowed while its flag stayed set, and every
-# later wakeup() returned early.
-
-
 def test_a_wakeup_racing_with_the_drain_is_not_lost(
     guard: Guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1030,13 +988,6 @@ def test_a_wakeup_racing_with_the_drain_is_not_lost(
     guard.check()
 
 
-# --- a task times out after shutdown ---------------------------------------------------------
-
-# Regression (found by this suite, since fixed in src): once shutdown() was called, the thread
-# pool started no replacement for a timed-out (abandoned) thread, so work queued behind the
-# timed task never ran and shutdown(wait=True) returned with its futures pending forever.
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_queued_work_runs_when_a_task_times_out_after_shutdown(guard: Guard, kind: str) -> None:
     ex = guard.make(kind, 1)
@@ -1050,3 +1001,69 @@ def test_queued_work_runs_when_a_task_times_out_after_shutdown(guard: Guard, kin
     assert all(f.done() for f in queued), "shutdown(wait=True) returned with pending futures"
     assert [f.result(0) for f in queued] == [0, 1, 4]
     guard.check()
+
+
+# --- a task that raises StopIteration -------------------------------------------------------------
+
+
+LINES = ["alpha beta", "gamma", "", "delta epsilon", "", "zeta"] * 3
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
+def test_stop_iteration_from_a_task_fails_exactly_that_item(guard: Guard, kind: str) -> None:
+    ex = guard.make(kind)
+    # pqdm's way: every item's outcome in place, the failing ones as their exception
+    outcomes = list(
+        process_pqdm(
+            LINES,
+            tasks.first_word,
+            n_jobs=2,
+            mp_context=multiprocessing.get_context(kind),
+            chunk_size=6,
+        )
+    )
+    assert len(outcomes) == len(LINES)
+    for line, outcome in zip(LINES, outcomes):
+        if line:
+            assert outcome == line.split()[0]
+        else:
+            assert isinstance(outcome, StopIteration), outcome
+    # imap stops at the first failing item, after the ones before it; as in the stdlib's
+    # map, the StopIteration surfaces as the RuntimeError a generator turns it into
+    got = []
+    with pytest.raises(RuntimeError) as caught:
+        for word in ex.imap(tasks.first_word, LINES, chunksize=len(LINES)):
+            got.append(word)
+    assert isinstance(caught.value.__cause__, StopIteration)
+    assert got == ["alpha", "gamma"]
+    futures = [ex.submit(tasks.first_word, line) for line in LINES[:3]]
+    assert isinstance(futures[2].exception(FAULT_LIMIT), StopIteration)
+    assert ex.submit(tasks.square, 4).result(FAULT_LIMIT) == 16
+    ex.shutdown()
+
+
+# --- a task that closes its inherited descriptors -------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
+def test_task_closing_its_descriptors_never_freezes_the_pool(guard: Guard, kind: str) -> None:
+    ex = guard.make(kind, 2)
+    ex.wait_ready(FAULT_LIMIT)
+    started = time.monotonic()
+    closer = ex.submit_with_timeout(1.0, tasks.close_fds_then_sleep, support.HANG, guard.log)
+    assert files.wait_for_lines(guard.log, 1)
+    # the other worker keeps serving while the closer runs on with its pipes gone
+    assert ex.submit(tasks.square, 5).result(FAULT_LIMIT) == 25
+    assert time.monotonic() - started < 1.0 + FAULT_LIMIT
+    # its limit is enforced and reported as such, not as a crash
+    err = closer.exception(FAULT_LIMIT)
+    assert isinstance(err, mt.TaskTimeoutError), err
+    assert time.monotonic() - started < 1.0 + FAULT_LIMIT
+    # a task that closes them and returns cannot report back: it fails, nothing hangs
+    short = ex.submit(tasks.close_fds_then_sleep, 0.0, guard.log)
+    assert isinstance(short.exception(FAULT_LIMIT), mt.WorkerCrashedError)
+    assert [ex.submit(tasks.square, i).result(FAULT_LIMIT) for i in range(4)] == [0, 1, 4, 9]
+    returned, _ = returns_within(ex.shutdown, FAULT_LIMIT)
+    assert returned

@@ -1,13 +1,16 @@
-"""Regression tests for the thread pool's drainer ``imap`` (``_thread_imap``), from a review.
+"""Lazy, bounded ``imap`` / ``imap_unordered`` on the executors' own methods: results in order
+(or as they complete), input read only as far as the window needs, errors in place
+(``return_exceptions``), nothing running on after the pool stopped, and no deadlock whatever the
+loop body or the tasks do.
 
-Each pins a behaviour of the futures engine (``windowing``) that the first drainer design
-broke; the comment above each says what went wrong (all fixed since).  The second part covers
-paths that held and had no test elsewhere.  Every call asks for the drainers with
-``chunksize=1`` (the default is adaptive chunks).
-
-Nothing sleeps to synchronise.  Where a test must show that something does *not* happen, it
-waits for it on an event under :data:`WAIT` seconds, so a correct engine passes at once (the
-awaited thing happens) and a wrong one fails after the wait instead of hanging.
+The thread pool's one-item engine (drainers, ``chunksize=1``) is pinned here against what a
+drainer design can get wrong (starving other work, running on after the pool dropped its
+queue, keeping results alive); the regressions first, each with a comment saying what went
+wrong.  Where a test must show that something does *not* happen, it waits for it on an event
+under :data:`WAIT` seconds, so a correct engine passes at once and a wrong one fails after the
+wait instead of hanging.  The process pool's imap and the chunk sizing have their own
+sections; the engine's shared semantics over any executor are in
+``test_imap_over_any_executor.py``.
 """
 
 from __future__ import annotations
@@ -15,27 +18,245 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import itertools
+import multiprocessing
 import queue
 import subprocess
 import sys
 import textwrap
 import threading
 import weakref
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import mtasklite as mt
 
-#: how long a test waits for something the engine should make happen
-WAIT = 5.0
+# --- on both pools: consumed too late, return_exceptions ------------------------------------------
+
+
 BLOCK_LIMIT = 10.0
 
-TPE = mt.StatefulThreadPoolExecutor
+
+def fail_on_two(x: int) -> int:
+    if x == 2:
+        raise ValueError("two")
+    return x
+
+
+def thread_pool() -> Any:
+    return mt.StatefulThreadPoolExecutor(2, "mt-fh-imap")
+
+
+def process_pool() -> Any:
+    return mt.StatefulProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+
+
+POOLS = pytest.mark.parametrize("make", [thread_pool, process_pool], ids=["threads", "processes"])
+
+
+@POOLS
+@pytest.mark.timeout(30)
+def test_imap_returned_out_of_its_with_block_says_to_consume_it_inside(
+    make: Callable[[], Any],
+) -> None:
+    def lazy_squares() -> Any:
+        with make() as ex:
+            return ex.imap(abs, range(-5, 0))
+
+    results = lazy_squares()
+    with pytest.raises(RuntimeError, match="after shutdown") as info:
+        list(results)
+    assert "must be consumed before its executor shuts down" in str(info.value)
+
+
+@POOLS
+@pytest.mark.timeout(30)
+def test_return_exceptions_yields_ordered_outcomes(make: Callable[[], Any]) -> None:
+    with make() as ex:
+        outcomes = list(ex.imap(fail_on_two, range(5), return_exceptions=True))
+        unordered = list(ex.imap_unordered(fail_on_two, range(5), return_exceptions=True))
+        with pytest.raises(ValueError, match="two"):
+            list(ex.imap(fail_on_two, range(5)))  # the default still raises
+    assert outcomes[:2] == [0, 1] and outcomes[3:] == [3, 4]
+    assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "two"
+    assert sorted(x for x in unordered if isinstance(x, int)) == [0, 1, 3, 4]
+    assert [str(x) for x in unordered if isinstance(x, ValueError)] == ["two"]
+
+
+@pytest.mark.timeout(30)
+def test_return_exceptions_with_chunks_and_timeouts_on_processes() -> None:
+    with process_pool() as ex:
+        chunked = list(ex.imap(fail_on_two, range(6), chunksize=3, return_exceptions=True))
+        timed = list(ex.imap(fail_on_two, range(4), task_timeout=30, return_exceptions=True))
+    assert [type(x).__name__ for x in chunked] == ["int"] * 2 + ["ValueError"] + ["int"] * 3
+    assert [type(x).__name__ for x in timed] == ["int", "int", "ValueError", "int"]
+
+
+# --- the thread pool's drainers -------------------------------------------------------------------
+
+
+BLOCK_LIMIT = 10.0
+
+
+#: the thread pool's default window of single items, per worker
+PER_WORKER = 64
+
+
+class Box:
+    """A result that can be weakly referenced."""
+
+    def __init__(self, value: int):
+        self.value = value
 
 
 def identity(x: Any) -> Any:
     return x
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_endless_imap_does_not_starve_work_submitted_meanwhile(prefix: str, ordered: bool) -> None:
+    # One thread, an endless input and a consumer that never waits: a drainer could keep the
+    # thread for ever.  It hands the thread back after a batch, so the submitted task runs
+    # within a window or two of items.
+    with mt.StatefulThreadPoolExecutor(1, prefix) as ex:
+        results = (ex.imap if ordered else ex.imap_unordered)(
+            identity, itertools.count(), chunksize=1
+        )
+        with results:
+            for consumed, _ in enumerate(results):
+                if consumed == 100:
+                    other = ex.submit(identity, "other")
+                    submitted_at = consumed
+                if consumed > 100 and other.done():
+                    break
+                assert consumed < 100_000, "the submitted task never ran"
+        assert other.result() == "other"
+        assert consumed - submitted_at <= 3 * PER_WORKER
+
+
+@pytest.mark.timeout(30)
+def test_waiting_inside_the_loop_for_other_work_does_not_deadlock(prefix: str) -> None:
+    # The consumer blocks on a task queued behind the drainer: the drainer runs out of pulled
+    # items and returns the only thread to the pool.
+    with mt.StatefulThreadPoolExecutor(1, prefix) as ex:
+        seen = []
+        for x in ex.imap(identity, range(500), chunksize=1):
+            seen.append(ex.submit(identity, x).result(timeout=BLOCK_LIMIT))
+        assert seen == list(range(500))
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_cancel_futures_starts_no_further_item(
+    prefix: str, release: threading.Event
+) -> None:
+    started: list[int] = []
+    busy = threading.Barrier(3)
+
+    def task(x: int) -> int:
+        started.append(x)
+        if x >= 2:  # items 2 and 3 hold both threads until released
+            busy.wait(BLOCK_LIMIT)
+            release.wait(BLOCK_LIMIT)
+        return x
+
+    ex = mt.StatefulThreadPoolExecutor(2, prefix)
+    results = ex.imap(task, range(1000), chunksize=1)
+    assert [next(results), next(results)] == [0, 1]
+    busy.wait(BLOCK_LIMIT)
+    ex.shutdown(wait=False, cancel_futures=True)
+    release.set()
+    # The running items finish and are delivered; the next one never starts and fails as
+    # its future would have: cancelled.
+    assert [next(results), next(results)] == [2, 3]
+    with pytest.raises(concurrent.futures.CancelledError):
+        next(results)
+    ex.shutdown(wait=True)
+    assert sorted(started) == [0, 1, 2, 3]
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_mid_iteration_raises_instead_of_hanging(
+    prefix: str, release: threading.Event
+) -> None:
+    first = threading.Event()
+
+    def task(x: int) -> int:
+        if x == 1:
+            first.set()
+            release.wait(BLOCK_LIMIT)
+        return x
+
+    ex = mt.StatefulThreadPoolExecutor(2, prefix)
+    results = ex.imap(task, itertools.count(), chunksize=1)
+    assert next(results) == 0
+    assert first.wait(BLOCK_LIMIT)
+    ex.shutdown(wait=False)
+    release.set()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        for _ in results:
+            pass
+    ex.shutdown(wait=True)  # every pool thread exits (the leak check verifies it)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_yielded_results_are_not_kept_alive_by_the_iterator(prefix: str, ordered: bool) -> None:
+    with mt.StatefulThreadPoolExecutor(2, prefix) as ex:
+        results = (ex.imap if ordered else ex.imap_unordered)(Box, range(10), chunksize=1)
+        box = next(results)
+        first, ref = box.value, weakref.ref(box)
+        del box
+        gc.collect()
+        assert ref() is None, "the suspended iterator still holds the yielded result"
+        assert sorted([first, *(b.value for b in results)]) == list(range(10))
+
+
+@pytest.mark.timeout(30)
+def test_base_exceptions_from_items_are_that_items_error(prefix: str) -> None:
+    def task(x: int) -> int:
+        if x == 3:
+            raise SystemExit(7)
+        return x
+
+    with mt.StatefulThreadPoolExecutor(2, prefix) as ex:
+        got = []
+        with pytest.raises(SystemExit) as info:
+            for x in ex.imap(task, range(10), chunksize=1):
+                got.append(x)
+        assert info.value.code == 7 and got == [0, 1, 2]
+        # The pool is unharmed and the next imap runs in full.
+        assert list(ex.imap(task, range(3), chunksize=1)) == [0, 1, 2]
+
+
+@pytest.mark.timeout(30)
+def test_timed_imap_still_runs_one_future_per_item(prefix: str) -> None:
+    # A per-item limit needs the watchdog, which works on futures: the drainer path is
+    # only for untimed items.
+    submitted = []
+    with mt.StatefulThreadPoolExecutor(2, prefix) as ex:
+        original = ex._submit_timed
+
+        def counting(*args: Any) -> Any:
+            submitted.append(args[0])
+            return original(*args)
+
+        ex._submit_timed = counting  # type: ignore[method-assign]
+        assert list(ex.imap(identity, range(20), task_timeout=BLOCK_LIMIT)) == list(range(20))
+        timed = len(submitted)
+        assert list(ex.imap(identity, range(20), chunksize=1)) == list(range(20))
+    assert timed == 20
+    assert len(submitted) - timed <= 2  # one drainer per thread
+
+
+# --- the thread pool's drainers: regressions ------------------------------------------------------
+
+
+#: how long a test waits for something the engine should make happen
+WAIT = 5.0
+
+
+TPE = mt.StatefulThreadPoolExecutor
 
 
 def imap_of(ex: Any, ordered: bool) -> Any:
@@ -43,15 +264,6 @@ def imap_of(ex: Any, ordered: bool) -> Any:
 
 
 ORDERED = pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
-
-
-# === regressions ==============================================================================
-
-
-# Was: fill() pulls the whole window before it starts any drainer, so no item runs while the
-# input is being read.  An input that waits for earlier items (a work queue the tasks feed, as
-# in a crawler) deadlocks, and a slow input gets its first result only after ``buffersize``
-# items were read.  The futures engine submits each item as soon as it is pulled.
 
 
 @pytest.mark.timeout(30)
@@ -98,13 +310,6 @@ def test_first_item_runs_before_the_window_is_read(prefix: str) -> None:
     assert waited == [True], "item 0 did not start until the input had been read further"
 
 
-# Was: after shutdown(wait=False), fill() appends newly pulled cells to ``todo`` *before*
-# _check_accepting() refuses them.  A drainer still running (after a plain shutdown it no longer
-# stops at its batch end) pops and runs them in that gap, although the consumer then gets
-# "cannot schedule new futures after shutdown".  The futures engine never runs an item pulled
-# after shutdown: its submit fails first.
-
-
 @pytest.mark.timeout(30)
 def test_no_item_pulled_after_shutdown_runs(prefix: str, release: threading.Event) -> None:
     started: list[int] = []
@@ -148,11 +353,6 @@ def test_no_item_pulled_after_shutdown_runs(prefix: str, release: threading.Even
     assert not ran_after, f"items pulled after shutdown ran: {ran_after} (pulled after: {after})"
 
 
-# Was, from the same cause (pull first, check the pool after): next() on a pool that is shut
-# down (or broken) reads a whole window of input, ``buffersize`` items, and drops it.
-# Items read from a one-shot source (a socket, a queue) are lost.  The futures engine reads one.
-
-
 @pytest.mark.timeout(30)
 def test_next_on_a_shut_down_pool_reads_at_most_one_item(prefix: str) -> None:
     ex = TPE(2, prefix)
@@ -163,12 +363,6 @@ def test_next_on_a_shut_down_pool_reads_at_most_one_item(prefix: str) -> None:
         next(results)
     lost = next(source)
     assert lost <= 1, f"{lost} input items were read and dropped"
-
-
-# Was (could hang): when the pool breaks (a worker's build fails), imap_unordered
-# raises WorkerInitError only once no drainer runs, i.e. after every running item ended; an
-# item that runs long (or waits for the consumer) delays the error as long.  The futures engine
-# fails the queued items at once and imap_unordered raises on the first of them.
 
 
 class _Doubler:
@@ -203,16 +397,6 @@ def test_unordered_imap_on_a_broken_pool_raises_while_an_item_still_runs(prefix:
             raised.set()
     ex.shutdown(wait=True)
     assert waited == [True], "WorkerInitError waited for the running item to end"
-
-
-# Was: a drainer that uses up its batch returns while the pool accepts work, leaving pulled
-# cells with no drainer until the consumer next *waits* inside next().  Meanwhile (a) nothing
-# runs them: a loop body that waits for a later item deadlocks; (b) a shutdown in between loses
-# them: next() raises RuntimeError although every item was pulled (and, in the futures engine,
-# submitted) before the shutdown.  Whether items are lost depends on where the drainer was.
-#
-# Both tests make one drainer run exactly one batch (16 items, buffersize 4, one thread): item
-# x waits until item x + 2 was pulled, so ``todo`` never runs dry before the batch ends.
 
 
 def gated_batch(n: int) -> tuple[Iterator[int], Any, list[threading.Event]]:
@@ -263,12 +447,6 @@ def test_items_pulled_before_shutdown_are_delivered(prefix: str) -> None:
     ex.shutdown(wait=True)
 
 
-# Was: the consumer refills only once half the window is
-# drained (``low_water``), so with ``buffersize`` close to ``max_workers`` a worker sits idle
-# while input is left: here 3 workers, buffersize=3, two slow items, and item 3 is not started
-# when item 0 is yielded.  The futures engine keeps ``buffersize`` items in flight.
-
-
 @pytest.mark.timeout(30)
 @ORDERED
 def test_a_free_worker_takes_the_next_item_within_buffersize(prefix: str, ordered: bool) -> None:
@@ -286,13 +464,6 @@ def test_a_free_worker_takes_the_next_item_within_buffersize(prefix: str, ordere
         got = list(imap_of(ex, ordered)(task, range(5), buffersize=3, chunksize=1))
     assert sorted(got) == list(range(5))
     assert waited == {1: True, 2: True}, "item 3 waited for a slow item although a worker was free"
-
-
-# Was: a task's exception, once raised to (or kept by) the caller, keeps the executor alive:
-# its traceback holds the drainer's frame, whose local ``executor`` (and ``self``: the window
-# with the input iterator) stay referenced.  The pool's threads never exit while the exception
-# lives (an interactive session keeps the last one).  The futures engine's traceback holds
-# only the work item.
 
 
 @pytest.mark.timeout(30)
@@ -319,13 +490,6 @@ def test_a_kept_task_exception_does_not_keep_the_executor_alive(prefix: str, ord
     gc.collect()
     assert not holders, f"the kept exception keeps the executor alive (held by {holders})"
 
-
-# Was: the window lock is a plain Lock, and the done-callback of a cancelled
-# drainer takes it.  A signal handler that calls shutdown(cancel_futures=True) (a common
-# SIGTERM handler) runs in the main thread; if it lands while the consumer holds the window
-# lock (each time wait() wakes up), the callback blocks on that lock forever.  The futures
-# engine waits under a Future's Condition, an RLock, and its callbacks take no lock of it.
-# The child raises the signal exactly while wait() holds the lock (on the call of _ready).
 
 SIGNAL_SCRIPT = """
 import os, signal, sys, threading
@@ -367,9 +531,6 @@ def test_a_signal_handler_cancelling_the_pool_does_not_deadlock_the_consumer() -
     # as its future would have.
     assert "SIGNALLED IN ['_ready']" in done.stdout, done.stdout
     assert "RAISED CancelledError" in done.stdout, done.stdout
-
-
-# === paths that held, covered nowhere else ===================================================
 
 
 @pytest.mark.timeout(30)

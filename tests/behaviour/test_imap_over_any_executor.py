@@ -25,10 +25,12 @@ from hypothesis import strategies as st
 from tqdm import tqdm
 
 import mtasklite as mt
-from mtasklite import windowing
 
 BLOCK_LIMIT = 10.0
+
+
 WORKERS = 2
+
 
 STPE = mt.StatefulThreadPoolExecutor
 
@@ -78,9 +80,6 @@ ordered_param = pytest.mark.parametrize("ordered", [True, False], ids=["ordered"
 
 def square(x: int) -> int:
     return x * x
-
-
-# --- results -------------------------------------------------------------------------------
 
 
 @ordered_param
@@ -170,9 +169,6 @@ def test_generic_imap_over_stateful_executor_uses_its_workers(prefix: str) -> No
         )
 
 
-# --- ordering ------------------------------------------------------------------------------
-
-
 def make_one_finishes_first(started2: threading.Event) -> Callable[[int], int]:
     """Task 0 returns only after task 2 started; with two workers that means task 1 is done."""
 
@@ -196,9 +192,6 @@ def test_unordered_yields_results_as_they_arrive(backend: Backend) -> None:
     got = list(backend.imap_unordered(fn, range(10), buffersize=4))
     assert got[0] == 1, got
     assert sorted(got) == list(range(10))
-
-
-# --- laziness and bounded read-ahead -------------------------------------------------------
 
 
 @ordered_param
@@ -325,9 +318,6 @@ def test_stopping_early_stops_reading_and_cancels_queued_tasks(
     assert set(ran) <= set(range(1 + backend.workers)), sorted(ran)
 
 
-# --- errors --------------------------------------------------------------------------------
-
-
 def test_ordered_task_error_raises_at_its_position_and_cancels_the_rest(
     backend: Backend, release: threading.Event
 ) -> None:
@@ -428,9 +418,6 @@ def test_overall_timeout_raises_timeout_error(
         assert got == [0]
 
 
-# --- argument checking ---------------------------------------------------------------------
-
-
 @ordered_param
 @pytest.mark.parametrize(
     "kwargs",
@@ -442,9 +429,6 @@ def test_non_positive_sizes_are_value_errors(
 ) -> None:
     with pytest.raises(ValueError):
         list(backend.iterate(ordered)(square, range(3), **kwargs))
-
-
-# --- the result iterator -------------------------------------------------------------------
 
 
 @ordered_param
@@ -504,9 +488,6 @@ def test_huge_range_streams(backend: Backend, ordered: bool) -> None:
         roots = sorted(math.isqrt(v) for v in got)
         assert [r * r for r in roots] == sorted(got)
         assert len(set(roots)) == 10 and roots[-1] < 100
-
-
-# --- Executor.map ----------------------------------------------------------------------------
 
 
 def test_map_without_buffersize_submits_everything_before_returning(
@@ -605,50 +586,3 @@ def test_map_close_before_iterating_cancels_queued_tasks(
         release.set()
         ex.shutdown(wait=True)
     assert len(ran) <= 1, f"tasks ran after close(): {ran}"
-
-
-# --- adaptive chunk sizing -------------------------------------------------------------------
-
-
-def _measured(count: int, seconds: float, nbytes: int = 0) -> windowing.ChunkResult:
-    return windowing.ChunkResult([None] * count, None, seconds, nbytes)
-
-
-def test_adaptive_sizing_probes_with_one_item_per_worker() -> None:
-    sizer = windowing.AdaptiveChunkSize(workers=3)
-    assert (sizer.size, sizer.inflight_limit) == (1, 3)
-
-
-def test_adaptive_sizing_grows_only_as_far_as_measurements_vouch() -> None:
-    sizer = windowing.AdaptiveChunkSize(workers=2)
-    sizer.observe(_measured(1, 10e-6, 100), 1)  # 10 µs an item: 2,000 would make 20 ms
-    assert sizer.size == 100, "one sample vouches for 1 ms of work, not for 20 ms"
-    assert sizer.inflight_limit == 2, "10 µs measured: keep probing one chunk per worker"
-    sizer.observe(_measured(100, 1e-3, 10_000), 100)
-    assert sizer.inflight_limit == math.inf
-    assert sizer.size == 4 * 101, "at most four times the items measured so far"
-    for _ in range(3):
-        sizer.observe(_measured(sizer.size, sizer.size * 10e-6, sizer.size * 100), sizer.size)
-    assert sizer.size == pytest.approx(2000, abs=1), "then the size that runs 20 ms"
-
-
-def test_adaptive_sizing_shrinks_at_once_when_tasks_get_slower() -> None:
-    sizer = windowing.AdaptiveChunkSize(workers=2)
-    for _ in range(6):
-        sizer.observe(_measured(sizer.size, sizer.size * 10e-6, sizer.size * 10), sizer.size)
-    assert sizer.size == pytest.approx(2000, abs=1)
-    sizer.observe(_measured(2000, 2000 * 1e-3, 20_000), 2000)  # 100 times slower
-    assert sizer.size == 20
-
-
-@pytest.mark.parametrize(
-    ("total", "nbytes_per_item", "cap"),
-    [(1000, 10, 125), (None, 1000, (1 << 20) // 1000), (None, 0, 1 << 12), (None, 1, 1 << 14)],
-    ids=["sized-input", "big-items", "sizes-unknown", "items-cap"],
-)
-def test_adaptive_sizing_caps(total: Optional[int], nbytes_per_item: int, cap: int) -> None:
-    sizer = windowing.AdaptiveChunkSize(workers=2, total=total)
-    for _ in range(12):  # 1 ns an item: only the caps hold it back
-        size = sizer.size
-        sizer.observe(_measured(size, size * 1e-9, size * nbytes_per_item), size)
-    assert sizer.size == cap

@@ -21,38 +21,46 @@ import threading
 import time
 from collections import Counter as Tally
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 
 import mtasklite as mt
 import support
-from support import files, specs, tasks
+from support import executors, files, processes, specs, tasks
+from support.executors import (
+    FAULT_LIMIT,
+    PROCESS_KINDS,
+    Guard,
+    outcomes,
+    returns_within,
+    run_on_every_worker,
+)
 
 BLOCK_LIMIT = 10.0
+
+
 #: the per-task limit used throughout: short, yet far above what a trivial task needs
 LIMIT = 0.3
+
+
 #: the spec: a late task's future fails at most this long after its limit
 BOUND = 0.5
 
+
 PPE = mt.StatefulProcessPoolExecutor
+
+
 STPE = mt.StatefulThreadPoolExecutor
+
+
 FORK = multiprocessing.get_context("fork")
+
+
 SPAWN = multiprocessing.get_context("spawn")
+
+
 FORKSERVER = multiprocessing.get_context("forkserver")
-
-
-def outcomes(
-    ex: Any,
-    fn: Callable[..., Any],
-    *iterables: Any,
-    chunksize: Optional[int] = 1,
-    task_timeout: Optional[float] = None,
-    ordered: bool = True,
-) -> list[Any]:
-    """imap results with each failed item's exception in its place."""
-    it = ex._imap(fn, iterables, ordered, None, chunksize, None, task_timeout, True)
-    return list(it)
 
 
 def test_task_timeout_error_is_a_builtin_timeout_error() -> None:
@@ -60,9 +68,6 @@ def test_task_timeout_error_is_a_builtin_timeout_error() -> None:
     assert issubclass(mt.TaskTimeoutError, concurrent.futures.TimeoutError)
     with pytest.raises(TimeoutError):
         raise mt.TaskTimeoutError("x")
-
-
-# --- process executor ------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(30)
@@ -306,8 +311,6 @@ def test_timeout_does_not_break_a_pool_in_break_mode() -> None:
         assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
 
 
-# --- thread executor -------------------------------------------------------------------------
-
 _serials = itertools.count(1)
 
 
@@ -327,16 +330,6 @@ class Model:
 def whoami(_: Any = None) -> tuple[Optional[int], str, int]:
     obj = mt.current_worker()
     return mt.worker_index(), threading.current_thread().name, obj.serial
-
-
-def run_on_every_worker(ex: mt.StatefulThreadPoolExecutor, n: int) -> list[Any]:
-    barrier = threading.Barrier(n, timeout=BLOCK_LIMIT)
-
-    def task() -> Any:
-        barrier.wait()
-        return whoami()
-
-    return sorted(f.result(BLOCK_LIMIT) for f in [ex.submit(task) for _ in range(n)])
 
 
 def test_thread_task_fails_at_its_limit(prefix: str, release: threading.Event) -> None:
@@ -373,12 +366,12 @@ def test_thread_pool_keeps_its_size_with_a_fresh_object_in_the_same_index(
 
     with STPE(2, prefix, worker=Model("m")) as ex:
         ex.wait_ready(BLOCK_LIMIT)
-        before = run_on_every_worker(ex, 2)
+        before = sorted(run_on_every_worker(ex, 2, whoami))
         fut = ex.submit_with_timeout(LIMIT, hang_here)
         assert started.wait(BLOCK_LIMIT)
         with pytest.raises(mt.TaskTimeoutError):
             fut.result(BLOCK_LIMIT)
-        after = run_on_every_worker(ex, 2)
+        after = sorted(run_on_every_worker(ex, 2, whoami))
         assert stuck["thread"].is_alive(), "the stuck thread is abandoned, not joined"
     index, name, serial = stuck["who"]
     assert [i for i, _, _ in after] == [0, 1]
@@ -495,3 +488,243 @@ def test_thread_imap_where_every_tenth_item_hangs(prefix: str, release: threadin
     assert [g for i, g in enumerate(got) if i % 10 != 5] == [
         x * 2 for x in range(200) if x % 10 != 5
     ]
+
+
+# --- thread executor: the abandoned thread and its replacement ------------------------------------
+
+
+def hang(x: Any, gate: threading.Event) -> Any:
+    gate.wait(BLOCK_LIMIT * 3)
+    return x
+
+
+def test_timed_out_task_fails_with_task_timeout_error(
+    prefix: str, release: threading.Event
+) -> None:
+    with STPE(1, prefix) as ex:
+        fut = ex.submit_with_timeout(LIMIT, hang, 42, release)
+        with pytest.raises(mt.TaskTimeoutError) as info:
+            fut.result(BLOCK_LIMIT)
+        err = info.value
+        assert isinstance(err, TimeoutError)
+        assert isinstance(err, concurrent.futures.TimeoutError)
+        msg = str(err)
+        assert f"{LIMIT:g}" in msg, msg
+        assert "worker 0" in msg, msg
+        assert "hang" in msg, msg
+        # the pool keeps working
+        assert ex.submit(abs, -5).result(BLOCK_LIMIT) == 5
+
+
+def test_timed_out_worker_is_replaced_with_fresh_instance_of_same_index(
+    prefix: str, release: threading.Event
+) -> None:
+    with STPE(1, prefix, worker=specs.LoggedModel("m")) as ex:
+        index0, name0, serial0 = ex.submit(specs.logged_whoami).result(BLOCK_LIMIT)
+        fut = ex.submit_with_timeout(LIMIT, hang, 1, release)
+        with pytest.raises(mt.TaskTimeoutError):
+            fut.result(BLOCK_LIMIT)
+        index1, name1, serial1 = ex.submit(specs.logged_whoami).result(BLOCK_LIMIT)
+    assert (index0, index1) == (0, 0)
+    assert (name0, name1) == ("m", "m")
+    assert serial1 != serial0, "the replacement must build a fresh instance from the spec"
+    builds = specs.BUILD_EVENTS.of("build")
+    assert [b[2] for b in builds] == [0, 0]
+    assert [b[1] for b in builds] == [f"{prefix}_0", f"{prefix}_0"]
+
+
+def test_other_tasks_keep_running_and_pool_stays_full_size(
+    prefix: str, release: threading.Event
+) -> None:
+    started = threading.Event()
+
+    def hang_here() -> Optional[int]:
+        started.set()
+        release.wait(BLOCK_LIMIT * 3)
+        return mt.worker_index()
+
+    with STPE(2, prefix, worker=specs.LoggedModel("m")) as ex:
+        ex.wait_ready(BLOCK_LIMIT)
+        stuck = ex.submit_with_timeout(LIMIT, hang_here)
+        assert started.wait(BLOCK_LIMIT)
+        # while one worker is stuck, the other serves new work
+        others = [ex.submit(specs.logged_whoami) for _ in range(5)]
+        assert all(f.result(BLOCK_LIMIT)[1] == "m" for f in others)
+        assert not stuck.done()
+        with pytest.raises(mt.TaskTimeoutError):
+            stuck.result(BLOCK_LIMIT)
+        # two tasks that can only finish together: both worker indices are live again
+        seen = executors.run_on_every_worker(ex, 2, specs.logged_whoami)
+    assert sorted(i for i, _, _ in seen) == [0, 1]
+    assert len(specs.BUILD_EVENTS.of("build")) == 3
+
+
+def test_stuck_thread_is_stopped_by_an_async_exception(
+    prefix: str, release: threading.Event
+) -> None:
+    record: dict[str, Any] = {}
+
+    def spin() -> None:
+        record["thread"] = threading.current_thread()
+        try:
+            while not release.wait(0.005):  # Python-level loop: interruptible
+                pass
+            record["finished"] = True
+        except BaseException as exc:
+            record["exception"] = exc
+            raise
+
+    with STPE(1, prefix) as ex:
+        fut = ex.submit_with_timeout(LIMIT, spin)
+        with pytest.raises(mt.TaskTimeoutError):
+            fut.result(BLOCK_LIMIT)
+        stuck = record["thread"]
+        stuck.join(BLOCK_LIMIT)
+        assert not stuck.is_alive(), "the abandoned thread must stop without the event"
+        assert not release.is_set()
+        assert "finished" not in record
+        assert "exception" in record
+        assert ex.submit(abs, -1).result(BLOCK_LIMIT) == 1
+
+
+def test_shutdown_wait_does_not_wait_for_abandoned_thread(
+    prefix: str, release: threading.Event
+) -> None:
+    started = threading.Event()
+    stuck: list[threading.Thread] = []
+
+    def block() -> None:
+        stuck.append(threading.current_thread())
+        started.set()
+        release.wait(BLOCK_LIMIT * 3)  # blocked in C: the async exception cannot land yet
+
+    ex = STPE(1, prefix)
+    fut = ex.submit_with_timeout(LIMIT, block)
+    assert started.wait(BLOCK_LIMIT)
+    with pytest.raises(mt.TaskTimeoutError):
+        fut.result(BLOCK_LIMIT)
+    closer = threading.Thread(target=ex.shutdown, kwargs={"wait": True}, name="mt-closer")
+    closer.start()
+    closer.join(BLOCK_LIMIT)
+    assert not closer.is_alive(), "shutdown(wait=True) waited for the abandoned thread"
+    assert stuck[0].is_alive()
+    release.set()
+    stuck[0].join(BLOCK_LIMIT)
+    assert not stuck[0].is_alive()
+
+
+def test_executor_task_timeout_applies_to_submit(prefix: str, release: threading.Event) -> None:
+    with STPE(1, prefix, task_timeout=LIMIT) as ex:
+        assert ex.submit(abs, -2).result(BLOCK_LIMIT) == 2
+        with pytest.raises(mt.TaskTimeoutError):
+            ex.submit(hang, 1, release).result(BLOCK_LIMIT)
+        assert ex.submit(abs, -3).result(BLOCK_LIMIT) == 3
+
+
+def test_submit_with_timeout_none_overrides_executor_default(
+    prefix: str, release: threading.Event
+) -> None:
+    started = threading.Event()
+    gate = threading.Event()
+
+    def long_but_allowed() -> str:
+        started.set()
+        gate.wait(BLOCK_LIMIT)
+        return "ok"
+
+    try:
+        with STPE(2, prefix, task_timeout=LIMIT) as ex:
+            free = ex.submit_with_timeout(None, long_but_allowed)
+            assert started.wait(BLOCK_LIMIT)
+            # started after ``free`` with the default limit: once it times out, ``free`` has
+            # run past the default limit too
+            with pytest.raises(mt.TaskTimeoutError):
+                ex.submit(hang, 1, release).result(BLOCK_LIMIT)
+            assert not free.done()
+            gate.set()
+            assert free.result(BLOCK_LIMIT) == "ok"
+    finally:
+        gate.set()
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "1"])
+def test_submit_with_timeout_rejects_bad_limits(prefix: str, bad: Any) -> None:
+    with STPE(1, prefix) as ex:
+        with pytest.raises(ValueError):
+            ex.submit_with_timeout(bad, abs, 1)
+        with pytest.raises(ValueError):
+            ex.imap(abs, [1], task_timeout=bad)
+
+
+def test_thread_imap_task_timeout_fails_the_item_at_its_position(
+    prefix: str, release: threading.Event
+) -> None:
+    def maybe_hang(x: int) -> int:
+        if x == 2:
+            release.wait(BLOCK_LIMIT * 3)
+        return x
+
+    with STPE(2, prefix) as ex:
+        out = []
+        with (
+            pytest.raises(mt.TaskTimeoutError),
+            ex.imap(maybe_hang, range(6), task_timeout=LIMIT, chunksize=3) as it,
+        ):
+            out.extend(it)
+        assert out == [0, 1]
+        assert list(ex.imap(abs, range(-3, 0))) == [3, 2, 1]
+
+
+def test_executor_task_timeout_applies_to_imap_items(prefix: str, release: threading.Event) -> None:
+    def maybe_hang(x: int) -> int:
+        if x == 1:
+            release.wait(BLOCK_LIMIT * 3)
+        return x
+
+    with STPE(2, prefix, task_timeout=LIMIT) as ex:
+        out = []
+        with pytest.raises(mt.TaskTimeoutError):
+            for x in ex.imap_unordered(maybe_hang, range(4)):
+                out.append(x)
+        assert 1 not in out
+
+
+@pytest.mark.timeout(30)
+def test_executor_task_timeout_applies_to_chunked_map(
+    prefix: str, release: threading.Event
+) -> None:
+    with STPE(1, prefix, task_timeout=LIMIT) as ex:
+        try:
+            with pytest.raises(mt.TaskTimeoutError):
+                # the overall timeout only turns the bug into a failure instead of a hang
+                list(ex.map(hang, [1, 2], [release, release], chunksize=2, timeout=1.0))
+        finally:
+            release.set()
+
+
+# --- a timed-out task that forked a child holding the worker's pipes ------------------------------
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
+def test_worker_killed_after_a_timeout_is_replaced_though_its_child_holds_the_pipes(
+    guard: Guard, kind: str, tmp_path: Path
+) -> None:
+    pid_file = str(tmp_path / "grandchild")
+    ex = guard.make(kind, 1)
+    try:
+        forker = ex.submit_with_timeout(
+            0.5, tasks.fork_child_then_hang, pid_file, guard.release_file
+        )
+        assert isinstance(forker.exception(FAULT_LIMIT), mt.TaskTimeoutError)
+        assert files.wait_for_lines(pid_file, 1)
+        started = time.monotonic()
+        # the child lives on (up to 30 s, until released), yet the replacement starts now
+        assert ex.submit(tasks.square, 3).result(FAULT_LIMIT) == 9
+        assert time.monotonic() - started < FAULT_LIMIT
+        assert processes.alive(int(files.read_lines(pid_file)[0])), "the test needs the child alive"
+        returned, _ = returns_within(ex.shutdown, FAULT_LIMIT)
+        assert returned, "shutdown() waited for the killed worker's child"
+    finally:
+        guard.let_go()
+        processes.wait_gone([int(pid) for pid in files.read_lines(pid_file)], FAULT_LIMIT)

@@ -17,7 +17,6 @@ import os
 import pickle
 import sys
 import threading
-import time
 import weakref
 from collections import Counter as Tally
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
@@ -29,45 +28,26 @@ import pytest
 import mtasklite as mt
 from mtasklite.stateful import WORKER_HANDLE
 from support import files, processes, specs, tasks
+from support.executors import on_every_worker, outcomes, with_barrier
 
 BLOCK_LIMIT = 10.0
 
+
 PPE = mt.StatefulProcessPoolExecutor
+
+
 FORK = multiprocessing.get_context("fork")
+
+
 SPAWN = multiprocessing.get_context("spawn")
+
+
 FORKSERVER = multiprocessing.get_context("forkserver")
 
 
 @pytest.fixture(params=["fork", "spawn", "forkserver"])
 def ctx(request: pytest.FixtureRequest) -> Any:
     return multiprocessing.get_context(request.param)
-
-
-def outcomes(
-    ex: mt.StatefulProcessPoolExecutor,
-    fn: Callable[..., Any],
-    *iterables: Any,
-    chunksize: Optional[int] = 1,
-    task_timeout: Optional[float] = None,
-) -> list[Any]:
-    """Ordered imap results with each failed item's exception in its place."""
-    it = ex._imap(fn, iterables, True, None, chunksize, None, task_timeout, return_exceptions=True)
-    return list(it)
-
-
-def on_every_worker(ex: mt.StatefulProcessPoolExecutor, n: int, fn: Any = tasks.rendezvous) -> Any:
-    """Run ``fn`` once on each of ``n`` distinct workers (the pool was built with a barrier of
-    ``n`` installed as ``SHARED["barrier"]``); results sorted by worker index."""
-    futures = [ex.submit(fn, i) for i in range(n)]
-    return sorted((f.result(BLOCK_LIMIT) for f in futures), key=lambda r: r[0] if r else -1)
-
-
-def with_barrier(context: Any, n: int, **extra: Any) -> tuple[Any, tuple[Any, ...]]:
-    """``(initializer, initargs)`` that install a barrier for ``n`` (and ``extra``)."""
-    return tasks.install, ({"barrier": context.Barrier(n), **extra},)
-
-
-# --- construction ----------------------------------------------------------------------------
 
 
 def test_alias_and_stdlib_subclass() -> None:
@@ -102,9 +82,6 @@ def test_worker_list_sets_max_workers() -> None:
     ex = PPE(mp_context=FORK, worker=[specs.Counter("a"), specs.Counter("b"), specs.Counter("c")])
     assert ex._max_workers == 3
     ex.shutdown()
-
-
-# --- the stdlib contract ---------------------------------------------------------------------
 
 
 @pytest.mark.timeout(30)
@@ -261,15 +238,6 @@ def test_failing_spec_build_breaks_pool_and_names_the_worker() -> None:
             ex.submit(tasks.square, 2)
 
 
-def test_worker_dying_during_initialisation_breaks_pool() -> None:
-    with PPE(1, FORK, worker=specs.ExitingBuild()) as ex:
-        fut = ex.submit(tasks.square, 2)
-        with pytest.raises(mt.WorkerInitError) as info:
-            fut.result(BLOCK_LIMIT)
-        assert "exit code 5" in str(info.value)
-        assert "worker 0" in str(info.value)
-
-
 def test_system_exit_in_a_task_is_reported_on_its_future() -> None:
     with PPE(1, FORK) as ex:
         pid = ex.submit(tasks.pid_of).result(BLOCK_LIMIT)
@@ -383,25 +351,6 @@ def test_a_wakeup_during_the_dispatchers_drain_is_not_lost(
         ex.shutdown()
 
 
-def test_unpicklable_worker_spec_under_spawn_fails_at_construction_naming_the_worker() -> None:
-    with pytest.raises(TypeError, match=r"worker 1 .*cannot be pickled .*'spawn'"):
-        PPE(mp_context=SPAWN, worker=[specs.Counter("ok"), specs.Counter(threading.Lock())])  # type: ignore[arg-type]
-
-
-def test_unpicklable_initargs_under_spawn_keep_failing_submit_and_run_nothing() -> None:
-    ex = PPE(2, SPAWN, tasks.install, ({"lock": threading.Lock()},))
-    try:
-        for _ in range(4):
-            with pytest.raises((TypeError, pickle.PicklingError), match="pickle"):
-                ex.submit(tasks.square, 2)
-        assert not ex._dispatcher.backlog
-    finally:
-        ex.shutdown()
-
-
-# --- max_tasks_per_child ---------------------------------------------------------------------
-
-
 @pytest.mark.timeout(30)
 def test_max_tasks_per_child_respawns_slot_with_same_spec(tmp_path: Path) -> None:
     init_log, build_log = str(tmp_path / "init.log"), str(tmp_path / "build.log")
@@ -447,121 +396,6 @@ def test_max_tasks_per_child_defaults_to_spawn() -> None:
     with PPE(1, max_tasks_per_child=1) as ex:
         assert ex._mp_context.get_start_method() == "spawn"
         assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
-
-
-# --- what cannot be pickled ------------------------------------------------------------------
-
-
-def test_unpicklable_argument_fails_only_that_future() -> None:
-    with PPE(1, FORK) as ex:
-        bad = ex.submit(tasks.identity, threading.Lock())
-        good = ex.submit(tasks.square, 4)
-        with pytest.raises(mt.TaskPicklingError) as info:
-            bad.result(BLOCK_LIMIT)
-        assert isinstance(info.value, pickle.PicklingError)
-        assert "arguments" in str(info.value)
-        assert info.value.__cause__ is not None
-        assert good.result(BLOCK_LIMIT) == 16
-        got = outcomes(ex, tasks.identity, [1, threading.Lock(), 3, 4], chunksize=4)
-        assert got[0] == 1 and got[2:] == [3, 4]
-        assert isinstance(got[1], mt.TaskPicklingError)
-
-
-def test_unpicklable_function_fails_with_task_pickling_error() -> None:
-    lock = threading.Lock()
-
-    def holds_a_lock(x: int) -> Any:
-        return lock, x
-
-    with PPE(1, FORK) as ex:
-        fut = ex.submit(holds_a_lock, 1)
-        with pytest.raises(mt.TaskPicklingError) as info:
-            fut.result(BLOCK_LIMIT)
-        assert "holds_a_lock" in str(info.value)
-        assert "mtasklite[cloudpickle]" not in str(info.value), "cloudpickle is installed"
-        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
-
-
-def test_unpicklable_result_fails_only_that_future() -> None:
-    with PPE(1, FORK) as ex:
-        pid = ex.submit(tasks.pid_of).result(BLOCK_LIMIT)
-        bad = ex.submit(tasks.unpicklable_result)
-        with pytest.raises(TypeError, match="pickle"):
-            bad.result(BLOCK_LIMIT)
-        assert ex.submit(tasks.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
-        got = outcomes(ex, tasks.unpicklable_result_on, range(6), [3] * 6, chunksize=6)
-        assert [g for i, g in enumerate(got) if i != 3] == [0, 10, 20, 40, 50]
-        assert isinstance(got[3], TypeError)
-
-
-def test_unpicklable_exception_becomes_remote_error() -> None:
-    with PPE(1, FORK) as ex:
-        with pytest.raises(mt.RemoteError) as info:
-            ex.submit(tasks.raise_unpicklable, 1).result(BLOCK_LIMIT)
-        err = info.value
-        assert err.type_name == "support.tasks.UnpicklableError"
-        assert "unsendable 1" in str(err)
-        assert isinstance(err.__cause__, _RemoteTraceback)
-        assert "raise_unpicklable" in str(err.__cause__)
-        with pytest.raises(mt.RemoteError) as info2:
-            ex.submit(tasks.raise_two_arg, 2).result(BLOCK_LIMIT)
-        assert info2.value.type_name == "support.tasks.TwoArgError"
-        assert "two-arg 2" in str(info2.value)
-        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
-
-
-def test_argument_that_cannot_be_unpickled_in_the_worker() -> None:
-    with PPE(1, FORK) as ex:
-        pid = ex.submit(tasks.pid_of).result(BLOCK_LIMIT)
-        with pytest.raises(mt.DeserializationError) as info:
-            ex.submit(tasks.identity, tasks.RaiseOnUnpickleInWorker(5)).result(BLOCK_LIMIT)
-        assert isinstance(info.value, BrokenProcessPool)
-        assert isinstance(info.value.__cause__, ImportError)
-        assert ex.submit(tasks.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
-
-
-def test_argument_unpickling_failure_in_a_chunk_fails_only_that_item() -> None:
-    with PPE(1, FORK) as ex:
-        got = outcomes(ex, tasks.identity, [0, tasks.RaiseOnUnpickleInWorker(1), 2, 3], chunksize=4)
-    assert isinstance(got[1], mt.DeserializationError)
-    assert [got[0], *got[2:]] == [0, 2, 3]
-
-
-def test_result_that_cannot_be_unpickled_in_the_parent() -> None:
-    with PPE(1, FORK) as ex:
-        pid = ex.submit(tasks.pid_of).result(BLOCK_LIMIT)
-        with pytest.raises(mt.DeserializationError) as info:
-            ex.submit(tasks.unreadable_result_on, 1, 1).result(BLOCK_LIMIT)
-        assert isinstance(info.value.__cause__, ImportError)
-        assert ex.submit(tasks.unreadable_result_on, 2, 1).result(BLOCK_LIMIT) == 20
-        assert ex.submit(tasks.pid_of).result(BLOCK_LIMIT) == pid, "the worker survives"
-
-
-def test_result_unpickling_failure_in_a_chunk_fails_only_that_item() -> None:
-    with PPE(1, FORK) as ex:
-        got = outcomes(ex, tasks.unreadable_result_on, range(4), [1] * 4, chunksize=4)
-    assert isinstance(got[1], mt.DeserializationError)
-    assert [got[0], *got[2:]] == [0, 20, 30]
-
-
-def test_crash_while_unpickling_a_chunk_charges_only_the_culprit() -> None:
-    with PPE(1, FORK) as ex:
-        got = outcomes(ex, tasks.identity, [0, 1, tasks.ExitOnUnpickleInWorker(2), 3], chunksize=4)
-        assert [got[0], got[1], got[3]] == [0, 1, 3]
-        assert isinstance(got[2], mt.WorkerCrashedError)
-        assert got[2].exitcode == 9
-        assert ex.submit(tasks.square, 5).result(BLOCK_LIMIT) == 25
-
-
-def test_crash_while_pickling_a_result_charges_only_the_culprit() -> None:
-    with PPE(1, FORK) as ex:
-        got = outcomes(ex, tasks.exit_when_result_is_pickled, range(5), [2] * 5, chunksize=5)
-        assert [g for i, g in enumerate(got) if i != 2] == [0, 10, 30, 40]
-        assert isinstance(got[2], mt.WorkerCrashedError)
-        assert got[2].exitcode == 7
-
-
-# --- stateful workers ------------------------------------------------------------------------
 
 
 def test_per_worker_specs_run_on_distinct_processes(ctx: Any, tmp_path: Path) -> None:
@@ -638,104 +472,6 @@ def test_worker_handle_needs_worker_spec() -> None:
         with pytest.raises(RuntimeError, match="outside a pool worker"):
             ex.submit(WORKER_HANDLE, 1).result(BLOCK_LIMIT)
         assert ex.submit(tasks.whoami).result(BLOCK_LIMIT)[0] == 0
-
-
-# --- crash isolation -------------------------------------------------------------------------
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize(
-    ("context", "how", "exitcode", "text"),
-    [
-        (FORK, "sigkill", -9, "killed by SIGKILL"),
-        (FORK, "exit", 3, "exit code 3"),
-        (SPAWN, "sigkill", -9, "killed by SIGKILL"),
-    ],
-    ids=["fork-sigkill", "fork-exit", "spawn-sigkill"],
-)
-def test_crash_fails_only_that_task_and_respawns_the_slot(
-    context: Any, how: str, exitcode: int, text: str, tmp_path: Path
-) -> None:
-    init, initargs = with_barrier(context, 2)
-    with PPE(2, context, init, initargs, worker=specs.Counter("m")) as ex:
-        before = on_every_worker(ex, 2)
-        futures = [ex.submit(tasks.crash_on, i, 3, how, str(tmp_path / "crash")) for i in range(8)]
-        with pytest.raises(mt.WorkerCrashedError) as info:
-            futures[3].result(BLOCK_LIMIT)
-        assert [f.result(BLOCK_LIMIT) for i, f in enumerate(futures) if i != 3] == [
-            i * 10 for i in range(8) if i != 3
-        ]
-        after = on_every_worker(ex, 2)
-    err = info.value
-    assert isinstance(err, BrokenProcessPool)
-    dead_pid = int(files.read_lines(tmp_path / "crash")[-1].split()[1])
-    assert err.pid == dead_pid
-    assert err.exitcode == exitcode
-    slot = err.slot
-    assert (slot, dead_pid) in [(i, pid) for i, pid, _ in before]
-    assert f"worker {slot}" in str(err) and str(dead_pid) in str(err) and text in str(err)
-    assert [i for i, _, _ in after] == [0, 1]
-    assert after[slot][1] != dead_pid, "the slot runs a new process"
-    assert after[slot][2] != before[slot][2], "built freshly from the same spec"
-    assert after[1 - slot] == before[1 - slot], "the other worker is untouched"
-
-
-def test_crash_in_a_chunk_charges_only_the_running_item() -> None:
-    with PPE(2, FORK) as ex:
-        got = outcomes(ex, tasks.crash_on, range(20), [7] * 20, ["exit"] * 20, chunksize=5)
-    assert isinstance(got[7], mt.WorkerCrashedError)
-    assert [g for i, g in enumerate(got) if i != 7] == [i * 10 for i in range(20) if i != 7]
-
-
-@pytest.mark.timeout(30)
-def test_repeated_crashes_each_fail_one_item() -> None:
-    with PPE(2, FORK) as ex:
-        got = outcomes(ex, tasks.crash_every, range(30), [5] * 30, chunksize=None)
-        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9
-    crashed = [i for i, g in enumerate(got) if isinstance(g, mt.WorkerCrashedError)]
-    assert crashed == [4, 9, 14, 19, 24, 29]
-    assert [g for i, g in enumerate(got) if i not in crashed] == [
-        i * 10 for i in range(30) if i not in crashed
-    ]
-
-
-def test_break_mode_breaks_the_whole_pool_like_the_stdlib() -> None:
-    started, release = FORK.Event(), FORK.Event()
-    shared = {"started": started, "release": release}
-    ex = PPE(2, FORK, tasks.install, (shared,), on_worker_crash="break")
-    try:
-        hung = ex.submit(tasks.hang_after_started)
-        assert started.wait(BLOCK_LIMIT)
-        ex.submit(tasks.crash_when_released)  # the other worker takes it
-        queued = [ex.submit(tasks.square, i) for i in range(3)]  # both workers are busy
-        release.set()
-        for fut in [hung, *queued]:
-            with pytest.raises(BrokenProcessPool) as info:
-                fut.result(BLOCK_LIMIT)
-            assert not isinstance(info.value, mt.WorkerCrashedError)
-            assert "terminated abruptly" in str(info.value)
-        with pytest.raises(BrokenProcessPool):
-            ex.submit(tasks.square, 1)
-    finally:
-        release.set()
-        ex.shutdown()
-
-
-def test_break_mode_fails_the_crashing_task_too() -> None:
-    release = FORK.Event()
-    with PPE(1, FORK, tasks.install, ({"release": release},), on_worker_crash="break") as ex:
-        crashing = ex.submit(tasks.crash_when_released)
-        queued = ex.submit(tasks.square, 2)
-        release.set()
-        with pytest.raises(BrokenProcessPool):
-            queued.result(BLOCK_LIMIT)
-        # the pool broke while running it: it fails in the same step (never hangs)
-        err = crashing.exception(timeout=1.0)
-        assert isinstance(err, BrokenProcessPool)
-        assert "terminated abruptly" in str(err)
-
-
-# --- imap ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("chunksize", [1, 3, None])
@@ -940,45 +676,6 @@ def test_imap_under_spawn() -> None:
         assert [g for i, g in enumerate(got) if i != 4] == [i * 10 for i in range(10) if i != 4]
 
 
-# --- the cloudpickle path --------------------------------------------------------------------
-
-
-@pytest.mark.timeout(30)
-def test_lambdas_and_closures_work_under_spawn() -> None:
-    offset = 5
-
-    def shifted(x: int) -> int:
-        return x + offset
-
-    with PPE(2, SPAWN) as ex:
-        assert ex.submit(lambda x: x + 1, 1).result(BLOCK_LIMIT) == 2
-        assert list(ex.imap(shifted, range(4))) == [5, 6, 7, 8]
-        assert list(ex.map(lambda a, b: a * b, range(4), range(4))) == [0, 1, 4, 9]
-        assert sorted(ex.imap_unordered(lambda x: -x, range(3), chunksize=2)) == [-2, -1, 0]
-        # a plain function after a cloudpickled one still goes the ordinary way
-        assert ex.submit(tasks.square, 6).result(BLOCK_LIMIT) == 36
-
-
-def test_without_cloudpickle_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mtasklite._procpool import wire
-
-    monkeypatch.setattr(wire, "cloud_dumps", lambda obj: None)
-    monkeypatch.setattr(wire, "has_cloudpickle", lambda: False)
-    with PPE(1, FORK) as ex:
-        fut = ex.submit(lambda x: x + 1, 1)
-        with pytest.raises(mt.TaskPicklingError) as info:
-            fut.result(BLOCK_LIMIT)
-        assert isinstance(info.value, pickle.PicklingError)
-        assert "mtasklite[cloudpickle]" in str(info.value)
-        assert info.value.__cause__ is not None
-        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9, "the pool is not broken"
-        with pytest.raises(mt.TaskPicklingError, match=r"mtasklite\[cloudpickle\]"):
-            list(ex.imap(lambda x: x, range(3)))
-
-
-# --- lifetime --------------------------------------------------------------------------------
-
-
 def test_workers_exit_when_executor_is_garbage_collected() -> None:
     threads_before = processes.dispatcher_threads()
     ex = PPE(2, FORK)
@@ -1026,25 +723,6 @@ def test_a_shut_down_pool_frees_its_initargs_without_the_garbage_collector(
         assert resource_ref() is None, "a reference cycle keeps the initargs alive"
     finally:
         gc.enable()
-
-
-@pytest.mark.timeout(30)
-def test_a_worker_that_keeps_dying_outside_tasks_breaks_the_pool_instead_of_respawning() -> None:
-    ex = PPE(1, FORK, tasks.exit_shortly_after_start, (0.5,))  # long after it reports ready
-    try:
-        ex.wait_ready(BLOCK_LIMIT)  # nothing runs on it: every death is outside a task
-        deadline = time.monotonic() + BLOCK_LIMIT
-        while not ex._broken and time.monotonic() < deadline:
-            time.sleep(0.02)  # sleep-ok: polling an observable condition under a deadline
-        assert ex._broken, "the slot kept respawning a worker that dies by itself"
-        assert "times in a row outside any task" in str(ex._broken)
-        with pytest.raises(concurrent.futures.process.BrokenProcessPool):
-            ex.submit(abs, -1)
-    finally:
-        ex.shutdown()
-
-
-# --- chunks sent ahead, and the socket buffer ------------------------------------------------
 
 
 @pytest.mark.timeout(30)

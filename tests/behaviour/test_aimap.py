@@ -14,22 +14,24 @@ import multiprocessing
 import sys
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Optional, TypeVar
 
 import pytest
 
 import mtasklite as mt
-from mtasklite.windowing import ChunkResult, open_window
 from support import files, inputs, processes, tasks
+from support.inputs import CountingIterator
 
 pytestmark = pytest.mark.timeout(60)
+
 
 #: upper bound for any single wait in these tests (never reached when things work)
 LIMIT = 10.0
 
+
 KINDS = ["threads", "fork"]
+
 
 T = TypeVar("T")
 
@@ -104,9 +106,6 @@ class PullLog:
                 raise ValueError(f"input broke at {i}")
             self.pulled += 1
             yield i
-
-
-# --- results: order, chunking, inputs ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -185,9 +184,6 @@ def test_unordered_yields_in_completion_order(pools: Pools) -> None:
     run(main())
 
 
-# --- errors ---------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("chunksize", [1, 3])
 def test_task_error_is_raised_in_place_and_ends_the_iteration(
@@ -244,9 +240,6 @@ def test_bad_arguments_are_refused_at_the_call(pools: Pools, kind: str) -> None:
         ex.aimap(tasks.square)
     with pytest.raises(TypeError, match="not iterable"):
         ex.aimap(tasks.square, 5)
-
-
-# --- the loop is never blocked ----------------------------------------------------------------
 
 
 class Ticker:
@@ -324,8 +317,6 @@ def test_a_ticker_beside_a_long_aimap_keeps_its_period(pools: Pools, kind: str) 
     run(main())
 
 
-# --- stopping: cancellation, break, aclose, timeouts ----------------------------------------
-
 #: the window of the stopping tests: two items run, at most two more wait inside a worker
 #: process (sent ahead: they run), so at least four are queued when the iteration stops
 WINDOW = 8
@@ -345,20 +336,13 @@ def blocked_stream(ex: Any, pools: Pools, source: Iterator[int], first_blocked: 
     )
 
 
-class Counting:
-    """An infinite input that counts how far it was read."""
-
-    def __init__(self) -> None:
-        self.pulled = 0
-
-    def __iter__(self) -> Iterator[int]:
-        for i in itertools.count():
-            self.pulled += 1
-            yield i
-
-
 def assert_queued_work_was_cancelled(
-    pools: Pools, ex: Any, kind: str, source: Counting, could_run: set[int], consumed: int = 0
+    pools: Pools,
+    ex: Any,
+    kind: str,
+    source: CountingIterator,
+    could_run: set[int],
+    consumed: int = 0,
 ) -> None:
     """After the iteration stopped: input was read no further than the window ahead of the
     ``consumed`` results, and once the blocked
@@ -387,7 +371,7 @@ async def until_started(pools: Pools, count: int) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_cancelling_the_consuming_task_cancels_queued_work(pools: Pools, kind: str) -> None:
     ex = pools.make(kind)
-    source = Counting()
+    source = CountingIterator(itertools.count())
 
     async def main() -> None:
         consumer = asyncio.ensure_future(collect(blocked_stream(ex, pools, iter(source))))
@@ -404,7 +388,7 @@ def test_cancelling_the_consuming_task_cancels_queued_work(pools: Pools, kind: s
 @pytest.mark.parametrize("how", ["break", "aclose", "async with"])
 def test_leaving_early_cancels_queued_work(pools: Pools, kind: str, how: str) -> None:
     ex = pools.make(kind)
-    source = Counting()
+    source = CountingIterator(itertools.count())
 
     async def main() -> None:
         results = blocked_stream(ex, pools, iter(source), first_blocked=1)  # 0 returns at once
@@ -431,7 +415,7 @@ def test_leaving_early_cancels_queued_work(pools: Pools, kind: str, how: str) ->
 @pytest.mark.parametrize("kind", KINDS)
 def test_wait_for_around_the_loop_cancels_queued_work(pools: Pools, kind: str) -> None:
     ex = pools.make(kind)
-    source = Counting()
+    source = CountingIterator(itertools.count())
 
     async def main() -> None:
         stream = blocked_stream(ex, pools, iter(source))
@@ -445,7 +429,7 @@ def test_wait_for_around_the_loop_cancels_queued_work(pools: Pools, kind: str) -
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout() is new in 3.11")
 def test_asyncio_timeout_around_the_loop_cancels_queued_work(pools: Pools) -> None:
     ex = pools.make("threads")
-    source = Counting()
+    source = CountingIterator(itertools.count())
 
     async def main() -> None:
         with pytest.raises(TimeoutError):
@@ -460,7 +444,7 @@ def test_asyncio_timeout_around_the_loop_cancels_queued_work(pools: Pools) -> No
 @pytest.mark.parametrize("kind", KINDS)
 def test_timeout_argument_is_an_overall_deadline(pools: Pools, kind: str) -> None:
     ex = pools.make(kind)
-    source = Counting()
+    source = CountingIterator(itertools.count())
 
     async def main() -> None:
         seen: list[int] = []
@@ -540,87 +524,11 @@ def test_aclose_from_another_task_ends_a_waiting_consumer(pools: Pools) -> None:
     assert sorted(pools.started()) == [0, 1]
 
 
-# --- the window's stepping protocol (deterministic: futures completed by hand) ----------------
-
-
-class HandSubmitter:
-    """A Submitter whose futures the test completes itself."""
-
-    def __init__(self) -> None:
-        self.chunks: list[tuple[list[Any], Future[Any]]] = []
-
-    def _submit_call(self, fn: Any, args: tuple[Any, ...], timeout: Optional[float]) -> Future[Any]:
-        future: Future[Any] = Future()
-        self.chunks.append((list(args), future))
-        return future
-
-    def _submit_chunk(
-        self, fn: Any, items: Any, star: bool, timeout: Optional[float]
-    ) -> Future[ChunkResult]:
-        future: Future[ChunkResult] = Future()
-        self.chunks.append((list(items), future))
-        return future
-
-
-def test_window_steps_never_wait_and_pull_only_what_wants_promised() -> None:
-    submitter = HandSubmitter()
-    source = Counting()
-    window = open_window(
-        submitter,
-        abs,
-        (iter(source),),
-        ordered=True,
-        chunksize=3,
-        buffersize=2,
-        task_timeout=None,
-        workers=2,
-    )
-    assert window.wants() == 6
-    window.fill()
-    assert source.pulled == 6 and window.wants() == 0 and window.in_flight()
-    assert not window.ready()
-    submitter.chunks[1][1].set_result(ChunkResult([30, 40, 50], None, 0.0))
-    assert not window.ready()  # ordered: the head decides
-    submitter.chunks[0][1].set_result(ChunkResult([0, 10, None], {2: KeyError("x")}, 0.0))
-    assert window.ready()
-    values, error = window.take_outputs()
-    assert values == [0, 10] and isinstance(error, KeyError)
-    assert window.wants() == 3  # one chunk's room again
-
-
-def test_window_steps_unordered_and_one_by_one() -> None:
-    submitter = HandSubmitter()
-    window = open_window(
-        submitter,
-        abs,
-        (range(5),),
-        ordered=False,
-        chunksize=1,
-        buffersize=3,
-        task_timeout=None,
-        workers=2,
-    )
-    assert window.wants() == 3
-    window.fill()
-    assert window.wants() == 0 and not window.ready()
-    submitter.chunks[2][1].set_result("c")
-    assert window.ready()
-    assert window.take_outputs() == (["c"], None)
-    submitter.chunks[0][1].set_exception(OSError("a"))
-    values, error = window.take_outputs()
-    assert values == [] and isinstance(error, OSError)
-    window.cancel_all()
-    assert submitter.chunks[1][1].cancelled() and not window.in_flight()
-
-
-# --- Dask ---------------------------------------------------------------------------------------
-
-
 def test_dask_executor_streams_and_cancels(dask_client: Any, pools: Pools) -> None:
     from mtasklite.dask import StatefulDaskExecutor
 
     ex = StatefulDaskExecutor(dask_client)
-    source = Counting()
+    source = CountingIterator(itertools.count())
 
     async def main() -> None:
         assert await collect(ex.aimap(tasks.square, PullLog(stop=30).items())) == [

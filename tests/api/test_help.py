@@ -1,5 +1,7 @@
-"""Help that helps (issue 20): ``help(pqdm)`` shows its signature, the class docstrings give
-the defaults, and a thread pool with one stateful spec does not build a copy per extra thread."""
+"""Help that helps: ``help(pqdm)`` shows its signature, ``help()`` on ``imap`` and ``submit``
+shows readable defaults and what they raise, the class docstrings give the defaults, and a
+thread pool with one stateful spec does not build a copy per extra thread.
+"""
 
 from __future__ import annotations
 
@@ -49,3 +51,22 @@ def test_other_thread_pools_keep_the_stdlib_default() -> None:
     workers = [Model("a"), Model("b")]
     with mt.StatefulThreadPoolExecutor(worker=workers, thread_name_prefix="mt-fh") as listed:
         assert listed._max_workers == 2
+
+
+# --- imap and submit ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_help_on_imap_shows_readable_defaults_and_what_it_raises(method: str) -> None:
+    function = getattr(mt.StatefulProcessPoolExecutor, method)
+    text = pydoc.render_doc(function, renderer=pydoc.plaintext)
+    assert "<object object" not in text
+    assert "chunksize" in text and "= <executor default>" in text
+    assert "return_exceptions" in text
+    for error in ("TaskTimeoutError", "WorkerCrashedError", "TaskPicklingError", "WorkerInitError"):
+        assert error in text
+
+
+def test_help_on_submit_lists_the_pool_failures() -> None:
+    text = pydoc.render_doc(mt.StatefulThreadPoolExecutor.submit, renderer=pydoc.plaintext)
+    assert "WorkerCrashedError" in text and "TaskTimeoutError" in text

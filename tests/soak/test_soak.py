@@ -1,6 +1,6 @@
 """Soak: a million tiny tasks through a process pool's imap, watching the parent's memory and
 file descriptors.  Deselected by default; run with
-``python -m pytest -m slow tests/test_soak.py``.
+``python -m pytest -m slow tests/soak/test_soak.py``.
 """
 
 from __future__ import annotations

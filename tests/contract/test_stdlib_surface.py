@@ -6,17 +6,25 @@ taken its own stop for crashes and respawned workers).  For each executor, every
 of the running Python's base class (and the 3.14/3.15 additions, listed by name, so this holds
 on the Pythons installed here too) is either overridden by us or listed in
 :data:`INHERITED_SAFE`, with the reason inheriting it is right.
+
+The thread pool also runs on a stdlib base shaped like Python 3.14's (which this machine may
+lack): 3.14's ``ThreadPoolExecutor.__init__`` no longer sets ``_initializer`` / ``_initargs``;
+a script patches the running Python's base class to behave as 3.14's and drives our pool over
+it, in a subprocess so the patch cannot leak into other tests.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
 import mtasklite as mt
+import support
 
 #: names that newer Pythons add to each base class (3.14: ``prepare_context`` and ``BROKEN`` on
 #: the thread pool, ``terminate_workers`` / ``kill_workers`` on the process pool)
@@ -25,6 +33,7 @@ LATER_ADDITIONS: dict[type, set[str]] = {
     concurrent.futures.ProcessPoolExecutor: {"terminate_workers", "kill_workers"},
     concurrent.futures.Executor: set(),
 }
+
 
 #: The one reviewed table: (our executor, inherited name) -> why inheriting it is right.
 INHERITED_SAFE: dict[tuple[str, str], str] = {
@@ -104,3 +113,24 @@ def test_the_314_additions_we_promise_are_ours() -> None:
     for name in ("terminate_workers", "kill_workers"):
         assert overridden(mt.StatefulProcessPoolExecutor, name)
     assert mt.StatefulThreadPoolExecutor.BROKEN is mt.WorkerInitError
+
+
+# --- a base class shaped like 3.14's --------------------------------------------------------------
+
+
+SCRIPT = support.SCRIPTS / "thread_pool_on_314_base.py"
+
+
+@pytest.mark.timeout(60)
+def test_thread_pool_runs_on_a_base_class_that_sets_only_what_314_sets() -> None:
+    env = support.child_env(tests=False)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "OK"

@@ -25,18 +25,25 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 
+import mtasklite as mt
 import support
 from support import files, processes, tasks
+from support.executors import FAULT_LIMIT, Guard
 
 pytestmark = pytest.mark.timeout(40)
 
+
 SCRIPTS = support.SCRIPTS
+
+
 #: how long the parent may take to see Ctrl-C, and its workers to be gone
 INTERRUPT_LIMIT = 2.0
+
+
 #: how long a script may take to start its pool and report (spawn is slow on a busy machine)
 STARTUP_LIMIT = 30.0
 
@@ -119,9 +126,6 @@ def read_starts(log: Path) -> list[tuple[str, int, int, float]]:
     return rows
 
 
-# --- Ctrl-C ----------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 @pytest.mark.parametrize("mode", ["imap", "pqdm"])
 @pytest.mark.parametrize("target", ["parent", "group"])
@@ -176,13 +180,6 @@ def test_ctrl_c_during_busy_imap_on_threads(script: list[Script], tmp_path: Path
     assert s.proc.wait(INTERRUPT_LIMIT) == 0, s.stderr()
     late = [row for row in read_starts(log) if row[3] > interrupted]
     assert not late, f"items started after the KeyboardInterrupt: {late}"
-
-
-# Regression (found by this suite, since fixed in src): a Ctrl-C landing outside the windowing
-# engine's wait (in pqdm's progress-bar code, which runs after every item, or in the body of
-# ``with pqdm(...) as results:``) did not stop a pqdm pool: cleanup went through Pool.close()
-# -> shutdown(wait=True, cancel_futures=True), which waits for the running tasks and still
-# starts prefetched chunks.
 
 
 @pytest.mark.timeout(30)
@@ -253,9 +250,6 @@ def test_ctrl_c_outside_the_wait_still_stops_pqdm_workers(tmp_path: Path, where:
     assert not late, f"items started after the KeyboardInterrupt: {late}"
 
 
-# --- the parent is killed --------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 @pytest.mark.parametrize("variant", ["main", "thread", "respawned"])
 def test_workers_exit_when_the_parent_is_killed(
@@ -272,3 +266,51 @@ def test_workers_exit_when_the_parent_is_killed(
     s.proc.wait()
     left = processes.wait_gone(pids, INTERRUPT_LIMIT)
     assert not left, f"workers outlived their parent by {INTERRUPT_LIMIT} s: {left}"
+
+
+# --- a KeyboardInterrupt a task raised is not a Ctrl-C --------------------------------------------
+
+
+def _consume(ex: Any, how: str) -> list[Any]:
+    fn, items, targets = tasks.raise_keyboard_interrupt_on, range(10), [3] * 10
+    if how == "map":
+        return list(ex.map(fn, items, targets))
+    if how == "imap":
+        return list(ex.imap(fn, items, targets, chunksize=1))
+    return list(ex.imap(fn, items, targets, chunksize=None))
+
+
+@pytest.mark.parametrize("kind", ["fork", "spawn", "threads"])
+@pytest.mark.parametrize("how", ["map", "imap", "adaptive imap"])
+def test_keyboard_interrupt_raised_by_a_task_is_reraised_and_the_pool_stays_usable(
+    guard: Guard, kind: str, how: str
+) -> None:
+    ex = guard.make(kind, 2)
+    with pytest.raises(KeyboardInterrupt, match="raised by task 3"):
+        _consume(ex, how)
+    assert ex.submit(tasks.square, 3).result(FAULT_LIMIT) == 9
+    assert list(ex.imap(tasks.square, range(6), chunksize=2)) == [0, 1, 4, 9, 16, 25]
+    ex.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["fork", "spawn"])
+def test_task_keyboard_interrupt_leaving_with_waits_for_running_work(
+    guard: Guard, kind: str
+) -> None:
+    # Only a real Ctrl-C stops the workers on leaving ``with``; a task's own interrupt
+    # leaves it like any other exception: shutdown(wait=True), running work completes.
+    ex = guard.make(kind, 2)
+    with pytest.raises(KeyboardInterrupt, match="raised by a task"), ex:
+        running = ex.submit(tasks.hang_unless, "running", guard.log, guard.release_file)
+        assert files.wait_for_lines(guard.log, 1)
+        ex.submit(tasks.release_then_raise_keyboard_interrupt, guard.release_file).result()
+    assert running.result(0) == "running"
+
+
+def test_task_keyboard_interrupt_in_pool_immediate_mode_keeps_the_pool() -> None:
+    with mt.Pool(
+        tasks.raise_keyboard_interrupt_on, 2, argument_type="args", exception_behavior="immediate"
+    ) as pool:
+        with pytest.raises(KeyboardInterrupt, match="raised by task 3"):
+            list(pool([(x, 3) for x in range(8)]))
+        assert list(pool([(x, -1) for x in range(4)])) == [0, 10, 20, 30]
