@@ -39,6 +39,7 @@ def test_readme_python_example_runs(index: int, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
+        env=support.child_env(tests=False),  # this checkout's mtasklite, whatever the cwd
         capture_output=True,
         text=True,
         timeout=100,

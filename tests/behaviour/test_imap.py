@@ -16,6 +16,7 @@ sections; the engine's shared semantics over any executor are in
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import gc
 import itertools
 import multiprocessing
@@ -25,16 +26,23 @@ import sys
 import textwrap
 import threading
 import weakref
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
 import mtasklite as mt
-
-# --- on both pools: consumed too late, return_exceptions ------------------------------------------
-
+from support import files, tasks
+from support.executors import outcomes
 
 BLOCK_LIMIT = 10.0
+TPE = mt.StatefulThreadPoolExecutor
+PPE = mt.StatefulProcessPoolExecutor
+FORK = multiprocessing.get_context("fork")
+SPAWN = multiprocessing.get_context("spawn")
+
+
+# --- on both pools: consumed too late, return_exceptions ------------------------------------------
 
 
 def fail_on_two(x: int) -> int:
@@ -93,9 +101,6 @@ def test_return_exceptions_with_chunks_and_timeouts_on_processes() -> None:
 
 
 # --- the thread pool's drainers -------------------------------------------------------------------
-
-
-BLOCK_LIMIT = 10.0
 
 
 #: the thread pool's default window of single items, per worker
@@ -254,9 +259,6 @@ def test_timed_imap_still_runs_one_future_per_item(prefix: str) -> None:
 
 #: how long a test waits for something the engine should make happen
 WAIT = 5.0
-
-
-TPE = mt.StatefulThreadPoolExecutor
 
 
 def imap_of(ex: Any, ordered: bool) -> Any:
@@ -679,3 +681,230 @@ def test_interpreter_exit_with_a_drainer_running_and_a_consumer_thread() -> None
     assert "EXITING" in done.stdout
     # "after interpreter shutdown", or "after shutdown" once a worker saw the exit sentinel
     assert "REFUSED cannot schedule new futures after" in done.stdout
+
+
+# --- the process pool's imap ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, None])
+def test_imap_and_imap_unordered_results(chunksize: Optional[int]) -> None:
+    with PPE(2, FORK) as ex:
+        assert list(ex.imap(tasks.square, range(50), chunksize=chunksize)) == [
+            x * x for x in range(50)
+        ]
+        assert sorted(ex.imap_unordered(tasks.square, range(50), chunksize=chunksize)) == [
+            x * x for x in range(50)
+        ]
+        assert list(ex.imap(tasks.add, range(5), range(10), chunksize=chunksize)) == [0, 2, 4, 6, 8]
+        assert list(ex.imap(tasks.square, [], chunksize=chunksize)) == []
+
+
+def test_imap_unordered_yields_as_tasks_complete() -> None:
+    started, release = FORK.Event(), FORK.Event()
+    try:
+        with PPE(2, FORK, tasks.install, ({"started": started, "release": release},)) as ex:
+            it = ex.imap_unordered(tasks.block_on, range(6), [0] * 6, chunksize=1)
+            first = [next(it) for _ in range(5)]  # item 0 is still blocked meanwhile
+            assert sorted(first) == [10, 20, 30, 40, 50]
+            # Item 0 may reach the busier worker after the other five finished (both workers
+            # serve from the start); it is running, and still blocked, by now or soon.
+            assert started.wait(30)
+            release.set()
+            assert list(it) == [0]
+    finally:
+        release.set()
+
+
+def test_imap_ordered_waits_for_the_head_item() -> None:
+    started, release = FORK.Event(), FORK.Event()
+    try:
+        with PPE(2, FORK, tasks.install, ({"started": started, "release": release},)) as ex:
+            it = ex.imap(tasks.block_on, range(6), [2] * 6, chunksize=1)
+            assert [next(it), next(it)] == [0, 10]
+            assert started.wait(BLOCK_LIMIT)
+            release.set()
+            assert list(it) == [20, 30, 40, 50]
+    finally:
+        release.set()
+
+
+def test_imap_len_on_sized_input_only() -> None:
+    with PPE(2, FORK) as ex:
+        it = ex.imap(tasks.square, range(10))
+        assert isinstance(it, mt.SizedResultIterator)
+        assert len(it) == 10
+        assert list(it) == [x * x for x in range(10)]
+        assert len(ex.imap_unordered(tasks.add, range(10), [1, 2, 3])) == 3
+        gen = ex.imap(tasks.square, (x for x in range(10)))
+        with pytest.raises(TypeError):
+            len(gen)  # type: ignore[arg-type]
+        assert list(gen) == [x * x for x in range(10)]
+        unordered = ex.imap_unordered(tasks.square, iter(range(7)), chunksize=2)
+        assert sorted(unordered) == [x * x for x in range(7)]
+
+
+def test_imap_default_chunksize_is_adaptive(monkeypatch: pytest.MonkeyPatch) -> None:
+    with PPE(2, FORK) as ex:
+        chunks: list[int] = []
+        calls: list[Any] = []
+        submit_chunk, submit_call = ex._submit_chunk, ex._submit_call
+
+        def spy_chunk(fn: Any, items: list[Any], star: bool, timeout: Any) -> Any:
+            chunks.append(len(items))
+            return submit_chunk(fn, items, star, timeout)
+
+        def spy_call(fn: Any, args: Any, timeout: Any) -> Any:
+            calls.append(args)
+            return submit_call(fn, args, timeout)
+
+        monkeypatch.setattr(ex, "_submit_chunk", spy_chunk)
+        monkeypatch.setattr(ex, "_submit_call", spy_call)
+        assert list(ex.imap(tasks.square, range(400))) == [x * x for x in range(400)]
+        assert calls == []
+        assert sum(chunks) == 400
+        assert chunks[0] == 1, "adaptive sizing starts at one item"
+        assert max(chunks) > 1, f"chunks never grew: {chunks}"
+        assert max(chunks) <= 50, "a sized input is split at least 4 ways per worker"
+        chunks.clear()
+        assert list(ex.imap(tasks.square, range(50), chunksize=7)) == [x * x for x in range(50)]
+        assert chunks == [7] * 7 + [1]
+        chunks.clear()
+        assert list(ex.imap(tasks.square, range(5), chunksize=1)) == [x * x for x in range(5)]
+        assert chunks == [] and len(calls) == 5
+
+
+def test_imap_chunks_of_sequences_are_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A range chunk travels as a small range, list and tuple chunks are sliced at C speed;
+    # other iterables are read item by item.
+    with PPE(2, FORK) as ex:
+        chunks: list[Any] = []
+        submit_chunk = ex._submit_chunk
+
+        def spy_chunk(fn: Any, items: Any, star: bool, timeout: Any) -> Any:
+            chunks.append(items)
+            return submit_chunk(fn, items, star, timeout)
+
+        monkeypatch.setattr(ex, "_submit_chunk", spy_chunk)
+        for source, kind in [
+            (range(3, 40), range),
+            (list(range(3, 40)), list),
+            (tuple(range(3, 40)), tuple),
+            (iter(range(3, 40)), list),
+        ]:
+            chunks.clear()
+            assert list(ex.imap(tasks.square, source, chunksize=5)) == [x * x for x in range(3, 40)]
+            assert {type(chunk) for chunk in chunks} == {kind}
+            assert [x for chunk in chunks for x in chunk] == list(range(3, 40))
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_imap_buffersize_bounds_how_much_input_is_pulled(
+    chunksize: int, counting: Callable[[Any], Any]
+) -> None:
+    source = counting(range(60))
+    with PPE(2, FORK) as ex:
+        it = ex.imap(tasks.square, source, chunksize=chunksize, buffersize=4)
+        assert source.pulled == 0, "nothing is read before the first next()"
+        consumed = 0
+        for value in it:
+            assert value == consumed * consumed
+            consumed += 1
+            assert source.pulled - consumed <= 4 * chunksize, (source.pulled, consumed)
+        assert consumed == 60
+
+
+@pytest.mark.timeout(30)
+def test_imap_close_cancels_queued_tasks_and_stops_pulling(
+    tmp_path: Path, counting: Callable[[Any], Any]
+) -> None:
+    log = str(tmp_path / "runs.log")
+    started, release = FORK.Event(), FORK.Event()
+    source = counting(itertools.count())
+    try:
+        with PPE(1, FORK, tasks.install, ({"started": started, "release": release},)) as ex:
+            fn = functools.partial(tasks.record_and_block_on, target=1, log=log)
+            it = ex.imap(fn, source, chunksize=1, buffersize=4)
+            assert next(it) == 0
+            assert started.wait(BLOCK_LIMIT)  # item 1 runs; items 2 and 3 are queued
+            assert source.pulled == 4
+            it.close()
+            release.set()
+        assert source.pulled == 4
+        assert files.read_lines(log) == ["0", "1"], "queued items were cancelled, not run"
+    finally:
+        release.set()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["break", "with"])
+def test_imap_leaving_early_stops_pulling(
+    tmp_path: Path, how: str, counting: Callable[[Any], Any]
+) -> None:
+    log = str(tmp_path / "runs.log")
+    started, release = FORK.Event(), FORK.Event()
+    source = counting(itertools.count())
+    try:
+        with PPE(1, FORK, tasks.install, ({"started": started, "release": release},)) as ex:
+            fn = functools.partial(tasks.record_and_block_on, target=1, log=log)
+            if how == "break":
+                for value in ex.imap(fn, source, chunksize=1, buffersize=4):
+                    assert value == 0
+                    break
+            else:
+                with ex.imap(fn, source, chunksize=1, buffersize=4) as it:
+                    assert next(it) == 0
+            release.set()
+            assert ex.submit(tasks.square, 2).result(BLOCK_LIMIT) == 4
+        assert source.pulled == 4
+        ran = files.read_lines(log)
+        assert ran in (["0"], ["0", "1"]), ran
+    finally:
+        release.set()
+
+
+def test_imap_overall_timeout() -> None:
+    started, release = FORK.Event(), FORK.Event()
+    try:
+        with PPE(1, FORK, tasks.install, ({"started": started, "release": release},)) as ex:
+            it = ex.imap(tasks.block_on, range(3), [1] * 3, chunksize=1, timeout=0.3)
+            assert next(it) == 0
+            with pytest.raises(concurrent.futures.TimeoutError):  # 3.9/3.10: not the builtin
+                next(it)
+            release.set()
+    finally:
+        release.set()
+
+
+@pytest.mark.timeout(30)
+def test_imap_under_spawn() -> None:
+    with PPE(2, SPAWN) as ex:
+        assert list(ex.imap(tasks.square, range(100))) == [x * x for x in range(100)]
+        gen = (x for x in range(30))
+        assert sorted(ex.imap_unordered(tasks.square, gen, chunksize=4)) == [
+            x * x for x in range(30)
+        ]
+        got = outcomes(ex, tasks.crash_on, range(10), [4] * 10, ["sigkill"] * 10, chunksize=None)
+        assert isinstance(got[4], mt.WorkerCrashedError)
+        assert [g for i, g in enumerate(got) if i != 4] == [i * 10 for i in range(10) if i != 4]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("item_kib", [8, 96, 3072], ids=["small", "medium", "large"])
+def test_chunks_sent_ahead_never_deadlock_against_big_results(item_kib: int) -> None:
+    # A busy worker does not read its pipe.  A chunk sent ahead that the socket buffer could
+    # not hold would block the dispatcher, which then stops reading while the worker blocks
+    # sending its (bigger) results: both would wait for good.  Chunks of 2 items of 8 KiB to
+    # 3 MiB cover Runs that go ahead and Runs bigger than the socket buffer can take (they
+    # wait for an idle worker; sent ahead, the large case deadlocks).
+    payload = bytes(item_kib * 1024)
+    items = [payload] * 8
+    with PPE(2, FORK) as ex:
+        ex.wait_ready(BLOCK_LIMIT)
+        limit = min(slot.prefetch_bytes for slot in ex._dispatcher.slots.all)
+        results = list(ex.imap(tasks.inflate, items, chunksize=2))
+    assert [len(r) for r in results] == [3 * len(payload)] * len(items)
+    assert limit > 0, "no chunk is ever sent ahead here"
+    if item_kib == 3072:
+        assert 2 * len(payload) > limit, "this case must cover chunks too big to go ahead"
+    else:
+        assert 2 * len(payload) < limit, "this case must cover chunks that go ahead"

@@ -2,8 +2,8 @@
 ``worker_index``), the picklable ``ex.worker`` handle, and specs that work anywhere (a spec
 passed where a function is expected gets one object per worker, the decorated name stays a
 real class, one object shared by several worker threads is flagged, lambda/closure specs reach
-spawned workers).  Per-executor details of building workers are in ``test_thread_pool.py`` and
-``test_process_pool.py``.
+spawned workers).  Then, per executor: when and where workers
+are built (``wait_ready``), and what a failing build does to the pool.
 """
 
 from __future__ import annotations
@@ -11,12 +11,16 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import inspect
+import logging
 import multiprocessing
+import os
 import pickle
 import sys
 import threading
 import warnings
 from collections import Counter
+from concurrent.futures.thread import BrokenThreadPool
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -25,6 +29,8 @@ import pytest
 import mtasklite as mt
 from mtasklite.processes import pqdm as process_pqdm
 from mtasklite.stateful import SPECS_KEPT_PER_WORKER, WORKER_HANDLE, WorkerContext
+from support import executors, files, processes, specs, tasks
+from support.executors import on_every_worker, with_barrier
 from support.specs import BUILT, Abstract, Base, Concrete, Model
 
 BLOCK_LIMIT = 10.0
@@ -322,6 +328,12 @@ def test_worker_attribute_missing_without_worker_argument(prefix: str) -> None:
         assert not hasattr(ex, "worker")
 
 
+STPE = mt.StatefulThreadPoolExecutor
+PPE = mt.StatefulProcessPoolExecutor
+FORK = multiprocessing.get_context("fork")
+SPAWN = multiprocessing.get_context("spawn")
+
+
 # --- specs that work anywhere ---------------------------------------------------------------------
 
 
@@ -551,3 +563,306 @@ def test_constructor_annotation_naming_the_unbound_class_is_read_as_text(
 
     assert _returns_instance(_LazyAnnotations("Pending"), Pending)  # type: ignore[arg-type]
     assert not _returns_instance(_LazyAnnotations("list[str]"), Pending)  # type: ignore[arg-type]
+
+
+# --- thread pools: building the workers -----------------------------------------------------------
+
+
+def test_each_worker_runs_initializer_then_builds_once_before_its_first_task(prefix: str) -> None:
+    def init() -> None:
+        specs.BUILD_EVENTS.add("init", threading.current_thread().name, mt.worker_index())
+
+    def task(x: int) -> int:
+        specs.BUILD_EVENTS.add("task", threading.current_thread().name, mt.worker_index(), x)
+        return x
+
+    with STPE(3, prefix, init, worker=specs.LoggedModel("m")) as ex:
+        executors.run_on_every_worker(ex, 3, lambda: task(-1))
+        assert list(ex.map(task, range(30))) == list(range(30))
+        assert [f.result(BLOCK_LIMIT) for f in [ex.submit(task, i) for i in range(10)]] == list(
+            range(10)
+        )
+        assert list(ex.imap(task, range(10))) == list(range(10))
+    per_thread: dict[str, list[str]] = {}
+    for kind, name, *_ in specs.BUILD_EVENTS.items:
+        per_thread.setdefault(name, []).append(kind)
+    assert sorted(per_thread) == [f"{prefix}_{i}" for i in range(3)]
+    for name, kinds in per_thread.items():
+        assert kinds[:2] == ["init", "build"], name
+        assert kinds.count("init") == 1, name
+        assert kinds.count("build") == 1, name
+        assert set(kinds[2:]) == {"task"}, name
+
+
+def test_per_worker_arguments_land_on_distinct_workers(prefix: str) -> None:
+    names = ["a", "b", "c"]
+    with STPE(thread_name_prefix=prefix, worker=[specs.LoggedModel(n) for n in names]) as ex:
+        seen = executors.run_on_every_worker(
+            ex,
+            3,
+            lambda: (mt.worker_index(), mt.current_worker().name, threading.current_thread().name),
+        )
+    assert sorted(seen) == [(i, n, f"{prefix}_{i}") for i, n in enumerate(names)]
+    assert sorted(b[1:] for b in specs.BUILD_EVENTS.of("build")) == [
+        (f"{prefix}_{i}", i, n) for i, n in enumerate(names)
+    ]
+
+
+def test_replicated_spec_gives_each_worker_its_own_instance(prefix: str) -> None:
+    with STPE(3, prefix, worker=specs.LoggedModel("m")) as ex:
+        seen = executors.run_on_every_worker(
+            ex, 3, lambda: (mt.worker_index(), id(mt.current_worker()))
+        )
+    assert sorted(i for i, _ in seen) == [0, 1, 2]
+    assert len({obj for _, obj in seen}) == 3
+    assert len(specs.BUILD_EVENTS.of("build")) == 3
+
+
+def test_mixed_list_of_spec_and_plain_callable(prefix: str) -> None:
+    def plain(x: Any) -> tuple[str, Any]:
+        return "plain", x
+
+    with STPE(thread_name_prefix=prefix, worker=[specs.LoggedModel("spec"), plain]) as ex:
+        seen = executors.run_on_every_worker(ex, 2, lambda: (mt.worker_index(), ex.worker(7)))
+    assert sorted(seen) == [(0, ("spec", 7)), (1, ("plain", 7))]
+
+
+def test_instances_persist_across_submit_map_and_imap(prefix: str) -> None:
+    with STPE(2, prefix, worker=specs.LoggedModel("m")) as ex:
+        ex.wait_ready(BLOCK_LIMIT)
+        seen = set(executors.run_on_every_worker(ex, 2, specs.logged_whoami))
+        seen.update(
+            f.result(BLOCK_LIMIT) for f in [ex.submit(specs.logged_whoami) for _ in range(20)]
+        )
+        seen.update(ex.map(specs.logged_whoami, range(20)))
+        seen.update(ex.map(specs.logged_whoami, range(20), chunksize=4))
+        seen.update(ex.map(specs.logged_whoami, range(20), buffersize=2))
+        seen.update(ex.imap(specs.logged_whoami, range(20)))
+        seen.update(ex.imap_unordered(specs.logged_whoami, range(20), chunksize=None))
+        seen.update(executors.run_on_every_worker(ex, 2, specs.logged_whoami))
+    assert len(specs.BUILD_EVENTS.of("build")) == 2
+    assert {index for index, _, _ in seen} == {0, 1}
+    assert len(seen) == 2, f"each worker index must keep one instance: {seen}"
+
+
+def test_wait_ready_builds_every_worker_before_any_task(prefix: str) -> None:
+    with STPE(3, prefix, worker=specs.LoggedModel("m")) as ex:
+        ex.wait_ready(BLOCK_LIMIT)
+        assert sorted(b[2] for b in specs.BUILD_EVENTS.of("build")) == [0, 1, 2]
+        assert len(processes.threads_named(prefix)) == 3
+        ex.wait_ready(BLOCK_LIMIT)  # idempotent
+        assert len(specs.BUILD_EVENTS.of("build")) == 3
+
+
+def test_wait_ready_times_out_while_a_worker_is_still_building(
+    prefix: str, release: threading.Event
+) -> None:
+    with STPE(1, prefix, worker=specs.LoggedModel("slow", gate=release)) as ex:
+        with pytest.raises(concurrent.futures.TimeoutError):  # 3.9/3.10: not the builtin
+            ex.wait_ready(0.05)
+        release.set()
+        ex.wait_ready(BLOCK_LIMIT)
+        assert ex.submit(specs.logged_whoami).result(BLOCK_LIMIT)[:2] == (0, "slow")
+
+
+def test_wait_ready_after_shutdown_is_runtime_error(prefix: str) -> None:
+    ex = STPE(1, prefix, worker=specs.LoggedModel("m"))
+    ex.shutdown()
+    with pytest.raises(RuntimeError):
+        ex.wait_ready(BLOCK_LIMIT)
+
+
+# --- thread pools: initialisation failures --------------------------------------------------------
+
+
+def test_failing_build_breaks_the_pool(prefix: str) -> None:
+    spec = specs.LoggedModel("boom", fail=True)
+    with STPE(1, prefix, worker=spec) as ex:
+        fut = ex.submit(abs, -1)
+        with pytest.raises(mt.WorkerInitError) as info:
+            fut.result(BLOCK_LIMIT)
+        err = info.value
+        assert isinstance(err, BrokenThreadPool)
+        assert "worker 0" in str(err)
+        assert repr(spec) in str(err)
+        assert isinstance(err.__cause__, ValueError)
+        assert str(err.__cause__) == "cannot load boom"
+        with pytest.raises(mt.WorkerInitError) as again:
+            ex.submit(abs, -1)
+        assert again.value.__cause__ is err.__cause__
+        with pytest.raises(BrokenThreadPool):  # what stdlib code catches
+            ex.wait_ready(BLOCK_LIMIT)
+
+
+def test_failing_build_of_one_listed_worker_names_that_worker(prefix: str) -> None:
+    bad = specs.LoggedModel("bad", fail=True)
+    with STPE(thread_name_prefix=prefix, worker=[specs.LoggedModel("ok"), bad]) as ex:
+        with pytest.raises(mt.WorkerInitError) as info:
+            ex.wait_ready(BLOCK_LIMIT)
+        assert "worker 1" in str(info.value)
+        assert "LoggedModel('bad', fail=True)" in str(info.value)
+        assert isinstance(info.value.__cause__, ValueError)
+        with pytest.raises(mt.WorkerInitError):
+            ex.submit(abs, 1)
+        with pytest.raises(mt.WorkerInitError):
+            ex.map(abs, range(3))
+        with pytest.raises(mt.WorkerInitError):
+            next(ex.imap(abs, range(3)))
+
+
+@pytest.mark.parametrize("worker", [None, specs.LoggedModel("m")], ids=["plain", "stateful"])
+def test_failing_initializer_breaks_the_pool_and_logs(
+    prefix: str, worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def init() -> None:
+        raise OSError("no device")
+
+    quiet = caplog.at_level(logging.CRITICAL, logger="concurrent.futures")
+    with quiet, STPE(1, prefix, init, worker=worker) as ex:
+        fut = ex.submit(abs, -1)
+        with pytest.raises(BrokenThreadPool) as info:
+            fut.result(BLOCK_LIMIT)
+        with pytest.raises(BrokenThreadPool):
+            ex.submit(abs, -1)
+    assert isinstance(info.value.__cause__, OSError)
+    records = [
+        r
+        for r in caplog.records
+        if r.name == "concurrent.futures"
+        and r.levelno == logging.CRITICAL
+        and "Exception in initializer:" in r.getMessage()
+    ]
+    assert len(records) == 1
+    assert records[0].exc_info is not None
+    assert records[0].exc_info[0] is OSError
+    assert specs.BUILD_EVENTS.of("build") == [], (
+        "the worker object is built only after the initializer"
+    )
+
+
+@pytest.mark.timeout(30)
+def test_build_failure_after_shutdown_still_lets_healthy_workers_exit(
+    prefix: str, release: threading.Event
+) -> None:
+    fail_now = threading.Event()
+    started = threading.Event()
+
+    def busy() -> str:
+        started.set()
+        release.wait(BLOCK_LIMIT)
+        return "done"
+
+    ex = STPE(
+        thread_name_prefix=prefix,
+        worker=[specs.LoggedModel("ok"), specs.LoggedModel("bad", fail_now, True)],
+    )
+    try:
+        busy_future = ex.submit(busy)  # worker 0 takes it and blocks
+        assert started.wait(BLOCK_LIMIT)
+        queued = ex.submit(abs, -1)  # starts worker 1, whose build waits for fail_now
+        ex.shutdown(wait=False)
+        fail_now.set()
+        with pytest.raises(mt.WorkerInitError):
+            queued.result(BLOCK_LIMIT)
+        release.set()
+        assert busy_future.result(BLOCK_LIMIT) == "done"
+        threads = processes.threads_named(prefix)
+        processes.wait_threads_gone(threads, 1.0)
+        assert not [t.name for t in threads if t.is_alive()]
+    finally:
+        release.set()
+
+
+# --- process pools: one object per worker process -------------------------------------------------
+
+
+def test_failing_spec_build_breaks_pool_and_names_the_worker() -> None:
+    bad = specs.FailingBuild("bad")
+    with PPE(mp_context=FORK, worker=[specs.Counter("ok"), bad]) as ex:
+        # only worker 0 can take it (worker 1 never gets ready), so it fails with the pool
+        fut = ex.submit(tasks.hang_forever)
+        with pytest.raises(mt.WorkerInitError) as info:
+            fut.result(BLOCK_LIMIT)
+        err = info.value
+        assert "worker 1" in str(err)
+        assert repr(bad) in str(err)
+        assert isinstance(err.__cause__, ValueError)
+        assert str(err.__cause__) == "cannot load bad"
+        with pytest.raises(mt.WorkerInitError):
+            ex.submit(tasks.square, 2)
+
+
+def test_per_worker_specs_run_on_distinct_processes(ctx: Any, tmp_path: Path) -> None:
+    log = str(tmp_path / "builds.log")
+    init, initargs = with_barrier(ctx, 2)
+    with PPE(
+        mp_context=ctx,
+        initializer=init,
+        initargs=initargs,
+        worker=[specs.Counter("a", log), specs.Counter("b", log)],
+    ) as ex:
+        seen = on_every_worker(ex, 2, tasks.rendezvous_call)
+        again = on_every_worker(ex, 2, tasks.rendezvous_call)
+    assert [(s.index, s.name, s.calls) for s in seen] == [(0, "a", 1), (1, "b", 1)]
+    assert [(s.index, s.name, s.calls) for s in again] == [(0, "a", 2), (1, "b", 2)]
+    assert [s.pid for s in seen] == [s.pid for s in again]
+    assert len({seen[0].pid, seen[1].pid, os.getpid()}) == 3
+    builds = sorted(line.split() for line in files.read_lines(log))
+    assert builds == sorted([str(s.pid), str(s.index), s.name, s.build_id] for s in seen)
+
+
+def test_instance_is_built_once_and_survives_submit_map_and_imap(ctx: Any, tmp_path: Path) -> None:
+    log = str(tmp_path / "builds.log")
+    init, initargs = with_barrier(ctx, 2)
+    seen: list[specs.Seen] = []
+    with PPE(2, ctx, init, initargs, worker=specs.Counter("m", log)) as ex:
+        seen += on_every_worker(ex, 2, tasks.rendezvous_call)
+        seen += [f.result(BLOCK_LIMIT) for f in [ex.submit(tasks.call_worker, i) for i in range(8)]]
+        seen += ex.map(tasks.call_worker, range(8))
+        seen += ex.map(tasks.call_worker, range(8), chunksize=3)
+        seen += ex.imap(tasks.call_worker, range(8))
+        seen += ex.imap(tasks.call_worker, range(8), chunksize=1)
+        seen += ex.imap_unordered(tasks.call_worker, range(8), chunksize=2)
+        seen += ex.map(ex.worker, range(8))
+        seen += on_every_worker(ex, 2, tasks.rendezvous_call)
+    builds = [line.split() for line in files.read_lines(log)]
+    assert sorted(b[1] for b in builds) == ["0", "1"], "one build per worker"
+    by_build: dict[str, list[specs.Seen]] = {}
+    for s in seen:
+        by_build.setdefault(s.build_id, []).append(s)
+    assert set(by_build) == {b[3] for b in builds}
+    for calls in by_build.values():
+        assert len({(s.pid, s.index) for s in calls}) == 1
+        # the same object served every call: its counter saw each call exactly once
+        assert sorted(s.calls for s in calls) == list(range(1, len(calls) + 1))
+    assert {s.name for s in seen} == {"m"}
+
+
+def test_worker_handle_with_submit_map_and_imap() -> None:
+    with PPE(1, FORK, worker=specs.Counter("h")) as ex:
+        handle = ex.worker
+        assert handle is WORKER_HANDLE
+        assert pickle.loads(pickle.dumps(handle)) is handle
+        first = ex.submit(ex.worker, "s").result(BLOCK_LIMIT)
+        mapped = list(ex.map(ex.worker, ["m1", "m2"]))
+        imapped = list(ex.imap(ex.worker, ["i1", "i2"]))
+        unordered = list(ex.imap_unordered(ex.worker, ["u1"]))
+    everything = [first, *mapped, *imapped, *unordered]
+    assert [s.x for s in everything] == ["s", "m1", "m2", "i1", "i2", "u1"]
+    assert [s.calls for s in everything] == [1, 2, 3, 4, 5, 6]
+    assert {(s.name, s.index, s.build_id) for s in everything} == {("h", 0, first.build_id)}
+
+
+def test_plain_function_as_worker_spec() -> None:
+    with PPE(2, FORK, worker=tasks.square) as ex:
+        assert list(ex.map(ex.worker, range(4))) == [0, 1, 4, 9]
+        assert ex.submit(ex.worker, 5).result(BLOCK_LIMIT) == 25
+
+
+def test_worker_handle_needs_worker_spec() -> None:
+    with PPE(1, FORK) as ex:
+        with pytest.raises(AttributeError):
+            ex.worker  # noqa: B018
+        with pytest.raises(RuntimeError, match="outside a pool worker"):
+            ex.submit(WORKER_HANDLE, 1).result(BLOCK_LIMIT)
+        assert ex.submit(tasks.whoami).result(BLOCK_LIMIT)[0] == 0

@@ -1,5 +1,7 @@
 """Worker lifecycle (issue 16): what happens to a worker, and what it started, when it stops.
 
+- A worker retires after ``max_tasks_per_child`` tasks (or ``max_memory_per_child``) and its
+  slot is respawned with the same spec; retired objects are closed.
 - Nothing a task starts outlives its worker: a subprocess started by a task is gone within
   :data:`GONE_LIMIT` seconds of the worker being stopped (overrun, ``cancel_running``,
   ``terminate()``, ``kill_workers()``, a crash, shutdown, or the parent being SIGKILLed).
@@ -11,11 +13,13 @@ Each case runs under fork, spawn and forkserver.  Tasks report through files (se
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from collections import Counter as Tally
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,12 +29,21 @@ import mtasklite as mt
 import support
 from support import files, processes, specs, tasks
 
+BLOCK_LIMIT = 10.0
+
 pytestmark = pytest.mark.timeout(60)
 
+
 METHODS = ["fork", "spawn", "forkserver"]
+
+
 SCRIPTS = support.SCRIPTS
+
+
 #: how long after a worker is stopped what its task started may still be alive
 GONE_LIMIT = 2.0
+
+
 #: how long a worker may take to start and run a task far enough (spawn on a busy machine)
 START_LIMIT = 30.0
 
@@ -63,6 +76,11 @@ def sleepers(tmp_path: Path) -> Iterator[Sleepers]:
 
 def pool(method: str, **kwargs: Any) -> mt.StatefulProcessPoolExecutor:
     return mt.StatefulProcessPoolExecutor(1, multiprocessing.get_context(method), **kwargs)
+
+
+PPE = mt.StatefulProcessPoolExecutor
+FORK = multiprocessing.get_context("fork")
+SPAWN = multiprocessing.get_context("spawn")
 
 
 # --- nothing a task starts outlives its worker -------------------------------------------------
@@ -395,3 +413,53 @@ def test_a_close_that_hangs_is_killed_after_the_grace(
     assert time.monotonic() - started < grace + GONE_LIMIT + (1.0 if how == "recycling" else 0)
     assert f"closing {pid}" in files.read_lines(log), "close() ran"
     assert not processes.wait_gone([pid], GONE_LIMIT)
+
+
+# --- max_tasks_per_child --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_max_tasks_per_child_respawns_slot_with_same_spec(tmp_path: Path) -> None:
+    init_log, build_log = str(tmp_path / "init.log"), str(tmp_path / "build.log")
+    with PPE(
+        1,
+        SPAWN,
+        tasks.record_init,
+        ("t", init_log),
+        max_tasks_per_child=2,
+        worker=specs.Counter("m", build_log),
+    ) as ex:
+        seen = [ex.submit(tasks.call_worker, i).result(BLOCK_LIMIT) for i in range(5)]
+    assert [s.x for s in seen] == list(range(5))
+    assert {(s.name, s.index) for s in seen} == {("m", 0)}
+    assert [s.calls for s in seen] == [1, 2, 1, 2, 1], "each new process builds a fresh object"
+    pids = [s.pid for s in seen]
+    assert pids[0] == pids[1] and pids[2] == pids[3]
+    assert len({pids[0], pids[2], pids[4]}) == 3
+    builds_seen = [s.build_id for s in seen]
+    assert builds_seen[0] == builds_seen[1] and builds_seen[2] == builds_seen[3]
+    assert len({builds_seen[0], builds_seen[2], builds_seen[4]}) == 3
+    inits = [int(line.split()[0]) for line in files.read_lines(init_log)]
+    assert inits == [pids[0], pids[2], pids[4]], "the initializer runs again in each new process"
+    builds = [line.split() for line in files.read_lines(build_log)]
+    assert [(int(b[0]), b[1], b[2]) for b in builds] == [(p, "0", "m") for p in inits]
+    assert [b[3] for b in builds] == [seen[0].build_id, seen[2].build_id, seen[4].build_id]
+
+
+@pytest.mark.timeout(30)
+def test_max_tasks_per_child_splits_chunks(tmp_path: Path) -> None:
+    log = str(tmp_path / "runs.log")
+    with PPE(1, SPAWN, max_tasks_per_child=3) as ex:
+        fn = functools.partial(tasks.record_run, log=log)
+        assert list(ex.imap(fn, range(10), chunksize=5)) == [x * 10 for x in range(10)]
+    runs = [line.split() for line in files.read_lines(log)]
+    assert sorted(int(x) for x, _ in runs) == list(range(10)), "every item runs exactly once"
+    per_pid = Tally(pid for _, pid in runs)
+    assert max(per_pid.values()) <= 3, per_pid
+    assert len(per_pid) == 4, per_pid
+
+
+def test_max_tasks_per_child_defaults_to_spawn() -> None:
+    with PPE(1, max_tasks_per_child=1) as ex:
+        assert ex._mp_context.get_start_method() == "spawn"
+        assert ex.submit(tasks.square, 3).result(BLOCK_LIMIT) == 9

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Iterable
 
+from support import BLOCK_LIMIT
 from support.files import wait_for
 
 # --- processes -------------------------------------------------------------------------------
@@ -140,6 +141,11 @@ def pool_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if is_pool_thread(t) and t.is_alive()}
 
 
+def threads_named(prefix: str) -> list[threading.Thread]:
+    """The live threads whose name starts with ``prefix`` (one pool's, by its prefix)."""
+    return [t for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
+
+
 def dispatcher_threads() -> set[threading.Thread]:
     """The live dispatcher threads of process pools."""
     return {
@@ -149,7 +155,9 @@ def dispatcher_threads() -> set[threading.Thread]:
     }
 
 
-def wait_threads_gone(threads: Iterable[threading.Thread], timeout: float) -> list[str]:
+def wait_threads_gone(
+    threads: Iterable[threading.Thread], timeout: float = BLOCK_LIMIT
+) -> list[str]:
     """Join ``threads`` until ``timeout``; returns the names of those still alive."""
     deadline = time.monotonic() + timeout
     threads = list(threads)
