@@ -20,6 +20,7 @@ import pytest
 import mtasklite as mt
 from mtasklite import ArgumentPassing, ExceptionBehaviour, Pool
 from support import inputs, leaks, specs, tasks
+from support.processes import open_fds
 
 BLOCK_LIMIT = 10.0
 FORK = multiprocessing.get_context("fork")
@@ -28,10 +29,6 @@ FORK = multiprocessing.get_context("fork")
 @pytest.fixture(params=[True, False], ids=["threads", "processes"])
 def use_threads(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 # --- signature and exports ---------------------------------------------------------------------

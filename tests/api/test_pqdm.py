@@ -28,6 +28,7 @@ from mtasklite import processes, threads
 from mtasklite.constants import ArgumentPassing, ExceptionBehaviour
 from mtasklite.windowing import AdaptiveChunkSize
 from support import files, inputs, leaks, specs, tasks
+from support.processes import open_fds
 
 BLOCK_LIMIT = 10.0
 FORK = multiprocessing.get_context("fork")
@@ -965,10 +966,6 @@ def test_break_without_with_cleans_up_once_collected(backend: Backend) -> None:
             break
     gc.collect()
     leaks.check(before, 5.0)
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.parametrize(

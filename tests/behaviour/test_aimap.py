@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import itertools
-import multiprocessing
 import sys
 import threading
 import time
@@ -19,8 +18,8 @@ from typing import Any, AsyncIterator, Iterator, Optional, TypeVar
 
 import pytest
 
-import mtasklite as mt
 from support import files, inputs, processes, tasks
+from support.executors import new_executor
 from support.inputs import CountingIterator
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,14 +53,7 @@ class Pools:
         self.log = str(tmp_path / "log")
 
     def make(self, kind: str, workers: int = 2, **kwargs: Any) -> Any:
-        if kind == "threads":
-            ex: Any = mt.StatefulThreadPoolExecutor(
-                workers, thread_name_prefix=f"mt-aimap-{len(self.executors)}"
-            )
-        else:
-            ex = mt.StatefulProcessPoolExecutor(
-                workers, multiprocessing.get_context(kind), **kwargs
-            )
+        ex = new_executor(kind, workers, **kwargs)
         self.executors.append(ex)
         return ex
 

@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,7 +21,7 @@ import pytest
 
 import mtasklite as mt
 import support
-from support import shm
+from support import files, processes, shm
 
 MIB = 1 << 20
 PPE = mt.StatefulProcessPoolExecutor
@@ -40,18 +39,6 @@ def nothing_left_behind(
     yield
     assert shm.shm_entries() - entries == set()
     assert shm.own_segment_fds() == fds
-
-
-@pytest.fixture(params=["fork", "spawn", "forkserver"])
-def ctx(request: pytest.FixtureRequest) -> Any:
-    return multiprocessing.get_context(request.param)
-
-
-def _wait_for_file(path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)  # sleep-ok: polling a file a worker writes, bounded by a deadline
 
 
 @pytest.mark.timeout(120)
@@ -114,7 +101,7 @@ def test_terminate_with_big_arguments_in_flight_leaves_nothing(ctx: Any, tmp_pat
     ex = PPE(2, ctx)
     futures = [ex.submit(shm.report_then_hang, blob, str(tmp_path / f"w{i}")) for i in range(2)]
     for i in range(2):
-        _wait_for_file(tmp_path / f"w{i}")
+        assert files.wait_for_file(tmp_path / f"w{i}", 30), f"w{i} never appeared"
         assert (tmp_path / f"w{i}").read_text() == str(zlib.crc32(blob.data))
     queued = ex.submit(shm.reverse, blob)  # encoded later, or never: it must not leak either
     ex.terminate()
@@ -171,11 +158,9 @@ def test_a_sigkilled_pool_parent_leaves_nothing(method: str, tmp_path: Path) -> 
         assert len(workers) == 2
         parent.kill()
         parent.wait(20)
-        deadline = time.monotonic() + 20
-        for pid in workers:  # they die with their parent (PDEATHSIG / parent watcher)
-            while not _gone(pid):
-                assert time.monotonic() < deadline, f"worker {pid} outlived its parent"
-                time.sleep(0.02)  # sleep-ok: polling another process's exit, bounded
+        # they die with their parent (PDEATHSIG / parent watcher)
+        survivors = processes.wait_gone(workers, 20)
+        assert not survivors, f"workers {survivors} outlived their parent"
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -183,11 +168,3 @@ def test_a_sigkilled_pool_parent_leaves_nothing(method: str, tmp_path: Path) -> 
         for stream in (parent.stdin, parent.stdout):
             if stream is not None:
                 stream.close()
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return True

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -23,7 +22,7 @@ import pytest
 
 import support
 from mtasklite import _shm
-from support import shm
+from support import processes, shm
 
 MIB = 1 << 20
 START_METHODS = ["fork", "spawn", "forkserver"]
@@ -493,19 +492,6 @@ def test_a_killed_receiver_leaves_nothing(method: str, monkeypatch: pytest.Monke
     assert shm.own_segment_fds() == fds_before
 
 
-def _wait_gone(pid: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True  # exited; only its reaping is left to init
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        # The child of a killed parent is reparented and reaped by init; poll for that.
-        time.sleep(0.05)  # sleep-ok: polling another process tree's exit, bounded by deadline
-    return False
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("method", START_METHODS)
 def test_a_sigkilled_parent_leaves_nothing(method: str) -> None:
@@ -529,7 +515,7 @@ def test_a_sigkilled_parent_leaves_nothing(method: str) -> None:
         middle.kill()
         middle.wait(20)
         # The child sees its pipe close (EOF) and exits; nothing else may remain.
-        assert _wait_gone(child_pid, time.monotonic() + 20)
+        assert processes.wait_gone([child_pid], 20) == set()
     finally:
         if middle.poll() is None:
             middle.kill()

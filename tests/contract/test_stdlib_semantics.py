@@ -34,6 +34,7 @@ from mtasklite._futures import TaskFuture
 from mtasklite._procpool import groups
 from mtasklite.errors import abrupt_exit_cause
 from support import files, processes, tasks
+from support.executors import new_executor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,12 +44,6 @@ TPE = mt.StatefulThreadPoolExecutor
 FORCE_OPERATIONS = [("terminate_workers", signal.SIGTERM), ("kill_workers", signal.SIGKILL)]
 #: the operation each method asks ``_force_shutdown`` for (the stdlib's names, 3.14)
 OPERATION = {"terminate_workers": "terminate", "kill_workers": "kill"}
-
-
-def make(kind: str, workers: int = 2, **kwargs: Any) -> Any:
-    if kind == "threads":
-        return TPE(workers, thread_name_prefix=f"mt-314-{kind}", **kwargs)
-    return PPE(workers, multiprocessing.get_context(kind), **kwargs)
 
 
 def new_pool_pids(before: set[int]) -> set[int]:
@@ -64,7 +59,7 @@ def new_pool_pids(before: set[int]) -> set[int]:
 
 @pytest.mark.parametrize("kind", ["threads", "fork"])
 def test_buffersize_checks_are_314s_for_map_and_imap(kind: str) -> None:
-    with make(kind) as ex:
+    with new_executor(kind) as ex:
         for method in (ex.map, ex.imap, ex.imap_unordered):
             for bad in ("foo", 2.0):
                 with pytest.raises(TypeError, match="buffersize must be an integer or None"):
@@ -77,7 +72,7 @@ def test_buffersize_checks_are_314s_for_map_and_imap(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["threads", "fork", "forkserver"])
 def test_buffersize_results_on_finite_infinite_empty_and_no_input(kind: str) -> None:
-    with make(kind) as ex:
+    with new_executor(kind) as ex:
         for size in (1, 2, 4, 8):
             assert list(ex.map(str, range(4), buffersize=size)) == ["0", "1", "2", "3"]
             assert list(ex.map(add, range(4), range(4), buffersize=size)) == [0, 2, 4, 6]
@@ -94,7 +89,7 @@ def test_buffersize_results_on_finite_infinite_empty_and_no_input(kind: str) -> 
 
 @pytest.mark.parametrize("kind", ["threads", "fork"])
 def test_buffersize_reads_only_that_many_items_ahead(kind: str) -> None:
-    ex = make(kind)
+    ex = new_executor(kind)
     ints = iter(range(4))
     ex.map(str, ints, buffersize=2)
     ex.shutdown(wait=True)
@@ -106,7 +101,7 @@ def test_buffersize_reads_only_that_many_items_ahead(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["threads", "fork"])
 def test_falsey_exceptions_are_raised_by_result_and_map(kind: str) -> None:
-    with make(kind) as ex:
+    with new_executor(kind) as ex:
         for exc_type, message in (
             (tasks.FalseyBoolError, "boolbool"),
             (tasks.FalseyLenError, "lenlen"),
@@ -390,7 +385,7 @@ def test_task_arguments_are_freed_in_the_worker_after_the_task(kind: str, tmp_pa
 
 @pytest.mark.parametrize("kind", ["threads", "fork"])
 def test_a_discarded_future_does_not_keep_its_callable(kind: str) -> None:
-    with make(kind) as ex:
+    with new_executor(kind) as ex:
         obj = tasks.Plain()
         ref = weakref.ref(obj)
         ex.submit(obj.method).result(LIMIT)  # the future is dropped at once
@@ -401,7 +396,7 @@ def test_a_discarded_future_does_not_keep_its_callable(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["threads", "fork"])
 def test_map_does_not_keep_results_it_yielded(kind: str) -> None:
-    with make(kind) as ex:
+    with new_executor(kind) as ex:
         for obj in ex.map(tasks.make_plain, range(10)):
             ref = weakref.ref(obj)
             del obj

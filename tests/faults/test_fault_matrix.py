@@ -1,11 +1,11 @@
 """The fault-and-abuse matrix (issues 7 and 9): what happens when things go wrong.
 
-Every fault runs on worker processes under ``fork`` and ``spawn`` and, where it applies, on
-worker threads.  Each test checks that the call returns or raises within :data:`FAULT_LIMIT`
-seconds of the fault, that every future ends up resolved (a result, an exception or
-cancelled), that the pool keeps working when it should, and that no worker process or pool
-thread outlives the executor (``Guard.check`` scans ``/proc`` for our children and
-``threading.enumerate()`` for pool threads).
+Every fault runs on worker processes under ``fork``, ``spawn`` and ``forkserver`` and, where
+it applies, on worker threads (the ``kind`` fixture).  Each test checks that the call returns
+or raises within :data:`FAULT_LIMIT` seconds of the fault, that every future ends up resolved
+(a result, an exception or cancelled), that the pool keeps working when it should, and that no
+worker process or pool thread outlives the executor (``guard.check()``, the leak guard of
+:mod:`support.leaks` with that short deadline, on top of the one every test gets).
 
 Nothing sleeps to synchronise: tasks report through files (see :mod:`support.tasks`), and the
 tests wait for an observable condition under a deadline.  Tasks that must block forever on a
@@ -42,7 +42,6 @@ from mtasklite.threads import pqdm as thread_pqdm
 from support import files, inputs, processes, specs, tasks
 from support.executors import (
     FAULT_LIMIT,
-    KINDS,
     PPE,
     PROCESS_KINDS,
     TPE,
@@ -287,7 +286,6 @@ def check_serial_outcome(kind: str, case: str, fut: cf.Future[Any]) -> None:
         assert ("unsendable 2" if name == "UnpicklableError" else "two-arg 2") in str(error)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("case", SERIAL_CASES)
 def test_serialisation_fault_fails_only_that_future(guard: Guard, kind: str, case: str) -> None:
     ex = guard.make(kind)
@@ -334,7 +332,6 @@ def check_init_error(kind: str, error: Optional[BaseException], pattern: str) ->
     assert isinstance(error.__cause__, RuntimeError) and "cannot load model" in str(error.__cause__)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("which", ["one-slot", "all-slots"])
 def test_worker_init_error_from_wait_ready(guard: Guard, kind: str, which: str) -> None:
     worker, workers, pattern = failing_specs(which)
@@ -351,7 +348,6 @@ def test_worker_init_error_from_wait_ready(guard: Guard, kind: str, which: str) 
     guard.check()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("which", ["one-slot", "all-slots"])
 def test_worker_init_error_from_submit(guard: Guard, kind: str, which: str) -> None:
     worker, workers, pattern = failing_specs(which)
@@ -377,7 +373,6 @@ def test_worker_init_error_from_submit(guard: Guard, kind: str, which: str) -> N
     guard.check()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("which", ["one-slot", "all-slots"])
 def test_worker_init_error_from_imap(guard: Guard, kind: str, which: str) -> None:
     worker, workers, pattern = failing_specs(which)
@@ -405,7 +400,6 @@ def test_worker_init_error_from_imap(guard: Guard, kind: str, which: str) -> Non
     guard.check()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_input_error_reaches_the_consumer_after_earlier_results(guard: Guard, kind: str) -> None:
     ex = guard.make(kind)
     for chunksize, method in itertools.product([1, 4, None], ["imap", "imap_unordered"]):
@@ -453,7 +447,6 @@ def walk_away(make_results: Callable[[], Any], how: str) -> list[Any]:
     return got
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("how", ["break", "raise", "drop"])
 def test_consumer_walking_away_from_imap(guard: Guard, kind: str, how: str) -> None:
     ex = guard.make(kind)
@@ -473,7 +466,6 @@ def test_consumer_walking_away_from_imap(guard: Guard, kind: str, how: str) -> N
     guard.check()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("how", ["break", "raise", "drop"])
 def test_consumer_walking_away_from_pqdm(guard: Guard, kind: str, how: str) -> None:
     source = CountingIterator(itertools.count())  # unsized: pqdm runs bounded
@@ -491,7 +483,6 @@ def test_consumer_walking_away_from_pqdm(guard: Guard, kind: str, how: str) -> N
     assert len(guard.starts()) < pulled, "queued tasks were not cancelled"
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_executor_collected_while_its_imap_is_consumed(guard: Guard, kind: str) -> None:
     it = new_executor(kind).imap(tasks.square, range(1000))
     gc.collect()
@@ -504,7 +495,6 @@ def test_executor_collected_while_its_imap_is_consumed(guard: Guard, kind: str) 
     guard.check()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_shutdown_from_a_done_callback(guard: Guard, kind: str) -> None:
     ex = guard.make(kind)
     errors: list[BaseException] = []
@@ -532,7 +522,6 @@ def test_shutdown_from_a_done_callback(guard: Guard, kind: str) -> None:
     assert errors == []
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("cancel", [False, True])
 def test_shutdown_from_another_thread_while_imap_runs(
     guard: Guard, kind: str, cancel: bool
@@ -562,7 +551,6 @@ def test_shutdown_from_another_thread_while_imap_runs(
     guard.check()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_asyncio_run_in_executor_and_cancelling_a_queued_item(guard: Guard, kind: str) -> None:
     ex = guard.make(kind)
 
@@ -639,7 +627,6 @@ def start_blocked_and_queued(kind: str, guard: Guard) -> tuple[Any, list[Any], l
     return ex, blocked, queued
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_shutdown_cancel_futures_resolves_every_future(guard: Guard, kind: str) -> None:
     ex, blocked, queued = start_blocked_and_queued(kind, guard)
     start = time.monotonic()
@@ -663,7 +650,6 @@ def assert_wait_and_as_completed_return(futures: list[Any]) -> None:
     assert time.monotonic() - start < FAULT_LIMIT
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_wait_and_as_completed_after_shutdown_cancel_futures(guard: Guard, kind: str) -> None:
     ex, blocked, queued = start_blocked_and_queued(kind, guard)
     ex.shutdown(wait=False, cancel_futures=True)
@@ -706,7 +692,6 @@ def test_no_leaked_resource_warning_at_interpreter_exit(method: str) -> None:
 N_ITEMS = 103
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("chunksize", [None, 7])
 def test_tqdm_over_chunked_imap_counts_items(
     guard: Guard, kind: str, chunksize: Optional[int]
@@ -725,7 +710,6 @@ def test_tqdm_over_chunked_imap_counts_items(
     guard.check()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_pqdm_bar_counts_items(guard: Guard, kind: str) -> None:
     bars: list[tqdm[Any]] = []
 
@@ -914,7 +898,6 @@ def test_wrong_call_arguments_get_clear_errors(guard: Guard, kind: str) -> None:
     guard.check()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_pqdm_items_of_the_wrong_shape_fail_alone(guard: Guard, kind: str) -> None:
     extra: dict[str, Any] = {"file": io.StringIO()}
     if kind != "threads":
@@ -988,7 +971,6 @@ def test_a_wakeup_racing_with_the_drain_is_not_lost(
     guard.check()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_queued_work_runs_when_a_task_times_out_after_shutdown(guard: Guard, kind: str) -> None:
     ex = guard.make(kind, 1)
     hung = ex.submit_with_timeout(0.3, blocker(kind, guard), "hung")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import os
 import time
 from typing import Optional
 
@@ -15,6 +14,7 @@ import pytest
 
 import mtasklite as mt
 from support import processes, tasks
+from support.processes import open_fds
 
 TOTAL = 1_000_000
 WARMUP = 100_000
@@ -31,10 +31,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.slow
