@@ -24,13 +24,10 @@ from support.inputs import CountingIterator
 
 pytestmark = pytest.mark.timeout(60)
 
-
 #: upper bound for any single wait in these tests (never reached when things work)
 LIMIT = 10.0
 
-
 KINDS = ["threads", "fork"]
-
 
 T = TypeVar("T")
 
@@ -98,6 +95,9 @@ class PullLog:
                 raise ValueError(f"input broke at {i}")
             self.pulled += 1
             yield i
+
+
+# --- results: order, chunking, inputs ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -176,6 +176,9 @@ def test_unordered_yields_in_completion_order(pools: Pools) -> None:
     run(main())
 
 
+# --- errors ---------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("chunksize", [1, 3])
 def test_task_error_is_raised_in_place_and_ends_the_iteration(
@@ -232,6 +235,9 @@ def test_bad_arguments_are_refused_at_the_call(pools: Pools, kind: str) -> None:
         ex.aimap(tasks.square)
     with pytest.raises(TypeError, match="not iterable"):
         ex.aimap(tasks.square, 5)
+
+
+# --- the loop is never blocked ----------------------------------------------------------------
 
 
 class Ticker:
@@ -307,6 +313,9 @@ def test_a_ticker_beside_a_long_aimap_keeps_its_period(pools: Pools, kind: str) 
         assert not [t for t in threading.enumerate() if t.name.startswith("asyncio_")]
 
     run(main())
+
+
+# --- stopping: cancellation, break, aclose, timeouts ----------------------------------------
 
 
 #: the window of the stopping tests: two items run, at most two more wait inside a worker
@@ -514,6 +523,9 @@ def test_aclose_from_another_task_ends_a_waiting_consumer(pools: Pools) -> None:
     pools.let_go()
     ex.shutdown(wait=True)
     assert sorted(pools.started()) == [0, 1]
+
+
+# --- Dask ---------------------------------------------------------------------------------------
 
 
 def test_dask_executor_streams_and_cancels(dask_client: Any, pools: Pools) -> None:

@@ -17,6 +17,8 @@ import pytest
 from support import files, tasks
 from support.executors import FAULT_LIMIT, Guard, returns_within
 
+# --- done-callbacks run by shutdown(cancel_futures=True) ----------------------------------
+
 
 @pytest.mark.parametrize("kind", ["fork", "threads"])
 @pytest.mark.parametrize("action", ["submit", "shutdown", "terminate", "cancel"])
@@ -63,6 +65,9 @@ def test_done_callbacks_may_use_the_executor_while_shutdown_cancels(
     returned, _ = returns_within(ex.shutdown, FAULT_LIMIT)
     assert returned
     assert running.done()
+
+
+# --- cancel_running: a cancel() that lands as the result arrives --------------------------
 
 
 @pytest.fixture

@@ -35,12 +35,9 @@ from support.executors import (
 
 BLOCK_LIMIT = 10.0
 
-
 PPE = mt.StatefulProcessPoolExecutor
 
-
 FORK = multiprocessing.get_context("fork")
-
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -69,6 +66,9 @@ def test_crash_while_pickling_a_result_charges_only_the_culprit() -> None:
         assert [g for i, g in enumerate(got) if i != 2] == [0, 10, 30, 40]
         assert isinstance(got[2], mt.WorkerCrashedError)
         assert got[2].exitcode == 7
+
+
+# --- crash isolation -------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(30)

@@ -254,9 +254,6 @@ def test_timed_imap_still_runs_one_future_per_item(prefix: str) -> None:
     assert len(submitted) - timed <= 2  # one drainer per thread
 
 
-# --- the thread pool's drainers: regressions ------------------------------------------------------
-
-
 #: how long a test waits for something the engine should make happen
 WAIT = 5.0
 
@@ -266,6 +263,9 @@ def imap_of(ex: Any, ordered: bool) -> Any:
 
 
 ORDERED = pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+
+
+# === regressions ==============================================================================
 
 
 @pytest.mark.timeout(30)
@@ -533,6 +533,9 @@ def test_a_signal_handler_cancelling_the_pool_does_not_deadlock_the_consumer() -
     # as its future would have.
     assert "SIGNALLED IN ['_ready']" in done.stdout, done.stdout
     assert "RAISED CancelledError" in done.stdout, done.stdout
+
+
+# === paths that held, covered nowhere else ===================================================
 
 
 @pytest.mark.timeout(30)
@@ -886,6 +889,9 @@ def test_imap_under_spawn() -> None:
         got = outcomes(ex, tasks.crash_on, range(10), [4] * 10, ["sigkill"] * 10, chunksize=None)
         assert isinstance(got[4], mt.WorkerCrashedError)
         assert [g for i, g in enumerate(got) if i != 4] == [i * 10 for i in range(10) if i != 4]
+
+
+# --- chunks sent ahead, and the socket buffer ------------------------------------------------
 
 
 @pytest.mark.timeout(30)

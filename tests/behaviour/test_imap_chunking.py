@@ -61,6 +61,9 @@ def chunks(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChunkLog]:
     yield ChunkLog(monkeypatch)
 
 
+# --- the executor's default -------------------------------------------------------------------
+
+
 @pytest.mark.timeout(30)
 @ORDERED
 def test_slow_items_run_in_parallel_as_one_task_each(

@@ -28,9 +28,7 @@ import mtasklite as mt
 
 BLOCK_LIMIT = 10.0
 
-
 WORKERS = 2
-
 
 STPE = mt.StatefulThreadPoolExecutor
 
@@ -80,6 +78,9 @@ ordered_param = pytest.mark.parametrize("ordered", [True, False], ids=["ordered"
 
 def square(x: int) -> int:
     return x * x
+
+
+# --- results -------------------------------------------------------------------------------
 
 
 @ordered_param
@@ -169,6 +170,9 @@ def test_generic_imap_over_stateful_executor_uses_its_workers(prefix: str) -> No
         )
 
 
+# --- ordering ------------------------------------------------------------------------------
+
+
 def make_one_finishes_first(started2: threading.Event) -> Callable[[int], int]:
     """Task 0 returns only after task 2 started; with two workers that means task 1 is done."""
 
@@ -192,6 +196,9 @@ def test_unordered_yields_results_as_they_arrive(backend: Backend) -> None:
     got = list(backend.imap_unordered(fn, range(10), buffersize=4))
     assert got[0] == 1, got
     assert sorted(got) == list(range(10))
+
+
+# --- laziness and bounded read-ahead -------------------------------------------------------
 
 
 @ordered_param
@@ -318,6 +325,9 @@ def test_stopping_early_stops_reading_and_cancels_queued_tasks(
     assert set(ran) <= set(range(1 + backend.workers)), sorted(ran)
 
 
+# --- errors --------------------------------------------------------------------------------
+
+
 def test_ordered_task_error_raises_at_its_position_and_cancels_the_rest(
     backend: Backend, release: threading.Event
 ) -> None:
@@ -418,6 +428,9 @@ def test_overall_timeout_raises_timeout_error(
         assert got == [0]
 
 
+# --- argument checking ---------------------------------------------------------------------
+
+
 @ordered_param
 @pytest.mark.parametrize(
     "kwargs",
@@ -429,6 +442,9 @@ def test_non_positive_sizes_are_value_errors(
 ) -> None:
     with pytest.raises(ValueError):
         list(backend.iterate(ordered)(square, range(3), **kwargs))
+
+
+# --- the result iterator -------------------------------------------------------------------
 
 
 @ordered_param
@@ -488,6 +504,9 @@ def test_huge_range_streams(backend: Backend, ordered: bool) -> None:
         roots = sorted(math.isqrt(v) for v in got)
         assert [r * r for r in roots] == sorted(got)
         assert len(set(roots)) == 10 and roots[-1] < 100
+
+
+# --- Executor.map ----------------------------------------------------------------------------
 
 
 def test_map_without_buffersize_submits_everything_before_returning(

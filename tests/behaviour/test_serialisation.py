@@ -22,12 +22,9 @@ from support.executors import PROCESS_KINDS, Guard, outcomes
 
 BLOCK_LIMIT = 10.0
 
-
 PPE = mt.StatefulProcessPoolExecutor
 
-
 FORK = multiprocessing.get_context("fork")
-
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -46,6 +43,9 @@ def test_unpicklable_initargs_under_spawn_keep_failing_submit_and_run_nothing() 
         assert not ex._dispatcher.backlog
     finally:
         ex.shutdown()
+
+
+# --- what cannot be pickled ------------------------------------------------------------------
 
 
 def test_unpicklable_argument_fails_only_that_future() -> None:
@@ -138,6 +138,9 @@ def test_result_unpickling_failure_in_a_chunk_fails_only_that_item() -> None:
         got = outcomes(ex, tasks.unreadable_result_on, range(4), [1] * 4, chunksize=4)
     assert isinstance(got[1], mt.DeserializationError)
     assert [got[0], *got[2:]] == [0, 20, 30]
+
+
+# --- the cloudpickle path --------------------------------------------------------------------
 
 
 @pytest.mark.timeout(30)

@@ -104,6 +104,9 @@ def plain_double(x: int) -> int:
     return 2 * x
 
 
+# --- delayed_init specs ----------------------------------------------------------------------
+
+
 def test_calling_decorated_class_returns_spec_not_instance() -> None:
     spec = Greeter("en")
     assert isinstance(spec, mt.DelayedInit)
@@ -218,6 +221,9 @@ def test_delayed_init_rejects_non_callable() -> None:
         mt.delayed_init(42)  # type: ignore[arg-type]
 
 
+# --- worker context --------------------------------------------------------------------------
+
+
 def context() -> tuple[object, object]:
     return mt.worker_index(), mt.current_worker()
 
@@ -265,6 +271,9 @@ def test_pool_workers_do_not_share_the_serial_instance(prefix: str) -> None:
         assert ex.submit(ex.worker, "pool").result(BLOCK_LIMIT) == "en:pool!#1"
     assert spec("serial") == "en:serial!#2"
     assert BUILDS.count("Greeter") == 2
+
+
+# --- ex.worker handle ------------------------------------------------------------------------
 
 
 def test_worker_handle_is_picklable_singleton(prefix: str) -> None:
@@ -346,6 +355,9 @@ def spawn() -> Any:
     return multiprocessing.get_context("spawn")
 
 
+# --- a spec where a function is expected -----------------------------------------------------
+
+
 def test_spec_as_thread_imap_function_builds_one_object_per_worker_and_never_overlaps() -> None:
     spec = Model("m")
     barrier = threading.Barrier(2, timeout=BLOCK_LIMIT)
@@ -410,6 +422,9 @@ def test_spec_called_outside_any_pool_still_builds_once() -> None:
     spec = Model("serial")
     assert spec(1)[1] == spec(2)[1]
     assert BUILT == ["serial"]
+
+
+# --- the decorated name is a real class ------------------------------------------------------
 
 
 def test_decorated_class_keeps_class_behaviour() -> None:
@@ -484,6 +499,9 @@ def test_local_class_spec_round_trips_through_cloudpickle() -> None:
     assert cloudpickle.loads(cloudpickle.dumps(Local.doubled(3)))(5) == 30
 
 
+# --- one object shared by several worker threads ---------------------------------------------
+
+
 class Stateful:
     def __init__(self) -> None:
         self.seen: list[int] = []
@@ -509,6 +527,9 @@ def test_no_warning_for_functions_specs_or_distinct_instances() -> None:
             mt.StatefulThreadPoolExecutor(workers, "mt-fh", worker=worker).shutdown()
 
 
+# --- lambdas and closures under spawn --------------------------------------------------------
+
+
 @pytest.mark.timeout(60)
 def test_lambda_and_closure_worker_specs_reach_spawned_workers() -> None:
     offset = 7
@@ -527,6 +548,9 @@ def test_lambda_and_closure_worker_specs_reach_spawned_workers() -> None:
 def test_pqdm_takes_a_lambda_under_spawn() -> None:
     results = process_pqdm(range(5), lambda x: x + 1, n_jobs=2, mp_context=spawn(), disable=True)
     assert list(results) == [1, 2, 3, 4, 5]
+
+
+# --- Python 3.14+: annotations evaluated on access -------------------------------------------
 
 
 class _LazyAnnotations:

@@ -39,26 +39,19 @@ from support.executors import (
 
 BLOCK_LIMIT = 10.0
 
-
 #: the per-task limit used throughout: short, yet far above what a trivial task needs
 LIMIT = 0.3
-
 
 #: the spec: a late task's future fails at most this long after its limit
 BOUND = 0.5
 
-
 PPE = mt.StatefulProcessPoolExecutor
-
 
 STPE = mt.StatefulThreadPoolExecutor
 
-
 FORK = multiprocessing.get_context("fork")
 
-
 SPAWN = multiprocessing.get_context("spawn")
-
 
 FORKSERVER = multiprocessing.get_context("forkserver")
 
@@ -68,6 +61,9 @@ def test_task_timeout_error_is_a_builtin_timeout_error() -> None:
     assert issubclass(mt.TaskTimeoutError, concurrent.futures.TimeoutError)
     with pytest.raises(TimeoutError):
         raise mt.TaskTimeoutError("x")
+
+
+# --- process executor ------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(30)

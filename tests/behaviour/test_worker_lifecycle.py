@@ -33,16 +33,12 @@ BLOCK_LIMIT = 10.0
 
 pytestmark = pytest.mark.timeout(60)
 
-
 METHODS = ["fork", "spawn", "forkserver"]
-
 
 SCRIPTS = support.SCRIPTS
 
-
 #: how long after a worker is stopped what its task started may still be alive
 GONE_LIMIT = 2.0
-
 
 #: how long a worker may take to start and run a task far enough (spawn on a busy machine)
 START_LIMIT = 30.0

@@ -34,7 +34,6 @@ LATER_ADDITIONS: dict[type, set[str]] = {
     concurrent.futures.Executor: set(),
 }
 
-
 #: The one reviewed table: (our executor, inherited name) -> why inheriting it is right.
 INHERITED_SAFE: dict[tuple[str, str], str] = {
     ("StatefulThreadPoolExecutor", "__enter__"): "Executor's: returns self, touches no state",

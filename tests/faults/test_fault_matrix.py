@@ -53,9 +53,7 @@ from support.inputs import CountingIterator
 
 pytestmark = pytest.mark.timeout(30)
 
-
 SCRIPTS = support.SCRIPTS
-
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -80,6 +78,9 @@ def blocker(kind: str, guard: Guard) -> Callable[[Any], Any]:
     """A task that logs its start and blocks until the guard lets go (it polls a file, so on
     processes it can be killed and on threads a timeout's asynchronous exception lands)."""
     return functools.partial(tasks.hang_unless, log=guard.log, release_file=guard.release_file)
+
+
+# --- worker crashes --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", PROCESS_KINDS)
@@ -158,6 +159,9 @@ def test_crash_inside_a_chunk_that_does_not_repeat_is_survived(
     assert first[1] != second[1] and not processes.alive(int(first[1]))
     ex.shutdown()
     guard.check()
+
+
+# --- tasks that never return -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", PROCESS_KINDS)
@@ -246,6 +250,9 @@ def test_never_returning_task_with_limit_threads(guard: Guard) -> None:
     guard.check()
 
 
+# --- serialisation trouble -------------------------------------------------------------------
+
+
 SERIAL_CASES = [
     "unpicklable-argument",
     "unpicklable-result",
@@ -312,6 +319,9 @@ def test_serialisation_fault_fails_only_that_future(guard: Guard, kind: str, cas
     assert list(ex.imap(tasks.square, range(10), chunksize=3)) == [x * x for x in range(10)]
     ex.shutdown()
     guard.check()
+
+
+# --- a worker that cannot be built -----------------------------------------------------------
 
 
 def failing_specs(which: str) -> tuple[Any, Optional[int], str]:
@@ -400,6 +410,9 @@ def test_worker_init_error_from_imap(guard: Guard, kind: str, which: str) -> Non
     guard.check()
 
 
+# --- the input iterator fails ----------------------------------------------------------------
+
+
 def test_input_error_reaches_the_consumer_after_earlier_results(guard: Guard, kind: str) -> None:
     ex = guard.make(kind)
     for chunksize, method in itertools.product([1, 4, None], ["imap", "imap_unordered"]):
@@ -419,6 +432,9 @@ def test_input_error_reaches_the_consumer_after_earlier_results(guard: Guard, ki
     assert ex.submit(tasks.square, 3).result(FAULT_LIMIT) == 9
     ex.shutdown()
     guard.check()
+
+
+# --- the consumer walks away -----------------------------------------------------------------
 
 
 #: a task long enough that queued tasks are still queued when the consumer walks away
@@ -483,6 +499,9 @@ def test_consumer_walking_away_from_pqdm(guard: Guard, kind: str, how: str) -> N
     assert len(guard.starts()) < pulled, "queued tasks were not cancelled"
 
 
+# --- the executor is dropped while its imap runs ---------------------------------------------
+
+
 def test_executor_collected_while_its_imap_is_consumed(guard: Guard, kind: str) -> None:
     it = new_executor(kind).imap(tasks.square, range(1000))
     gc.collect()
@@ -493,6 +512,9 @@ def test_executor_collected_while_its_imap_is_consumed(guard: Guard, kind: str) 
     del it
     gc.collect()
     guard.check()
+
+
+# --- shutdown from odd places ----------------------------------------------------------------
 
 
 def test_shutdown_from_a_done_callback(guard: Guard, kind: str) -> None:
@@ -549,6 +571,9 @@ def test_shutdown_from_another_thread_while_imap_runs(
         assert cancel and isinstance(error, cf.CancelledError), error
     shutter.join(FAULT_LIMIT)
     guard.check()
+
+
+# --- asyncio ---------------------------------------------------------------------------------
 
 
 def test_asyncio_run_in_executor_and_cancelling_a_queued_item(guard: Guard, kind: str) -> None:
@@ -617,6 +642,9 @@ def test_cancel_running_stops_the_task_and_replaces_its_worker(guard: Guard, kin
     asyncio.run(main())
     ex.shutdown()
     guard.check()
+
+
+# --- after shutdown(cancel_futures=True) -----------------------------------------------------
 
 
 def start_blocked_and_queued(kind: str, guard: Guard) -> tuple[Any, list[Any], list[Any]]:
@@ -689,6 +717,9 @@ def test_no_leaked_resource_warning_at_interpreter_exit(method: str) -> None:
     assert "resource_tracker" not in proc.stderr, proc.stderr
 
 
+# --- progress bars ---------------------------------------------------------------------------
+
+
 N_ITEMS = 103
 
 
@@ -736,6 +767,9 @@ def test_pqdm_bar_counts_items(guard: Guard, kind: str) -> None:
     guard.check()
 
 
+# --- one GPU per worker ----------------------------------------------------------------------
+
+
 def gpu_round(ex: Any, guard: Guard, round_no: int, crash: bool = False) -> list[Any]:
     """Run one task on each of the two workers at once (each waits for the other to start)."""
     futures = [
@@ -774,6 +808,9 @@ def test_gpu_per_worker_environment_survives_respawns(guard: Guard, respawn: str
     assert "support.fakegpu" not in sys.modules  # only the workers imported it
     ex.shutdown()
     guard.check()
+
+
+# --- wrong inputs ----------------------------------------------------------------------------
 
 
 BAD_CONSTRUCTIONS: list[tuple[str, Callable[[], Any], type[BaseException], str]] = [
@@ -916,6 +953,9 @@ def test_pqdm_items_of_the_wrong_shape_fail_alone(guard: Guard, kind: str) -> No
     guard.check()
 
 
+# --- the dispatcher's wakeup pipe ------------------------------------------------------------
+
+
 def test_a_wakeup_racing_with_the_drain_is_not_lost(
     guard: Guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -969,6 +1009,9 @@ def test_a_wakeup_racing_with_the_drain_is_not_lost(
     monkeypatch.undo()
     assert not lost, "shutdown() never reached the dispatcher"
     guard.check()
+
+
+# --- a task times out after shutdown ---------------------------------------------------------
 
 
 def test_queued_work_runs_when_a_task_times_out_after_shutdown(guard: Guard, kind: str) -> None:

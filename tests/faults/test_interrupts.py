@@ -36,13 +36,10 @@ from support.executors import FAULT_LIMIT, Guard
 
 pytestmark = pytest.mark.timeout(40)
 
-
 SCRIPTS = support.SCRIPTS
-
 
 #: how long the parent may take to see Ctrl-C, and its workers to be gone
 INTERRUPT_LIMIT = 2.0
-
 
 #: how long a script may take to start its pool and report (spawn is slow on a busy machine)
 STARTUP_LIMIT = 30.0
@@ -124,6 +121,9 @@ def read_starts(log: Path) -> list[tuple[str, int, int, float]]:
         item, pid, index, when = line.split()
         rows.append((item, int(pid), int(index), float(when)))
     return rows
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
@@ -248,6 +248,9 @@ def test_ctrl_c_outside_the_wait_still_stops_pqdm_workers(tmp_path: Path, where:
     assert not left, f"workers still running {INTERRUPT_LIMIT} s after Ctrl-C: {left}"
     late = [row for row in starts if row[3] > raised_at[0]]
     assert not late, f"items started after the KeyboardInterrupt: {late}"
+
+
+# --- the parent is killed --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])

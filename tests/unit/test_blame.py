@@ -50,6 +50,9 @@ def death(**changes: Any) -> Death:
     return base._replace(**changes)
 
 
+# --- which item is running ------------------------------------------------------------------
+
+
 @pytest.mark.parametrize(
     ("phase", "reported", "expected"),
     [
@@ -70,6 +73,9 @@ def test_running_item_is_named_only_by_an_unreported_index(
 def test_an_items_deadline_counts_from_its_start_or_from_now_between_items() -> None:
     assert blame.item_deadline(3.0, 1, 100.0, 2.5, 200.0) == (3, 102.5)
     assert blame.item_deadline(wire.IDLE, 1, 100.0, 2.5, 200.0) == (None, 202.5)
+
+
+# --- deaths: who is charged, what runs again --------------------------------------------------
 
 
 def test_a_death_while_running_a_named_item_charges_that_item_and_reruns_the_others() -> None:
@@ -140,6 +146,9 @@ def test_a_stopped_worker_without_work_is_respawned_and_charged_nothing() -> Non
     assert verdict.respawn
 
 
+# --- deaths: when the pool breaks, when the slot respawns -----------------------------------
+
+
 def test_a_reported_init_failure_breaks_the_pool() -> None:
     verdict = judge_death(death(state=SlotState.STARTING, unreported=None, init_failed=True))
     assert verdict.breaks is Breakage.INIT
@@ -192,6 +201,9 @@ def test_while_winding_down_a_slot_respawns_only_for_work_left_to_run() -> None:
     assert not judge_death(busy._replace(pool_broken=True)).respawn
 
 
+# --- the property behind every death verdict ------------------------------------------------
+
+
 @st.composite
 def deaths_with_work(draw: Any) -> Death:
     start = draw(st.integers(0, 20))
@@ -228,6 +240,9 @@ def test_every_unreported_item_is_charged_or_rerun_exactly_once(case: Death) -> 
     assert [span.start for span in verdict.requeue] == sorted(s.start for s in verdict.requeue)
 
 
+# --- unreadable messages --------------------------------------------------------------------
+
+
 @pytest.mark.parametrize(
     ("has_piece", "streaming", "remedy"),
     [
@@ -245,6 +260,9 @@ def test_an_unreadable_result_fails_its_items_and_never_runs_them_again(
 def test_an_unreadable_run_is_split_to_find_the_item_that_cannot_be_unpickled() -> None:
     assert blame.unreadable_run(4) is Remedy.SPLIT
     assert blame.unreadable_run(1) is Remedy.FAIL_REST
+
+
+# --- the errors ---------------------------------------------------------------------------
 
 
 def test_a_crash_error_names_the_worker_its_pid_and_how_it_died() -> None:
