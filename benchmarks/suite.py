@@ -504,7 +504,8 @@ def one_shot(number: int, kind: str, quick: bool) -> Scenario:
         f"{', '.join(f'{n:,}' for n in ONE_SHOT_SIZES)} items (a `range`, or an unsized "
         "generator) and shuts the pool down; items/s over all three, one map per process.  "
         "The imports a script starts with are done before the clock (scenario 10 times "
-        "them); what a pool loads on first use is timed.  The peer's chunksize is tuned "
+        "them): `import multiprocessing.pool` for the peer, `from mtasklite import` the "
+        "pool class for us.  The peer's chunksize is tuned "
         f"from the length (four chunks per worker), or {UNSIZED_PEER_CHUNKSIZE} for a "
         "generator, which has no length to tune from.",
         cases,
@@ -538,7 +539,7 @@ def import_time(quick: bool) -> Scenario:
         "Wall time of the import statement alone in a fresh interpreter (its start-up "
         f"excluded), the median of {runs} interpreters per run.  `import mtasklite` loads "
         "each public name on first use; the last two rows add the first use of a pool "
-        "class, which the one-shot scenarios time.",
+        "class (what `from mtasklite import StatefulProcessPoolExecutor` costs a script).",
         [
             _case(key, impl, f"`{statement}`", "stdlib", statement=statement, runs=runs)
             for key, impl, statement in statements

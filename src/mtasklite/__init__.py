@@ -35,7 +35,7 @@ _SUBMODULE_OF = {
     "WorkerCrashedError": "errors",
     "WorkerInitError": "errors",
     "WorkerStopping": "errors",
-    "WorkerStats": "_procpool.stats",
+    "WorkerStats": "_worker_stats",
     "Pool": "pool",
     "PoolResults": "pool",
     "SizedPoolResults": "pool",
@@ -92,7 +92,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ._aimap import AsyncResultIterator
-    from ._procpool.stats import WorkerStats
+    from ._worker_stats import WorkerStats
     from .constants import ArgumentPassing, ExceptionBehaviour
     from .errors import (
         DeferredExceptions,

@@ -41,6 +41,7 @@ class AdaptiveChunkSize:
     sizes, and for a sized input at ``total / (4 * workers)``, so the tail of the work still
     spreads over every worker.
 
+    Probing ends early once the chunks reach a sized input's cap: bigger ones cannot come.
     ``unbounded`` (everything is to be submitted at once): the chunks in flight stay at
     ``UNSETTLED_CHUNKS_PER_WORKER`` per worker, as when bounded, until ``SETTLE_SECONDS`` of
     work per worker are measured; only then does the rest go out, all at the size known then,
@@ -98,6 +99,11 @@ class AdaptiveChunkSize:
             return
         trusted = max(self.GROWTH * self._measured, self.TRUSTED_SECONDS / per_item)
         self.size = max(1, int(min(self.TARGET_SECONDS / per_item, trusted, limit)))
+        if self.size >= self._cap and self._cap < self.MAX_ITEMS:
+            # A sized input's cap is reached: no measurement can make chunks bigger, and at
+            # most 4 x workers of them remain, so probing one at a time would only leave the
+            # workers idle between round trips (10k tiny items: a dozen of them).
+            self.inflight_limit = math.inf
 
 
 ChunkSizer = Union[FixedChunkSize, AdaptiveChunkSize]

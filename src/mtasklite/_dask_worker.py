@@ -13,8 +13,10 @@ from __future__ import annotations
 import collections
 import contextvars
 import functools
+import os
 import re
 import threading
+import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import distributed
@@ -22,8 +24,10 @@ import distributed
 from ._async_exc import Abandoned, set_async_exception
 from ._chunk_run import ChunkResult, run_chunk
 from ._passing import Passing
+from ._procpool.memory import resident_bytes
 from ._task_text import timeout_error
-from .errors import WorkerInitError
+from ._worker_stats import SlotCounters
+from .errors import TaskTimeoutError, WorkerInitError
 from .stateful import (
     DelayedInit,
     WorkerContext,
@@ -35,7 +39,7 @@ from .stateful import (
     set_thread_context,
 )
 
-__all__ = ["Job", "call_label", "forget", "instances", "run_chunk_task", "run_task"]
+__all__ = ["Job", "call_label", "forget", "instances", "run_chunk_task", "run_task", "stats_for"]
 
 
 class Job(NamedTuple):
@@ -151,7 +155,10 @@ def _drop_context(key: _InstanceKey) -> None:
 
 def forget(token: str) -> int:
     """Drop every instance an executor built in this process (run on each worker at
-    shutdown), closing each (``close_worker``) once."""
+    shutdown), closing each (``close_worker``) once; its ``worker_stats()`` counts too."""
+    with _counters_lock:
+        for key in [key for key in _counters if key[0] == token]:
+            del _counters[key]
     with _instances_lock:
         keys = [key for key in instances if key[0] == token]
         dropped = [instances.pop(key) for key in keys]
@@ -262,7 +269,7 @@ def run_task(
 ) -> Any:
     """The Dask task behind ``submit``: ``fn(*args, **kwargs)`` in the worker context."""
     call = functools.partial(fn, *args, **kwargs)
-    return _execute(job, call, fn, (args, kwargs), Passing.CALL)
+    return _counted(job, lambda: _execute(job, call, fn, (args, kwargs), Passing.CALL))
 
 
 def run_chunk_task(
@@ -270,5 +277,49 @@ def run_chunk_task(
 ) -> ChunkResult:
     """The Dask task behind one ``imap`` chunk (never timed: timed imap sends single items)."""
     call = functools.partial(run_chunk, fn, items, passing)
-    result: ChunkResult = _execute(job, call, fn, items, Passing.SINGLE)
+    result: ChunkResult = _counted(job, lambda: _execute(job, call, fn, items, Passing.SINGLE))
     return result
+
+
+# --- worker_stats(): counted here, in the Dask worker's process, fetched on demand ----------
+
+#: (executor token, worker address) -> what this worker ran for that executor
+_counters: dict[tuple[str, str], SlotCounters] = {}
+#: Dask runs several tasks at once in one worker process: updates take this lock
+_counters_lock = threading.Lock()
+
+
+def _counted(job: Job, run: Callable[[], Any]) -> Any:
+    """``run()``, counted for ``worker_stats()`` (no message: the counts stay here)."""
+    start = time.perf_counter()
+    try:
+        result = run()
+    except TaskTimeoutError:
+        with _counters_lock:
+            _counters_of(job).timeouts += 1
+        raise
+    except BaseException:
+        with _counters_lock:
+            _counters_of(job).add_one(True, time.perf_counter() - start)
+        raise
+    with _counters_lock:
+        _counters_of(job).add_outcome(result, False, time.perf_counter() - start)
+    return result
+
+
+def _counters_of(job: Job) -> SlotCounters:
+    key = (job.token, _locate(job)[1])
+    counters = _counters.get(key)
+    if counters is None:
+        counters = _counters[key] = SlotCounters()
+    return counters
+
+
+def stats_for(token: str, dask_worker: Any = None) -> tuple[int, int, int, int, float, int]:
+    """Run on every Dask worker by ``worker_stats()`` (``client.run`` passes ``dask_worker``):
+    (pid, items completed, failed, timed out, busy seconds, resident bytes or 0)."""
+    address = "" if dask_worker is None else str(dask_worker.address)
+    with _counters_lock:
+        c = _counters.get((token, address)) or SlotCounters()
+        counts = (c.tasks_completed, c.failures, c.timeouts, c.busy_seconds)
+    return (os.getpid(), *counts, resident_bytes())

@@ -49,6 +49,7 @@ from typing import Any, Callable, Deque, Iterable, Iterator, Optional, Protocol
 from ._outcomes import task_outcome
 from ._passing import Passing, input_items, passing_for
 from ._result_iterators import INTERRUPT_POLL, ResultIterator, guarded, wrap_results
+from ._worker_stats import Tally
 
 __all__ = ["DrainHost", "drained_imap"]
 
@@ -283,12 +284,13 @@ class _DrainWindow:
 # keep the window, and with it the executor and its threads, alive.
 
 
-def _drain(window_ref: weakref.ref[_DrainWindow]) -> None:
-    """A drainer: run cells until ``todo`` is empty or the batch is used up."""
+def _drain(window_ref: weakref.ref[_DrainWindow]) -> Optional[Tally]:
+    """A drainer: run cells until ``todo`` is empty or the batch is used up; what it ran is
+    reported for ``worker_stats()``."""
     window = window_ref()
     executor = None if window is None else window.executor  # None once the iteration ended
     if window is None or executor is None:
-        return
+        return None
     todo, fn, star, ordered, finished = (
         window.todo,
         window.fn,
@@ -297,10 +299,12 @@ def _drain(window_ref: weakref.ref[_DrainWindow]) -> None:
         window.finished,
     )
     left = window.batch
+    ran = failed = 0
+    start = time.perf_counter()
     try:
         while True:
             if executor._stop_draining:
-                return  # the pool dropped its queued work: these items are queued work too
+                break  # the pool dropped its queued work: these items are queued work too
             if left == 0:
                 left = window.batch
                 if todo:
@@ -309,16 +313,18 @@ def _drain(window_ref: weakref.ref[_DrainWindow]) -> None:
                     except Exception:
                         pass  # none can start (shut down): finish the window ourselves
                     else:
-                        return  # a successor waits in the pool's queue, behind other work
+                        break  # a successor waits in the pool's queue, behind other work
             left -= 1
             try:
                 cell = todo.popleft()
             except IndexError:
-                return
+                break
+            ran += 1
             try:
                 cell.value = fn(*cell.item) if star else fn(cell.item)
             except BaseException as exc:
                 cell.error = exc
+                failed += 1
             cell.item = None
             cell.done = True
             if not ordered:
@@ -329,6 +335,7 @@ def _drain(window_ref: weakref.ref[_DrainWindow]) -> None:
                     window.cond.notify()
     finally:
         del window, executor, todo, fn, finished
+    return Tally(ran, failed, time.perf_counter() - start)
 
 
 def _drainer_done(window_ref: weakref.ref[_DrainWindow], _: Future[Any]) -> None:

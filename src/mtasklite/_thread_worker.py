@@ -31,6 +31,7 @@ from ._exit_hooks import interpreter_exiting, on_exit_and_fork
 from ._outcomes import task_outcome
 from ._passing import Passing
 from ._task_text import timeout_error
+from ._worker_stats import SlotCounters
 from .stateful import (
     WorkerContext,
     WorkerLike,
@@ -180,17 +181,22 @@ class Watchdog:
             del expired
 
 
-def _run_item(item: WorkItem, index: int, watchdog: Optional[Watchdog]) -> bool:
+def _run_item(
+    item: WorkItem, index: int, watchdog: Optional[Watchdog], counters: SlotCounters
+) -> bool:
     """Run one work item; ``False`` if this thread was abandoned and must exit."""
     future = item.future
     if not future.set_running_or_notify_cancel():
         return True
+    start = time.perf_counter()
     if item.timeout is None or watchdog is None:
         try:
             result = item.fn(*item.args, **item.kwargs)
         except BaseException as exc:
+            counters.add_one(True, time.perf_counter() - start)
             future.set_exception(task_outcome(exc))  # its KeyboardInterrupt is no Ctrl-C
         else:
+            counters.add_outcome(result, False, time.perf_counter() - start)
             future.set_result(result)
         return True
     try:
@@ -204,12 +210,13 @@ def _run_item(item: WorkItem, index: int, watchdog: Optional[Watchdog]) -> bool:
         owned = watchdog.end(index, item)
     except Abandoned:
         owned = False
-    if not owned:
+    if not owned:  # timed out: the watchdog counted it and failed the future
         try:
             set_async_exception(threading.get_ident(), None)
         except Abandoned:
             pass
         return False
+    counters.add_outcome(result, error is not None, time.perf_counter() - start)
     if error is None:
         future.set_result(result)
     else:
@@ -225,15 +232,17 @@ def serve(
     initargs: tuple[Any, ...],
     spec: Optional[WorkerLike],
     ready: threading.Event,
+    counters: SlotCounters,
 ) -> None:
-    """The body of pool thread ``index`` (see the module docstring)."""
+    """The body of pool thread ``index`` (see the module docstring); it counts what it runs
+    in ``counters`` (``worker_stats()``)."""
     set_thread_context(WorkerContext(index, None))
     initialised = _initialise(executor_ref, index, initializer, initargs, spec)
     ready.set()
     if not initialised:
         return
     try:
-        _serve_queue(executor_ref, index, work_queue)
+        _serve_queue(executor_ref, index, work_queue, counters)
     except Abandoned:
         pass
     except BaseException:
@@ -274,6 +283,7 @@ def _serve_queue(
     executor_ref: weakref.ref[ThreadHost],
     index: int,
     work_queue: queue.SimpleQueue[Optional[WorkItem]],
+    counters: SlotCounters,
 ) -> None:
     # No local keeps the executor alive while waiting: a collected executor wakes us up.
     while True:
@@ -284,7 +294,7 @@ def _serve_queue(
                 executor = executor_ref()
                 watchdog = None if executor is None else executor._watchdog
                 del executor
-            if not _run_item(item, index, watchdog):
+            if not _run_item(item, index, watchdog, counters):
                 return  # abandoned: a replacement thread serves this index now
             del item, watchdog
             executor = executor_ref()

@@ -68,10 +68,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._chunk_run import ChunkResult
 from ._dask_service import HEALTH_INTERVAL, Service
-from ._dask_worker import Job, call_label, instances, run_chunk_task, run_task
+from ._dask_worker import Job, call_label, instances, run_chunk_task, run_task, stats_for
 from ._futures import TaskFuture
 from ._lifecycle import ExecutorLifecycle
 from ._validate import check_timeout
+from ._worker_stats import WorkerStats
 from .errors import WorkerInitError
 from .executor_api import StatefulExecutorMixin
 from .stateful import DelayedInit, WorkerLike, resolve_workers
@@ -148,6 +149,30 @@ def _worker_order(item: tuple[str, Any]) -> tuple[int, Any, str]:
     if isinstance(name, int) and not isinstance(name, bool):
         return (0, name, item[0])
     return (1, str(name), item[0])
+
+
+def _collect_stats(client: Any, token: str) -> list[WorkerStats]:
+    """One record per Dask worker, ranked as pinned specs are placed (by worker name)."""
+    replies = client.run(stats_for, token)  # one round trip per call, none per task
+    workers = client.scheduler_info()["workers"]
+    ranked = sorted(((a, workers.get(a, {})) for a in replies), key=_worker_order)
+    records = []
+    for rank, (address, _) in enumerate(ranked):
+        pid, done, failed, timeouts, busy, resident = replies[address]
+        records.append(
+            WorkerStats(
+                index=rank,
+                pid=pid,
+                tasks_completed=done,
+                failures=failed,
+                timeouts=timeouts,
+                crashes=None,  # Dask replaces a dead worker itself; its counts start again
+                restarts=None,
+                busy_seconds=busy,
+                resident_bytes=resident or None,
+            )
+        )
+    return records
 
 
 class StatefulDaskExecutor(StatefulExecutorMixin, ExecutorLifecycle, concurrent.futures.Executor):
@@ -416,6 +441,11 @@ class StatefulDaskExecutor(StatefulExecutorMixin, ExecutorLifecycle, concurrent.
             self._service.cancel(dask_future)
         for call in moved:
             self._dispatch(call)
+
+    def worker_stats(self) -> list[WorkerStats]:
+        """One :class:`~mtasklite.WorkerStats` per Dask worker, counted in the worker's process
+        until ``shutdown()``: one round trip per call, none per task (see ``_collect_stats``)."""
+        return _collect_stats(self._client, self._token)
 
     # -- shutdown ---------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from ._procpool.control import PoolControl
 from ._procpool.dispatcher import Dispatcher
 from ._procpool.jobs import Job, Piece, StoppableFuture, copy_error
 from ._procpool.slots import DEFAULT_STOP_GRACE, PoolConfig
-from ._procpool.stats import WorkerStats
+from ._worker_stats import WorkerStats
 from .executor_api import StatefulExecutorMixin, check_timeout
 from .stateful import SentByValue, WorkerLike, describe_worker, resolve_workers
 from .windowing import ChunkResult
@@ -183,9 +183,10 @@ class StatefulProcessPoolExecutor(
             future: Future[Any] = (
                 StoppableFuture(control.request_stop) if self._cancel_running else TaskFuture()
             )
-            job = Job(future, fn, items, mode, timeout, is_call)
-            control.backlog.add(Piece(job, 0, len(items)))
-            control.wakeup()
+            piece = Piece(Job(future, fn, items, mode, timeout, is_call), 0, len(items))
+            if not (is_call and self._dispatcher.hand_off(piece)):
+                control.backlog.add(piece)
+                control.wakeup()
         return future
 
     # -- the life-cycle's state (see _lifecycle.ExecutorLifecycle) ------------------------------

@@ -29,6 +29,7 @@ from ._thread_imap import drained_imap
 from ._thread_worker import Watchdog, WorkItem, live_threads, serve
 from ._validate import check_timeout
 from ._worker_checks import stateful_thread_count, warn_shared_instances
+from ._worker_stats import SlotCounters, WorkerStats
 from .errors import WorkerInitError
 from .executor_api import StatefulExecutorMixin
 from .stateful import WorkerLike, describe_worker, resolve_workers, spec_for
@@ -109,6 +110,9 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ExecutorLifecycle, Threa
         # from ``_threads``, so shutdown(wait=True) never waits for a task that timed out.
         self._index_threads: list[Optional[threading.Thread]] = [None] * self._max_workers
         self._started = 0  # indices started so far (threads start lazily, in index order)
+        # What each index ran, for worker_stats(); written by its own thread (and the
+        # watchdog's timeouts, and the thread starts under the lock), read by anyone.
+        self._counters = [SlotCounters() for _ in range(self._max_workers)]
 
     # -- submission ---------------------------------------------------------------------------
 
@@ -165,16 +169,19 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ExecutorLifecycle, Threa
                 self._pool_initargs,
                 spec_for(self._worker_specs, index),
                 self._ready[index],
+                self._counters[index],
             ),
             daemon=True,
         )
         thread.start()
+        self._counters[index].starts += 1
         self._index_threads[index] = thread
         self._threads.add(thread)
         live_threads[thread] = self._work_queue
 
     def _replace_abandoned(self, index: int, stuck: threading.Thread) -> None:
         with self._shutdown_lock:
+            self._counters[index].timeouts += 1
             self._threads.discard(stuck)
             # Also after shutdown(): work may still be queued behind the stuck task, and the
             # replacement exits on the shutdown sentinel once the queue is drained.
@@ -199,6 +206,16 @@ class StatefulThreadPoolExecutor(StatefulExecutorMixin, ExecutorLifecycle, Threa
                 raise concurrent.futures.TimeoutError(f"workers not ready within {timeout} s")
             if self._broken:
                 raise self._broken_error()
+
+    def worker_stats(self) -> list[WorkerStats]:
+        """One :class:`~mtasklite.WorkerStats` per worker index: items completed, failed and
+        timed out, threads started after the first (replacing timed-out ones), seconds spent
+        in tasks.  ``pid`` and ``resident_bytes`` are ``None`` (a thread has no process of its
+        own) and ``crashes`` is 0 (an exception in a thread is a failure, not a crash).
+        Counting costs no message: each thread counts what it runs."""
+        return [
+            counters.snapshot(index, None, None) for index, counters in enumerate(self._counters)
+        ]
 
     # -- failure and shutdown -----------------------------------------------------------------
 

@@ -294,26 +294,36 @@ def test_a_wakeup_during_the_dispatchers_drain_is_not_lost(
                     wake.wakeup()
                 return real_os.read(fd, n)
 
-        waiting_again = threading.Event()
-        wait_timeout = dispatcher._wait_timeout
+        waiting_again, asleep = threading.Event(), threading.Event()
+        submitted, woken = threading.Event(), threading.Event()
+        real_wait = dispatcher.poller.wait
 
-        def spy_wait_timeout() -> Optional[float]:
-            # called right before the dispatcher blocks; after the injection it means the
-            # dispatcher has looked at its queue for the last time before sleeping
+        def spy_wait(objects: Any, timeout: Optional[float] = None) -> Any:
+            # the dispatcher is about to block; after the injection it means it has looked
+            # at its queue for the last time before sleeping
             if injected.is_set():
                 waiting_again.set()
-            return wait_timeout()
+            asleep.set()
+            try:
+                ready = real_wait(objects, timeout)
+            finally:
+                asleep.clear()
+            if submitted.is_set() and wake.read_fd in ready:
+                woken.set()  # by the wakeup, not by its 0.5 s check of the workers
+            return ready
 
-        monkeypatch.setattr(dispatcher, "_wait_timeout", spy_wait_timeout)
+        monkeypatch.setattr(dispatcher.poller, "wait", spy_wait)
         monkeypatch.setattr(waiting, "os", RacingOs())
+        assert asleep.wait(BLOCK_LIMIT)  # a wakeup writes only while the dispatcher sleeps
         wake.wakeup()
         assert injected.wait(BLOCK_LIMIT)
         assert waiting_again.wait(BLOCK_LIMIT)
         monkeypatch.setattr(waiting, "os", real_os)
-        fut = ex.submit(tasks.square, 3)
-        done, _ = concurrent.futures.wait([fut], timeout=2.0)
-        assert done, "the submit's wakeup was lost: the task is never dispatched"
-        assert fut.result(0) == 9
+        # timed, so it is queued and needs the wakeup (an untimed one is handed off)
+        submitted.set()
+        fut = ex.submit_with_timeout(BLOCK_LIMIT, tasks.square, 3)
+        assert fut.result(BLOCK_LIMIT) == 9
+        assert woken.wait(BLOCK_LIMIT), "the submit's wakeup was lost"
     finally:
         # unstick a dispatcher that lost its wakeup
         os.write(ex._dispatcher.control.wake.write_fd, b"\0")

@@ -984,30 +984,40 @@ def test_a_wakeup_racing_with_the_drain_is_not_lost(
                 caller.join(0.5)  # it may wait for a lock the dispatcher holds: let it
             return real_os.read(fd, size)
 
+    stopping, woken, asleep = threading.Event(), threading.Event(), threading.Event()
+
     def traced_wait(objects: Any, timeout: Optional[float] = None) -> Any:
-        # The dispatcher goes to sleep with nothing to do: only a wakeup can rouse it now.
+        # The dispatcher goes to sleep with nothing to do: only a wakeup can rouse it before
+        # its next by-pid check of the workers (half a second away).
         if (
             threading.current_thread() is thread
             and raced.is_set()
-            and timeout is None
             and all(s.state is slots.IDLE for s in dispatcher.slots.all)
         ):
             idle_sleep.set()
-        return real_wait(objects, timeout)
+        asleep.set()
+        ready = real_wait(objects, timeout)
+        asleep.clear()
+        if threading.current_thread() is thread and stopping.is_set() and wake.read_fd in ready:
+            woken.set()
+        return ready
 
     monkeypatch.setattr(dispatcher.poller, "wait", traced_wait)
     monkeypatch.setattr(waiting, "os", RacingOs())
-    assert ex.submit(tasks.square, 3).result(FAULT_LIMIT) == 9  # its wakeup() drives a drain
+    # A timed task while the dispatcher sleeps: the submitting thread queues it and wakes
+    # the dispatcher (an untimed one would be handed straight to the idle worker, and a
+    # wakeup while the dispatcher is awake writes nothing), and that wakeup drives a drain.
+    assert asleep.wait(FAULT_LIMIT)
+    assert ex.submit_with_timeout(FAULT_LIMIT, tasks.square, 3).result(FAULT_LIMIT) == 9
     assert raced.is_set()
     assert idle_sleep.wait(FAULT_LIMIT)
+    stopping.set()
     ex.shutdown(wait=False)
-    thread.join(3.0)
-    lost = thread.is_alive()
-    if lost:  # un-wedge the dispatcher so that the pool can be cleaned up
-        wake.pending = False
-        wake.wakeup()
+    thread.join(FAULT_LIMIT)
+    lost = not woken.is_set()
     monkeypatch.undo()
-    assert not lost, "shutdown() never reached the dispatcher"
+    assert not thread.is_alive()
+    assert not lost, "shutdown()'s wakeup never reached the dispatcher (it woke on its timer)"
     guard.check()
 
 

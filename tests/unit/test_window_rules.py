@@ -29,6 +29,19 @@ def test_adaptive_sizing_probes_with_one_item_per_worker() -> None:
     assert (sizer.size, sizer.inflight_limit) == (1, 3)
 
 
+def test_adaptive_sizing_stops_probing_once_chunks_reach_the_inputs_cap() -> None:
+    # 10k tiny items on 2 workers: the first sample already vouches for the cap of
+    # 10,000 / (4 x 2) items a chunk; the other chunks can go out at once, as a tuned
+    # multiprocessing.Pool.imap sends them, instead of one round trip at a time.
+    sizer = windowing.AdaptiveChunkSize(workers=2, total=10_000)
+    sizer.observe(_measured(1, 0.5e-6), 1)
+    assert sizer.size == 1250
+    assert sizer.inflight_limit == math.inf
+    unsized = windowing.AdaptiveChunkSize(workers=2)
+    unsized.observe(_measured(1, 0.5e-6), 1)
+    assert unsized.inflight_limit == 2, "no cap to reach: keep probing until 1 ms is measured"
+
+
 def test_adaptive_sizing_grows_only_as_far_as_measurements_vouch() -> None:
     sizer = windowing.AdaptiveChunkSize(workers=2)
     sizer.observe(_measured(1, 10e-6, 100), 1)  # 10 µs an item: 2,000 would make 20 ms

@@ -6,7 +6,8 @@ How one task travels (the module that owns each step in brackets):
  ---------                     -------------------                      ----------
  submit / imap chunk
    | checks, makes a Job          [process_pool]
-   v
+   |   (an untimed submit finding a slot idle while the dispatcher waits sends its Run
+   v    straight down that slot's pipe instead: Dispatcher.hand_off)
  Backlog of Pieces   --------->  waits on everything at once  [dispatcher, waiting]
    [jobs]     (+ a wakeup byte)    - the wakeup pipe
                                    - each slot's pipe
@@ -44,7 +45,8 @@ Modules, each importing only those above it:
 - ``wire``: messages, progress cells, (un)pickling;  ``child``: the worker process's loop;
   ``salvage``: what can still be read of a batch of results that does not unpickle;
   ``groups``: each worker leads a process group, signalled as a whole (nothing a task starts
-  outlives its worker);  ``memory``: resident memory;  ``stats``: per-slot counters.
+  outlives its worker);  ``memory``: resident memory (per-slot counters live in
+  ``mtasklite._worker_stats``, shared with the thread and Dask executors).
 - ``jobs``: job, piece, backlog, pickling a piece into a Run (big buffers into the slot's
   arena; a Run too big to send ahead is withdrawn from it, ``Courier.send_ahead``).
 - ``slots``: slot states, the slot table (start, stop, retire, reap), the prefetch rule.
@@ -54,9 +56,13 @@ Modules, each importing only those above it:
 - ``courier``: the conversation over the pipes;  ``dispatcher``: the loop, deaths, overruns.
 
 Who touches what: callers add to the backlog and start never-started slots (so ``submit``
-grows the pool synchronously, as the stdlib does) under the pool's lock; once a slot has
-started only the dispatcher thread touches it, and only the dispatcher reads and writes the
-pipes.
+grows the pool synchronously, as the stdlib does) under the pool's lock.  Once a slot has
+started, only the holder of ``SlotTable.handoff`` touches it or writes its pipe: the
+dispatcher thread, which holds it except while it waits, or, while it waits, a thread that
+submits an untimed task and finds a slot idle and nothing queued: it sends the Run itself
+(``Dispatcher.hand_off``), sparing the wakeup and a round of the loop.  Only the dispatcher
+reads the pipes.  A wakeup writes a byte only while the dispatcher may sleep: it arms the
+wakeup pipe before it reads what callers change (``waiting.WakeupPipe``).
 
 Races, and where they are settled:
 

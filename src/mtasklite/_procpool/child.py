@@ -66,7 +66,12 @@ def worker_main(
     groups.lead_own_group()  # first: whatever a task starts joins the group the pool signals
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent(die_with_parent)
+    # Never outlive the parent, nor let the group do so.  With the kernel's signal armed,
+    # the watcher thread starts only once we are ready: starting a thread costs a new
+    # worker a millisecond or two on a busy machine, and a one-shot script waits for it.
+    armed = _arm_parent_death(die_with_parent)
+    if not armed:
+        _watch_parent()
     cell = wire.ProgressCells(progress).cell(slot)
     cell[PHASE] = wire.IDLE
     # Made after the first cell write: a death before it is still a launch failure.
@@ -88,6 +93,8 @@ def worker_main(
             _send(conn, wire.InitFailed(wire.wrap_exception(exc), in_spec=True))
             return
     _send(conn, wire.Ready())
+    if armed:
+        _watch_parent()
     # From now on a SIGTERM unwinds the running task (see WorkerStopping); while starting it
     # still ends the process at once, so a stopped start never reports an InitFailed.
     signal.signal(signal.SIGTERM, _stop_gracefully)
@@ -283,19 +290,46 @@ def _send(conn: Connection, message: object) -> None:
     conn.send_bytes(wire.dumps(message))
 
 
-def _exit_with_parent(die_with_parent: bool) -> None:
-    """Never outlive the parent, nor let the worker's group do so: a kernel death signal on
-    Linux, a watcher thread anywhere; either kills the whole group."""
-    parent = multiprocessing.parent_process()
-    if die_with_parent and sys.platform.startswith("linux"):
+_prctl: Optional[Callable[..., int]] = None
+
+
+def load_prctl() -> Optional[Callable[..., int]]:
+    """libc's ``prctl`` (Linux), loaded once per process.  The pool calls this before it
+    forks workers, so they inherit it: importing ``ctypes`` in each new worker would add
+    2 ms to its start."""
+    global _prctl
+    if _prctl is None and sys.platform.startswith("linux"):
         try:
             import ctypes
 
-            signal.signal(groups.PARENT_DEATH_SIGNAL, groups.die_with_group)
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, groups.PARENT_DEATH_SIGNAL, 0, 0, 0)
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
         except (OSError, AttributeError):  # pragma: no cover - exotic libc
             pass
+    return _prctl
+
+
+def _arm_parent_death(die_with_parent: bool) -> bool:
+    """Have the kernel signal us when the parent dies (Linux; the handler kills the whole
+    group); ``False`` where it cannot, and the watcher thread must do it alone."""
+    if not (die_with_parent and sys.platform.startswith("linux")):
+        return False
+    prctl = load_prctl()
+    if prctl is None:  # pragma: no cover - exotic libc
+        return False
+    signal.signal(groups.PARENT_DEATH_SIGNAL, groups.die_with_group)
+    prctl(_PR_SET_PDEATHSIG, groups.PARENT_DEATH_SIGNAL, 0, 0, 0)
+    # The parent may have died before the signal was armed.
+    parent = multiprocessing.parent_process()
+    if parent is not None and not parent.is_alive():
+        groups.kill_own_group()
+    return True
+
+
+def _watch_parent() -> None:
+    """A thread that kills the worker's group once the parent is gone: it still acts while
+    the main thread runs C code that does not return to Python (where the signal's handler
+    would wait), and it is the only guard where the kernel's signal cannot be armed."""
+    parent = multiprocessing.parent_process()
     if parent is None:  # pragma: no cover - always set for a multiprocessing child
         return
     if not parent.is_alive():

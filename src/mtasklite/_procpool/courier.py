@@ -8,6 +8,7 @@ promotes ``next_piece``.  Only the dispatcher thread calls this class.
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Optional
 
@@ -15,13 +16,14 @@ from .. import _shm
 from .._futures import cancel_dropped
 from ..errors import DeserializationError, WorkerInitError
 from ..stateful import describe_worker
-from . import blame, wire
+from . import blame, groups, wire
 from .control import PoolControl
 from .jobs import Piece, RunEncoder, Span
 from .salvage import find_unrebuildable, salvage
 from .slots import (
     BUSY,
     IDLE,
+    KILLING,
     STARTING,
     STOPPING,
     PoolConfig,
@@ -29,6 +31,7 @@ from .slots import (
     SlotTable,
     may_send_ahead,
 )
+from .waiting import readable_now
 
 
 class Courier:
@@ -58,18 +61,46 @@ class Courier:
             piece = self.backlog.take()
             if piece is None:
                 return
-            if not piece.job.claim():
-                continue
-            slot = idle.popleft()
-            if self.max_tasks is not None:
-                self._fit_budget(slot, piece)
-            sent = self._send_piece(slot, piece)
-            if sent is None:
-                idle.appendleft(slot)
-            elif not sent:
-                slot.state = STOPPING
-            else:
-                slot.assign(piece)
+            if piece.job.claim():
+                self._give(idle.popleft(), piece)
+
+    def hand_off(self, piece: Piece) -> bool:
+        """Give ``piece`` to an idle slot now, from the submitting thread (which holds
+        ``slots.handoff``); ``False`` if none is idle or work is queued ahead of it."""
+        idle = self.slots.idle
+        if not idle or self.backlog:
+            return False
+        if not piece.job.claim():
+            return True  # cancelled already: nothing to run
+        slot = idle[0]
+        try:
+            idle.popleft()
+            if not self._give(slot, piece):
+                self.control.wakeup()  # the worker died: the piece went back to the queue
+        except BaseException:
+            # A Ctrl-C in the submitting thread, part way: what reached the worker is
+            # unknown, so it is replaced rather than trusted (its death is not a crash).
+            if slot.state is IDLE and slot not in idle and slot.process is not None:
+                slot.state, slot.kill_at = KILLING, float("inf")
+                groups.signal_worker(slot.process, signal.SIGKILL)
+                self.control.wakeup()
+            raise
+        return True
+
+    def _give(self, slot: Slot, piece: Piece) -> bool:
+        """Send ``piece`` to the idle ``slot``; ``False`` if its worker is gone (the piece
+        is re-queued).  An unpicklable piece is failed and the slot stays idle."""
+        if self.max_tasks is not None:
+            self._fit_budget(slot, piece)
+        sent = self._send_piece(slot, piece)
+        if sent is None:
+            self.slots.idle.appendleft(slot)
+        elif not sent:
+            slot.state = STOPPING
+            return False
+        else:
+            slot.assign(piece)
+        return True
 
     def _fit_budget(self, slot: Slot, piece: Piece) -> None:
         """Cut ``piece`` to what the slot's process may still run (max_tasks_per_child)."""
@@ -143,15 +174,15 @@ class Courier:
         conn = slot.conn
         while conn is not None and slot.conn is conn:
             try:
-                if not readable and not conn.poll():
+                if not readable and not readable_now(conn):
                     return
                 readable = False
                 data = conn.recv_bytes()
             except (EOFError, OSError):
-                # The worker is gone (its sentinel reports it), or it closed its end while
-                # running on: stop waiting on a pipe that stays readable; watch its pid.
+                # The worker is exiting (its sentinel reports it), or it closed its end while
+                # running on: stop waiting on a pipe that stays readable; watch its pid too.
                 if slot.process is not None:
-                    self.slots.hung_up.add(slot.process.pid)
+                    self.slots.pipe_closed.add(slot.process.pid)
                 return
             self._on_message(slot, data)
 

@@ -11,13 +11,14 @@ import threading
 import time
 from concurrent.futures._base import LOGGER
 from concurrent.futures.process import BrokenProcessPool
-from typing import Optional
+from typing import Any, Optional
 
 from ..stateful import describe_worker
 from . import blame, groups, wire
+from .child import load_prctl
 from .control import PoolControl
 from .courier import Courier, break_pool, init_error
-from .jobs import Span, copy_error, set_exception
+from .jobs import Piece, Span, copy_error, set_exception
 from .slots import (
     BUSY,
     EMPTY,
@@ -54,6 +55,7 @@ class Dispatcher:
         # Like the stdlib: with fork, start every worker now, before our thread exists (a
         # fork from a multi-threaded process is fragile); otherwise start them on demand.
         if self.config.ctx.get_start_method(allow_none=False) == "fork":
+            load_prctl()  # once here, not in every worker
             self.start_all()
         else:
             self.slots.start_fresh()
@@ -72,6 +74,28 @@ class Dispatcher:
         if not acquired and self.slots.fresh < self.config.workers:
             self.slots.start_fresh()
 
+    def hand_off(self, piece: Piece) -> bool:
+        """Send ``piece`` straight to an idle worker from the submitting thread, sparing the
+        dispatcher's wakeup and one round of its loop (a quarter of a ``submit`` round trip);
+        ``False``: queue it as usual.  Callers hold the pool's lock.  Only untimed pieces
+        (the dispatcher computes the item deadlines it must wake for before it waits); never
+        while the dispatcher is at work (it holds ``slots.handoff``; it takes queued work
+        before it waits again), nor from its own thread (a done-callback that submits)."""
+        control = self.control
+        if (
+            piece.job.timeout is not None
+            or control.stop_requests
+            or control.terminate_requested
+            or threading.current_thread() is control.thread
+        ):
+            return False
+        if not self.slots.handoff.acquire(blocking=False):
+            return False
+        try:
+            return self.courier.hand_off(piece)
+        finally:
+            self.slots.handoff.release()
+
     def start_all(self) -> None:
         while self.slots.fresh < self.config.workers:
             self.slots.start_fresh()
@@ -80,8 +104,11 @@ class Dispatcher:
 
     def run(self) -> None:
         control, courier, wake = self.control, self.courier, self.control.wake
+        handoff = self.slots.handoff
+        handoff.acquire()  # released only while waiting (see hand_off)
         try:
             while True:
+                wake.arm()  # before reading what callers change (see WakeupPipe)
                 if control.terminate_requested and not self.terminated:
                     self._terminate()
                 if control.stop_requests:
@@ -93,9 +120,14 @@ class Dispatcher:
                 if self._finished():
                     break
                 conns, sentinels = self.slots.waitables()
-                ready = self.poller.wait([wake.read_fd, *conns, *sentinels], self._wait_timeout())
-                if wake.read_fd in ready:
-                    wake.clear()
+                timeout = _wait_timeout(self.slots, self.next_slow_poll)
+                objects = [wake.read_fd, *conns, *sentinels]
+                handoff.release()
+                try:
+                    ready = self.poller.wait(objects, timeout)
+                finally:
+                    handoff.acquire()
+                wake.awake(wake.read_fd in ready)
                 # Results before deaths: what a worker sent before dying still counts.
                 for obj in ready:
                     slot = conns.get(obj)
@@ -114,30 +146,7 @@ class Dispatcher:
         finally:
             self.slots.close()
             self.control.close()
-
-    def _wait_timeout(self) -> Optional[float]:
-        """Seconds until the nearest deadline: an item's limit, a SIGKILL escalation or the
-        next exit check by pid."""
-        now = time.monotonic()
-        nearest = None
-        cells = self.slots.cells
-        for slot in self.slots.all:
-            when = None
-            if slot.state is KILLING or slot.state is STOPPING:
-                if slot.kill_at != float("inf"):  # inf: SIGKILL sent, the sentinel will fire
-                    when = slot.kill_at
-            elif slot.state is BUSY and slot.piece is not None:
-                timeout = slot.piece.job.timeout
-                if timeout is not None:
-                    phase, started = cells.phase(slot.index), cells.started(slot.index)
-                    _, when = blame.item_deadline(phase, slot.received, started, timeout, now)
-            if when is not None and (nearest is None or when < nearest):
-                nearest = when
-        timeout = None if nearest is None else max(0.0, nearest - now)
-        poll = blame.death_poll_interval(*self.slots.death_watch(), self.next_slow_poll - now)
-        if poll is not None and (timeout is None or poll < timeout):
-            return poll
-        return timeout
+            handoff.release()
 
     def _finished(self) -> bool:
         """Winding down with nothing left to run: stop the workers; ``True`` once all are
@@ -197,12 +206,17 @@ class Dispatcher:
         slow = now >= self.next_slow_poll
         if slow:
             self.next_slow_poll = now + blame.SLOW_DEATH_POLL
-        hung_up = self.slots.hung_up
+        hung_up, pipe_closed = self.slots.hung_up, self.slots.pipe_closed
         for slot in self.slots.all:
             process = slot.process
             if process is None or slot.state is EMPTY:
                 continue
-            expected = slot.state is KILLING or slot.state is STOPPING or process.pid in hung_up
+            expected = (
+                slot.state is KILLING
+                or slot.state is STOPPING
+                or process.pid in hung_up
+                or process.pid in pipe_closed
+            )
             if (expected or slow) and process.exitcode is not None:
                 self._reap(slot, process.sentinel)
         if self.slots.retiring:
@@ -219,7 +233,7 @@ class Dispatcher:
             # terminate() signalled the workers itself: this death is not a crash.
             self._terminate()
         self.courier.drain(slot)
-        if slot.process.exitcode is None:
+        if not _exit_confirmed(slot.process):
             # The sentinel closed but the process runs on (a task closed its inherited
             # descriptors): never block on one worker; _poll_deaths reaps it by pid.
             self.slots.hung_up.add(slot.process.pid)
@@ -315,3 +329,46 @@ class Dispatcher:
 
     def _break(self, error: BaseException) -> None:
         break_pool(self.control, self.slots, error)
+
+
+#: How long a fired sentinel waits for its process's exit status before calling it hung up.
+EXIT_STATUS_WAIT = 0.002
+
+
+def _exit_confirmed(process: Any) -> bool:
+    """Whether ``process`` has exited, allowing for the kernel's order: an exiting process's
+    descriptors (its sentinel) close a moment before its exit status can be collected, so a
+    fired sentinel is re-checked for up to ``EXIT_STATUS_WAIT`` before the process counts as
+    running on (hung up, then polled by pid every ``DEATH_POLL``: 20 ms lost on every
+    shutdown that lost this race)."""
+    deadline = time.monotonic() + EXIT_STATUS_WAIT
+    while process.exitcode is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0001)
+    return True
+
+
+def _wait_timeout(slots: SlotTable, next_slow_poll: float) -> Optional[float]:
+    """Seconds until the dispatcher's nearest deadline: an item's limit, a SIGKILL
+    escalation or the next exit check by pid (``next_slow_poll``: when one is due)."""
+    now = time.monotonic()
+    nearest = None
+    cells = slots.cells
+    for slot in slots.all:
+        when = None
+        if slot.state is KILLING or slot.state is STOPPING:
+            if slot.kill_at != float("inf"):  # inf: SIGKILL sent, the sentinel will fire
+                when = slot.kill_at
+        elif slot.state is BUSY and slot.piece is not None:
+            timeout = slot.piece.job.timeout
+            if timeout is not None:
+                phase, started = cells.phase(slot.index), cells.started(slot.index)
+                _, when = blame.item_deadline(phase, slot.received, started, timeout, now)
+        if when is not None and (nearest is None or when < nearest):
+            nearest = when
+    timeout = None if nearest is None else max(0.0, nearest - now)
+    poll = blame.death_poll_interval(*slots.death_watch(), next_slow_poll - now)
+    if poll is not None and (timeout is None or poll < timeout):
+        return poll
+    return timeout

@@ -22,12 +22,12 @@ from collections import deque
 from typing import Any, Callable, Deque, NamedTuple, Optional
 
 from .. import _shm
+from .._worker_stats import SlotCounters, WorkerStats
 from ..stateful import WorkerLike, spec_for
 from . import groups, wire
 from .child import worker_main
 from .jobs import Piece, copy_error, set_exception
 from .memory import resident_bytes
-from .stats import SlotCounters, WorkerStats
 
 #: seconds a stopped worker gets to unwind (``finally`` blocks, ``with`` exits, teardown)
 #: between SIGTERM and SIGKILL, unless the executor's ``stop_grace`` says otherwise
@@ -170,15 +170,23 @@ class SlotTable:
     def __init__(self, config: PoolConfig):
         self.config = config
         self.all = [Slot(i, spec_for(config.specs, i)) for i in range(config.workers)]
-        self.cells = wire.ProgressCells.allocate(config.ctx, config.workers)
+        self.cells = wire.ProgressCells.allocate(config.workers)
         self.processes: dict[int, Any] = {}
         self.idle: Deque[Slot] = deque()  # ready for a piece, in the order they became so
         self.retiring: list[Any] = []  # stopped processes not yet reaped
         self.kill_retired_at: dict[int, float] = {}  # pid -> when to SIGKILL a retired one
         self.fresh = 0  # slots started at least once (callers start them in index order)
-        # pids whose sentinel or pipe hung up while the process still ran (it closed its
-        # descriptors): no longer waited on (they stay readable), checked by pid instead
+        # Held by the dispatcher thread whenever it is not waiting, and by a submitting
+        # thread that hands a task straight to an idle worker (Dispatcher.hand_off), so the
+        # two never change a slot at once.  Reentrant: a done-callback the dispatcher runs
+        # may submit again (it then queues; see hand_off).
+        self.handoff = threading.RLock()
+        # pids whose sentinel hung up while the process still ran (it closed its descriptors):
+        # no longer waited on (it stays readable), checked by pid instead
         self.hung_up: set[int] = set()
+        # pids whose pipe reached its end: the pipe is no longer read, but the sentinel is
+        # still waited on, so an exiting worker (the usual reason) is seen at once
+        self.pipe_closed: set[int] = set()
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -228,7 +236,7 @@ class SlotTable:
         self.processes[process.pid] = process
 
     def stats(self) -> list[WorkerStats]:
-        """One record per slot (any thread: a snapshot, see :mod:`.stats`)."""
+        """One record per slot (any thread: a snapshot, see :mod:`mtasklite._worker_stats`)."""
         records = []
         for slot in self.all:
             process = slot.process  # read once: the dispatcher may clear it meanwhile
@@ -288,11 +296,16 @@ class SlotTable:
                 process.join()  # returns at once: it has exited
                 groups.kill_leftovers(process.pid)
                 self.retiring.remove(process)
-                self.hung_up.discard(process.pid)
+                self.forget_pid(process.pid)
                 self.kill_retired_at.pop(process.pid, None)
             elif now >= self.kill_retired_at.get(process.pid, now):
                 groups.signal_worker(process, signal.SIGKILL)  # its teardown overran the grace
                 self.kill_retired_at[process.pid] = float("inf")
+
+    def forget_pid(self, pid: int) -> None:
+        """``pid`` has been reaped: it may be reused by a new process."""
+        self.hung_up.discard(pid)
+        self.pipe_closed.discard(pid)
 
     def clear_dead(self, slot: Slot) -> Remains:
         """The process of ``slot`` has exited (its ``exitcode`` is known): close its pipe and
@@ -300,7 +313,7 @@ class SlotTable:
         process = slot.process
         process.join()  # returns at once: it has exited
         groups.kill_leftovers(process.pid)
-        self.hung_up.discard(process.pid)
+        self.forget_pid(process.pid)
         self.processes.pop(process.pid, None)
         if slot.conn is not None:
             slot.conn.close()
@@ -361,10 +374,11 @@ class SlotTable:
         Hung-up pipes and sentinels are left out: they would stay readable."""
         conns: dict[Any, Slot] = {}
         sentinels: dict[int, Optional[Slot]] = {}
-        hung_up = self.hung_up
+        hung_up, pipe_closed = self.hung_up, self.pipe_closed
         for slot in self.all:
-            if slot.state is not EMPTY and slot.process.pid not in hung_up:
-                if slot.conn is not None:
+            pid = None if slot.state is EMPTY else slot.process.pid
+            if pid is not None and pid not in hung_up:
+                if slot.conn is not None and pid not in pipe_closed:
                     conns[slot.conn] = slot
                 sentinels[slot.process.sentinel] = slot
         for process in self.retiring:
@@ -374,16 +388,19 @@ class SlotTable:
 
     def death_watch(self) -> tuple[bool, bool]:
         """(a process is about to exit (stopped, killed, retired) or hung up its pipes; a
-        worker is starting or running work and could die unseen), for the death poll."""
+        worker is up and could die unseen), for the death poll."""
         expecting, outstanding = bool(self.retiring), False
         hung_up = self.hung_up
         for slot in self.all:
             state = slot.state
             if state is KILLING or state is STOPPING:
                 expecting = True
-            elif state is STARTING or state is BUSY:
+            elif state is not EMPTY:
+                # Idle ones too: a submitting thread may hand one a task while we wait.
                 outstanding = True
-            if slot.process is not None and slot.process.pid in hung_up:
+            if slot.process is not None and (
+                slot.process.pid in hung_up or slot.process.pid in self.pipe_closed
+            ):
                 expecting = True
         return expecting, outstanding
 

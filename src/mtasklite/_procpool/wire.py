@@ -103,12 +103,19 @@ class ProgressCells:
     """
 
     def __init__(self, array: Any):
-        self.array = array  # the shared ctypes array (picklable while spawning a process)
-        self._doubles = memoryview(array).cast("B").cast("d")
+        # The shared block (picklable while spawning a process): a ``multiprocessing.heap``
+        # buffer, as under ``RawArray`` but without ``ctypes``, whose import costs a
+        # one-shot script 2 ms.
+        self.array = array
+        self._doubles = array.create_memoryview().cast("d")
 
     @classmethod
-    def allocate(cls, ctx: Any, slots: int) -> ProgressCells:
-        return cls(ctx.RawArray("d", CELL_SIZE * slots))
+    def allocate(cls, slots: int) -> ProgressCells:
+        from multiprocessing import heap
+
+        cells = cls(heap.BufferWrapper(CELL_SIZE * slots * 8))
+        cells._doubles.cast("B")[:] = bytes(CELL_SIZE * slots * 8)  # a reused block is dirty
+        return cells
 
     def cell(self, slot: int) -> Any:
         """Slot ``slot``'s cell, as a writable view of its doubles (index with PHASE and

@@ -1,0 +1,157 @@
+"""``submit`` on an idle process pool hands the task straight to a worker from the calling
+thread (no dispatcher wakeup: a quarter of the round trip).  What users rely on stays true
+on that path: every future resolves with its own result, from any number of threads and
+from done-callbacks (which run on the dispatcher's thread), a crash there fails only its
+task, and timed tasks still go through the dispatcher, which watches their deadlines.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import threading
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import mtasklite as mt
+from support import leaks, tasks
+
+LIMIT = 10.0
+
+
+@pytest.fixture
+def pool() -> Iterator[Callable[..., mt.StatefulProcessPoolExecutor]]:
+    made: list[mt.StatefulProcessPoolExecutor] = []
+    before = leaks.snapshot()
+
+    def make(workers: int = 1, **kwargs: Any) -> mt.StatefulProcessPoolExecutor:
+        context = multiprocessing.get_context("fork")
+        ex = mt.StatefulProcessPoolExecutor(workers, mp_context=context, **kwargs)
+        made.append(ex)
+        ex.wait_ready(LIMIT)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.shutdown(wait=True, cancel_futures=True)
+    leaks.check(before)
+
+
+class DispatcherProbe:
+    """Internal hooks: whether the dispatcher is asleep in its wait, and how many bytes were
+    written to wake it (a system call each; a wakeup while it is awake writes nothing)."""
+
+    def __init__(self, ex: mt.StatefulProcessPoolExecutor, monkeypatch: pytest.MonkeyPatch):
+        from mtasklite._procpool import waiting
+
+        dispatcher = ex._dispatcher
+        wake, real_os, real_wait = dispatcher.control.wake, waiting.os, dispatcher.poller.wait
+        self.writes = 0
+        self.asleep = threading.Event()
+        probe = self
+
+        class CountingOs:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real_os, name)
+
+            def write(self, fd: int, data: bytes) -> int:
+                if fd == wake.write_fd:
+                    probe.writes += 1
+                return real_os.write(fd, data)
+
+        def wait(objects: Any, timeout: Any = None) -> Any:
+            probe.asleep.set()  # the hand-off lock is free from here until the wait returns
+            try:
+                return real_wait(objects, timeout)
+            finally:
+                probe.asleep.clear()
+
+        monkeypatch.setattr(waiting, "os", CountingOs())
+        monkeypatch.setattr(dispatcher.poller, "wait", wait)
+
+
+def test_a_submit_to_an_idle_worker_is_sent_without_waking_the_dispatcher(
+    pool: Callable[..., mt.StatefulProcessPoolExecutor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex = pool(1)
+    probe = DispatcherProbe(ex, monkeypatch)
+    for x in range(30):
+        assert probe.asleep.wait(LIMIT)
+        assert ex.submit(tasks.square, x).result(LIMIT) == x * x
+    assert probe.writes == 0, "each task went straight to the idle worker"
+    assert probe.asleep.wait(LIMIT)
+    assert ex.submit_with_timeout(LIMIT, tasks.square, 7).result(LIMIT) == 49
+    assert probe.writes == 1, "a timed task is queued for the dispatcher, which times it"
+    (stats,) = ex.worker_stats()
+    assert stats.tasks_completed == 31
+
+
+def test_submits_from_threads_and_done_callbacks_all_resolve_with_their_own_results(
+    pool: Callable[..., mt.StatefulProcessPoolExecutor],
+) -> None:
+    ex = pool(2)
+    follow_ups: list[concurrent.futures.Future[int]] = []
+    lock = threading.Lock()
+
+    def resubmit(future: concurrent.futures.Future[int]) -> None:
+        # Runs on the dispatcher's thread: a submit from there must queue, not deadlock.
+        if future.result() % 7 == 0:
+            with lock:
+                follow_ups.append(ex.submit(tasks.add, future.result(), 1))
+
+    def submitter(offset: int) -> list[int]:
+        futures = [ex.submit(tasks.add, offset, x) for x in range(150)]
+        for f in futures:
+            f.add_done_callback(resubmit)
+        return [f.result(LIMIT) for f in futures]
+
+    with concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="mt-handoff") as callers:
+        results = list(callers.map(submitter, [0, 1000, 2000, 3000]))
+    for offset, values in zip([0, 1000, 2000, 3000], results):
+        assert values == [offset + x for x in range(150)]
+    with lock:
+        expected = sorted(v + 1 for values in results for v in values if v % 7 == 0)
+        assert sorted(f.result(LIMIT) for f in follow_ups) == expected
+
+
+def test_a_crash_in_a_handed_off_task_fails_only_that_task(
+    pool: Callable[..., mt.StatefulProcessPoolExecutor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex = pool(1)
+    probe = DispatcherProbe(ex, monkeypatch)
+    assert probe.asleep.wait(LIMIT)
+    crashed = ex.submit(tasks.crash_on, 0, 0, "sigkill")
+    assert isinstance(crashed.exception(LIMIT), mt.WorkerCrashedError)
+    assert probe.writes == 0, "the crashed task was handed off, not queued"
+    assert ex.submit(tasks.square, 5).result(LIMIT) == 25, "its replacement serves the next one"
+    (stats,) = ex.worker_stats()
+    assert (stats.crashes, stats.restarts) == (1, 1)
+
+
+@pytest.mark.parametrize("sent", [True, False], ids=["after-the-send", "before-the-send"])
+def test_a_ctrl_c_in_the_middle_of_a_hand_off_costs_only_that_worker(
+    pool: Callable[..., mt.StatefulProcessPoolExecutor],
+    monkeypatch: pytest.MonkeyPatch,
+    sent: bool,
+) -> None:
+    ex = pool(1)
+    probe = DispatcherProbe(ex, monkeypatch)
+    courier = ex._dispatcher.courier
+    real_send = courier._send_piece
+
+    def interrupted_send(*args: Any) -> Any:
+        # Internal hook: the KeyboardInterrupt a Ctrl-C raises in the submitting thread.
+        monkeypatch.setattr(courier, "_send_piece", real_send)
+        if sent:
+            real_send(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(courier, "_send_piece", interrupted_send)
+    assert probe.asleep.wait(LIMIT)
+    with pytest.raises(KeyboardInterrupt):
+        ex.submit(tasks.square, 4)
+    # The worker that may hold a half-known task is replaced; nothing else is lost.
+    assert [ex.submit(tasks.square, x).result(LIMIT) for x in range(5)] == [0, 1, 4, 9, 16]
+    (stats,) = ex.worker_stats()
+    assert (stats.crashes, stats.restarts) == (0, 1)
