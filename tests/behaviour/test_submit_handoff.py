@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import mtasklite as mt
-import process_helpers as ph
+from support import leaks, tasks
 
 LIMIT = 10.0
 
@@ -23,7 +23,7 @@ LIMIT = 10.0
 @pytest.fixture
 def pool() -> Iterator[Callable[..., mt.StatefulProcessPoolExecutor]]:
     made: list[mt.StatefulProcessPoolExecutor] = []
-    before, threads_before = set(ph.pool_processes()), ph.dispatcher_threads()
+    before = leaks.snapshot()
 
     def make(workers: int = 1, **kwargs: Any) -> mt.StatefulProcessPoolExecutor:
         context = multiprocessing.get_context("fork")
@@ -35,7 +35,7 @@ def pool() -> Iterator[Callable[..., mt.StatefulProcessPoolExecutor]]:
     yield make
     for ex in made:
         ex.shutdown(wait=True, cancel_futures=True)
-    ph.assert_no_leftovers(before, threads_before)
+    leaks.check(before)
 
 
 class DispatcherProbe:
@@ -78,10 +78,10 @@ def test_a_submit_to_an_idle_worker_is_sent_without_waking_the_dispatcher(
     probe = DispatcherProbe(ex, monkeypatch)
     for x in range(30):
         assert probe.asleep.wait(LIMIT)
-        assert ex.submit(ph.square, x).result(LIMIT) == x * x
+        assert ex.submit(tasks.square, x).result(LIMIT) == x * x
     assert probe.writes == 0, "each task went straight to the idle worker"
     assert probe.asleep.wait(LIMIT)
-    assert ex.submit_with_timeout(LIMIT, ph.square, 7).result(LIMIT) == 49
+    assert ex.submit_with_timeout(LIMIT, tasks.square, 7).result(LIMIT) == 49
     assert probe.writes == 1, "a timed task is queued for the dispatcher, which times it"
     (stats,) = ex.worker_stats()
     assert stats.tasks_completed == 31
@@ -98,10 +98,10 @@ def test_submits_from_threads_and_done_callbacks_all_resolve_with_their_own_resu
         # Runs on the dispatcher's thread: a submit from there must queue, not deadlock.
         if future.result() % 7 == 0:
             with lock:
-                follow_ups.append(ex.submit(ph.add, future.result(), 1))
+                follow_ups.append(ex.submit(tasks.add, future.result(), 1))
 
     def submitter(offset: int) -> list[int]:
-        futures = [ex.submit(ph.add, offset, x) for x in range(150)]
+        futures = [ex.submit(tasks.add, offset, x) for x in range(150)]
         for f in futures:
             f.add_done_callback(resubmit)
         return [f.result(LIMIT) for f in futures]
@@ -121,10 +121,10 @@ def test_a_crash_in_a_handed_off_task_fails_only_that_task(
     ex = pool(1)
     probe = DispatcherProbe(ex, monkeypatch)
     assert probe.asleep.wait(LIMIT)
-    crashed = ex.submit(ph.crash_on, 0, 0, "sigkill")
+    crashed = ex.submit(tasks.crash_on, 0, 0, "sigkill")
     assert isinstance(crashed.exception(LIMIT), mt.WorkerCrashedError)
     assert probe.writes == 0, "the crashed task was handed off, not queued"
-    assert ex.submit(ph.square, 5).result(LIMIT) == 25, "its replacement serves the next one"
+    assert ex.submit(tasks.square, 5).result(LIMIT) == 25, "its replacement serves the next one"
     (stats,) = ex.worker_stats()
     assert (stats.crashes, stats.restarts) == (1, 1)
 
@@ -150,8 +150,8 @@ def test_a_ctrl_c_in_the_middle_of_a_hand_off_costs_only_that_worker(
     monkeypatch.setattr(courier, "_send_piece", interrupted_send)
     assert probe.asleep.wait(LIMIT)
     with pytest.raises(KeyboardInterrupt):
-        ex.submit(ph.square, 4)
+        ex.submit(tasks.square, 4)
     # The worker that may hold a half-known task is replaced; nothing else is lost.
-    assert [ex.submit(ph.square, x).result(LIMIT) for x in range(5)] == [0, 1, 4, 9, 16]
+    assert [ex.submit(tasks.square, x).result(LIMIT) for x in range(5)] == [0, 1, 4, 9, 16]
     (stats,) = ex.worker_stats()
     assert (stats.crashes, stats.restarts) == (0, 1)

@@ -1,4 +1,4 @@
-"""Exercise every way a process pool ends, then exit (run by tests/test_faults.py).
+"""Exercise every way a process pool ends, then exit (run by tests/faults/test_fault_matrix.py).
 
 Usage: ``exit_cleanly.py START_METHOD``
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import fault_helpers as fh
 import mtasklite as mt
+from support import specs, tasks
 
 
 def main() -> int:
@@ -26,27 +26,29 @@ def main() -> int:
 
     # a normal run, with the context manager
     with ppe(2, ctx) as ex:
-        assert list(ex.imap(fh.square, range(50))) == [x * x for x in range(50)]
+        assert list(ex.imap(tasks.square, range(50))) == [x * x for x in range(50)]
 
     # a crash, an overrun and an unpicklable result, then shutdown(cancel_futures=True)
     ex = ppe(2, ctx)
-    assert isinstance(ex.submit(fh.crash_on, 1, 1, "sigkill").exception(30), mt.WorkerCrashedError)
     assert isinstance(
-        ex.submit_with_timeout(0.5, fh.log_then_hang, 0, "/dev/null").exception(30),
+        ex.submit(tasks.crash_on, 1, 1, "sigkill").exception(30), mt.WorkerCrashedError
+    )
+    assert isinstance(
+        ex.submit_with_timeout(0.5, tasks.log_then_hang, 0, "/dev/null").exception(30),
         mt.TaskTimeoutError,
     )
-    assert ex.submit(fh.unpicklable_result).exception(30) is not None
+    assert ex.submit(tasks.unpicklable_result).exception(30) is not None
     ex.shutdown(wait=True, cancel_futures=True)
 
     # terminate() with work running
     ex = ppe(2, ctx)
-    running = ex.submit(fh.log_then_hang, 0, "/dev/null")
-    assert ex.submit(fh.square, 2).result(30) == 4
+    running = ex.submit(tasks.log_then_hang, 0, "/dev/null")
+    assert ex.submit(tasks.square, 2).result(30) == 4
     ex.terminate()
     assert running.exception(30) is not None
 
     # a broken pool (a worker's constructor raises)
-    ex = ppe(2, ctx, worker=fh.Model("m", fail=True))
+    ex = ppe(2, ctx, worker=specs.NamedModel("m", fail=True))
     try:
         ex.wait_ready(30)
     except mt.WorkerInitError:
@@ -57,14 +59,14 @@ def main() -> int:
 
     # dropped without shutdown (garbage collected)
     ex = ppe(2, ctx)
-    assert ex.submit(fh.square, 3).result(30) == 9
+    assert ex.submit(tasks.square, 3).result(30) == 9
     del ex
     gc.collect()
 
     # left running at interpreter exit
     global LEFT_OPEN
     LEFT_OPEN = ppe(2, ctx)
-    assert LEFT_OPEN.submit(fh.square, 4).result(30) == 16
+    assert LEFT_OPEN.submit(tasks.square, 4).result(30) == 16
     print("OK", flush=True)
     return 0
 

@@ -1,4 +1,4 @@
-"""A parent that gets SIGKILLed with busy workers (run by tests/test_interrupts.py).
+"""A parent that gets SIGKILLed with busy workers (run by tests/faults/test_interrupts.py).
 
 Usage: ``parent_killed.py START_METHOD {main,thread,respawned} LOG``
 
@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import fault_helpers as fh
 import mtasklite as mt
+import support
+from support import files, processes, tasks
 
 WORKERS = 2
 
@@ -32,9 +33,9 @@ WORKERS = 2
 def run(method: str, variant: str, log: str, futures: list[object]) -> None:
     ex = mt.StatefulProcessPoolExecutor(WORKERS, multiprocessing.get_context(method))
     if variant == "respawned":
-        crashed = ex.submit(fh.crash_on, 0, 0, "sigkill")
-        assert isinstance(crashed.exception(fh.BLOCK_LIMIT), mt.WorkerCrashedError)
-    hang = functools.partial(fh.log_then_hang, log=log)
+        crashed = ex.submit(tasks.crash_on, 0, 0, "sigkill")
+        assert isinstance(crashed.exception(support.BLOCK_LIMIT), mt.WorkerCrashedError)
+    hang = functools.partial(tasks.log_then_hang, log=log)
     futures.extend(ex.submit(hang, i) for i in range(WORKERS))
     futures.append(ex)  # keep the executor alive
 
@@ -48,9 +49,9 @@ def main() -> int:
         thread.join()
     else:
         run(method, variant, log, keep)
-    lines = fh.wait_for_lines(log, WORKERS)
+    lines = files.wait_for_lines(log, WORKERS)
     pids = sorted({int(line.split()[1]) for line in lines})
-    assert set(pids) == set(fh.child_processes()), (pids, fh.child_processes())
+    assert set(pids) == set(processes.child_processes()), (pids, processes.child_processes())
     print("PIDS", *pids, flush=True)
     threading.Event().wait()  # until killed
     return 1  # pragma: no cover

@@ -1,4 +1,4 @@
-"""Ctrl-C during a busy imap (run by tests/test_interrupts.py in a subprocess).
+"""Ctrl-C during a busy imap (run by tests/faults/test_interrupts.py in a subprocess).
 
 Usage: ``sigint_imap.py START_METHOD {imap,pqdm,threads} LOG``
 
@@ -11,7 +11,7 @@ test then sends SIGINT; the script prints ``INTERRUPTED <monotonic time>`` as so
 KeyboardInterrupt reaches its loop, lets it propagate through the executor (or pqdm) and
 prints ``EXITED`` once the pool is gone.
 
-(Where the signal lands matters: see test_interrupts.py for Ctrl-C landing in pqdm's
+(Where the signal lands matters: see faults/test_interrupts.py for Ctrl-C landing in pqdm's
 progress-bar code instead of in the wait.)
 """
 
@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import fault_helpers as fh
 import mtasklite as mt
 from mtasklite.processes import pqdm
+from support import files, processes, tasks
 
 # A shell starts background jobs with SIGINT ignored, and Python then installs no handler:
 # restore Ctrl-C's usual meaning so the test does not depend on how it was launched.
@@ -81,7 +81,7 @@ def announce_waiting(main: threading.Thread, armed: threading.Event) -> None:
     # handlers, and a signal delivered here would not wake it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     armed.wait()
-    if fh.wait_for(settled, timeout=60):
+    if files.wait_for(settled, timeout=60):
         print("WAITING", flush=True)
 
 
@@ -94,7 +94,7 @@ def consume(results: object) -> None:
     try:
         for i, _ in enumerate(results):  # type: ignore[call-overload]
             if i == 0:
-                print("PIDS", *sorted(fh.child_processes()), flush=True)
+                print("PIDS", *sorted(processes.child_processes()), flush=True)
             elif i == 1:  # the next items are long: the consumer is about to wait
                 armed.set()
     except KeyboardInterrupt:
@@ -106,7 +106,7 @@ def consume(results: object) -> None:
 def main() -> int:
     method, mode, log = sys.argv[1:4]
     ctx = multiprocessing.get_context(method)
-    task = functools.partial(fh.quick_then_slow, log=log, quick=2, seconds=ITEM_SECONDS[mode])
+    task = functools.partial(tasks.quick_then_slow, log=log, quick=2, seconds=ITEM_SECONDS[mode])
     try:
         if mode == "imap":
             with mt.StatefulProcessPoolExecutor(2, ctx) as ex:

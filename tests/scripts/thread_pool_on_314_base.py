@@ -1,6 +1,6 @@
 """Run StatefulThreadPoolExecutor over a stdlib ThreadPoolExecutor shaped like Python 3.14's.
 
-Run by tests/test_stdlib_314_shape.py (in a subprocess: the patch must not leak into other
+Run by tests/contract/test_stdlib_surface.py (in a subprocess: the patch must not leak into other
 tests).  Python 3.14 changed what ``ThreadPoolExecutor.__init__`` leaves on the instance: no
 ``_initializer`` / ``_initargs`` any more; instead ``type(self).prepare_context(initializer,
 initargs)`` returns the two callables it stores, and ``BROKEN`` is a class attribute.  This

@@ -1,7 +1,7 @@
 """Typical user code: it must run, and pass ``mypy --strict`` and pyright with no error.
 
 Each ``reveal_type(...)  # revealed: T`` line states what both checkers must infer
-(module prefixes dropped); tests/test_typing_user_code.py checks them.
+(module prefixes dropped); tests/api/test_typing_user_code.py checks them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Mistakes both type checkers must flag: every line marked ``# type-error`` has an error,
-and no other line does (tests/test_typing_user_code.py)."""
+and no other line does (tests/api/test_typing_user_code.py)."""
 
 from __future__ import annotations
 

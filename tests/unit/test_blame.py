@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 
 from mtasklite import TaskTimeoutError, WorkerCrashedError, WorkerInitError
 from mtasklite._procpool import blame, wire
-from mtasklite._procpool.blame import Breakage, Death, Remedy, judge_death
+from mtasklite._procpool.blame import (
+    Breakage,
+    Death,
+    Remedy,
+    describe_start_death,
+    judge_death,
+    starting_death_is_a_crash,
+)
 from mtasklite._procpool.jobs import Span
 from mtasklite._procpool.slots import SlotState
 
@@ -311,3 +318,32 @@ def test_a_timeout_error_shows_the_call_shortened() -> None:
     text = str(error)
     assert text.startswith("task divmod(7, 'xxx")
     assert "...) exceeded its 1.5 s limit in worker 0 (pid 99)" in text
+
+
+# --- what a death while a worker starts is reported as --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ever_ready", "is_crash"),
+    [(True, True), (False, False)],
+)
+def test_a_death_while_starting_is_a_crash_only_once_the_slot_has_been_ready(
+    ever_ready: bool, is_crash: bool
+) -> None:
+    assert starting_death_is_a_crash(ever_ready) is is_crash
+
+
+def test_start_death_message_says_what_happened() -> None:
+    plain = describe_start_death(0, 1, False, None, "spawn")
+    assert plain == (
+        "worker 0 died while starting (exit code 1), before running any task "
+        "(did its main module fail to import under spawn?)"
+    )
+    assert "initializer" not in plain
+    assert "main module" not in describe_start_death(2, -9, False, None, "fork")
+    # our code ran, with an initializer or a spec to blame
+    blamed = describe_start_death(1, 3, True, "the pool initializer in worker 1", "spawn")
+    assert blamed.startswith("the pool initializer in worker 1 failed: the worker died while")
+    assert "exit code 3" in blamed and "main module" not in blamed
+    # nothing of ours to blame: no initializer, no spec
+    assert describe_start_death(1, 3, True, None, "fork").startswith("worker 1 died while")
