@@ -8,34 +8,29 @@ task, and timed tasks still go through the dispatcher, which watches their deadl
 from __future__ import annotations
 
 import concurrent.futures
-import multiprocessing
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
 import mtasklite as mt
-from support import leaks, tasks
+from support import tasks
+from support.executors import Guard
 
 LIMIT = 10.0
 
 
 @pytest.fixture
-def pool() -> Iterator[Callable[..., mt.StatefulProcessPoolExecutor]]:
-    made: list[mt.StatefulProcessPoolExecutor] = []
-    before = leaks.snapshot()
+def pool(guard: Guard, ctx: Any) -> Callable[..., mt.StatefulProcessPoolExecutor]:
+    """Process pools of each start method, ready before the test submits (stopped by
+    ``guard`` at teardown; the leak guard checks that nothing outlives them)."""
 
     def make(workers: int = 1, **kwargs: Any) -> mt.StatefulProcessPoolExecutor:
-        context = multiprocessing.get_context("fork")
-        ex = mt.StatefulProcessPoolExecutor(workers, mp_context=context, **kwargs)
-        made.append(ex)
+        ex: mt.StatefulProcessPoolExecutor = guard.make(ctx.get_start_method(), workers, **kwargs)
         ex.wait_ready(LIMIT)
         return ex
 
-    yield make
-    for ex in made:
-        ex.shutdown(wait=True, cancel_futures=True)
-    leaks.check(before)
+    return make
 
 
 class DispatcherProbe:
