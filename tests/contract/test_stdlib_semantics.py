@@ -169,10 +169,13 @@ def test_force_methods_stop_running_work_cancel_queued_work_and_respawn_nothing(
     calls = mock.Mock(wraps=groups.signal_worker)
     with mock.patch.object(groups, "signal_worker", calls):
         getattr(ex, name)()
-    worker.join(LIMIT)
-    # The dispatcher reaps the worker too: when both wait at once, the stdlib's Popen.poll()
-    # of the loser returns None until the winner has recorded the status (a moment later).
-    assert files.wait_for(lambda: worker.exitcode is not None, LIMIT)
+    # Read the exit status only once the dispatcher has reaped the worker and exited: two
+    # threads polling one process race in the stdlib (with forkserver the loser of the
+    # status read records 255, and may overwrite the winner's code).
+    dispatcher = ex._executor_manager_thread
+    assert dispatcher is not None
+    dispatcher.join(LIMIT)
+    assert not dispatcher.is_alive()
     calls.assert_any_call(worker, signum)
     assert worker.exitcode == -signum
     with pytest.raises(BrokenProcessPool) as info:
