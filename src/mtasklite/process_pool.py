@@ -184,9 +184,17 @@ class StatefulProcessPoolExecutor(
                 StoppableFuture(control.request_stop) if self._cancel_running else TaskFuture()
             )
             piece = Piece(Job(future, fn, items, mode, timeout, is_call), 0, len(items))
-            if not (is_call and self._dispatcher.hand_off(piece)):
+            if not is_call:
                 control.backlog.add(piece)
                 control.wakeup()
+                return future
+        # Outside the lock: pickling runs user code, which may call back into the pool.
+        if self._dispatcher.hand_off(piece):
+            return future
+        with self._shutdown_lock:
+            self._check_accepting()  # a shutdown since the check above: nothing was sent
+            control.backlog.add(piece)
+            control.wakeup()
         return future
 
     # -- the life-cycle's state (see _lifecycle.ExecutorLifecycle) ------------------------------

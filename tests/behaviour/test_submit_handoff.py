@@ -8,6 +8,9 @@ task, and timed tasks still go through the dispatcher, which watches their deadl
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
+import os
+import signal
 import threading
 from typing import Any, Callable
 
@@ -15,7 +18,7 @@ import pytest
 
 import mtasklite as mt
 from support import tasks
-from support.executors import Guard
+from support.executors import Guard, returns_within
 
 LIMIT = 10.0
 
@@ -150,3 +153,63 @@ def test_a_ctrl_c_in_the_middle_of_a_hand_off_costs_only_that_worker(
     assert [ex.submit(tasks.square, x).result(LIMIT) for x in range(5)] == [0, 1, 4, 9, 16]
     (stats,) = ex.worker_stats()
     assert (stats.crashes, stats.restarts) == (0, 1)
+
+
+class CtrlCWhilePickled:
+    """An argument whose pickling, in the submitting process, meets the user's Ctrl-C."""
+
+    def __reduce__(self) -> Any:
+        if multiprocessing.current_process().name == "MainProcess":
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # Python runs the SIGINT handler at one of these
+                pass
+        return (CtrlCWhilePickled, ())
+
+
+def test_a_ctrl_c_while_the_argument_is_pickled_reaches_the_caller(
+    pool: Callable[..., mt.StatefulProcessPoolExecutor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert threading.current_thread() is threading.main_thread()  # where Ctrl-C lands
+    ex = pool(1)
+    probe = DispatcherProbe(ex, monkeypatch)
+    assert probe.asleep.wait(LIMIT)
+    with pytest.raises(KeyboardInterrupt):
+        ex.submit(tasks.identity, CtrlCWhilePickled())  # not taken as "unpicklable"
+    assert [ex.submit(tasks.square, x).result(LIMIT) for x in range(3)] == [0, 1, 4]
+
+
+class SubmitsWhilePickled:
+    """An argument whose pickling uses the pool it is being sent through."""
+
+    pool: Any = None
+
+    def __reduce__(self) -> Any:
+        if multiprocessing.current_process().name == "MainProcess":
+            type(self).pool.worker_stats()
+            type(self).pool.submit(tasks.square, 2)
+        return (SubmitsWhilePickled, ())
+
+
+def test_pickling_code_may_call_back_into_the_pool(
+    pool: Callable[..., mt.StatefulProcessPoolExecutor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex = pool(2)
+    probe = DispatcherProbe(ex, monkeypatch)
+    monkeypatch.setattr(SubmitsWhilePickled, "pool", ex)
+    assert probe.asleep.wait(LIMIT)
+    done, value = returns_within(
+        lambda: ex.submit(tasks.identity, SubmitsWhilePickled()).result(LIMIT), LIMIT
+    )
+    assert done, "the submitting thread deadlocked on the pool's own lock"
+    assert isinstance(value, SubmitsWhilePickled)
+
+
+def test_wait_ready_wakes_the_dispatcher_for_the_workers_it_starts(
+    guard: Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex = guard.make("spawn", 2)  # spawn starts workers on demand: one per submit
+    assert ex.submit(tasks.square, 3).result(LIMIT) == 9
+    probe = DispatcherProbe(ex, monkeypatch)
+    assert probe.asleep.wait(LIMIT)
+    ex.wait_ready(LIMIT)
+    assert probe.writes >= 1, "the sleeping dispatcher was not told of the new worker"

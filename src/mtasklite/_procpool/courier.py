@@ -75,8 +75,9 @@ class Courier:
         slot = idle[0]
         try:
             idle.popleft()
-            if not self._give(slot, piece):
-                self.control.wakeup()  # the worker died: the piece went back to the queue
+            self._give(slot, piece)
+            if self.backlog:  # the worker died, or part of the piece waits: tell the dispatcher
+                self.control.wakeup()
         except BaseException:
             # A Ctrl-C in the submitting thread, part way: what reached the worker is
             # unknown, so it is replaced rather than trusted (its death is not a crash).
@@ -87,20 +88,18 @@ class Courier:
             raise
         return True
 
-    def _give(self, slot: Slot, piece: Piece) -> bool:
-        """Send ``piece`` to the idle ``slot``; ``False`` if its worker is gone (the piece
-        is re-queued).  An unpicklable piece is failed and the slot stays idle."""
+    def _give(self, slot: Slot, piece: Piece) -> None:
+        """Send ``piece`` to the idle ``slot``.  If its worker is gone the piece is re-queued
+        (the slot stops); an unpicklable piece is failed and the slot stays idle."""
         if self.max_tasks is not None:
             self._fit_budget(slot, piece)
         sent = self._send_piece(slot, piece)
         if sent is None:
             self.slots.idle.appendleft(slot)
         elif not sent:
-            slot.state = STOPPING
-            return False
+            slot.state, slot.kill_at = STOPPING, time.monotonic() + self.stop_grace
         else:
             slot.assign(piece)
-        return True
 
     def _fit_budget(self, slot: Slot, piece: Piece) -> None:
         """Cut ``piece`` to what the slot's process may still run (max_tasks_per_child)."""

@@ -71,11 +71,13 @@ class Dispatcher:
         acquired = self.control.idle_workers.acquire(blocking=False)
         if not acquired and self.slots.fresh < self.config.workers:
             self.slots.start_fresh()
+            self.control.wakeup()  # the dispatcher must wait on the new worker too
 
     def hand_off(self, piece: Piece) -> bool:
         """Send ``piece`` straight to an idle worker from the submitting thread, sparing the
         dispatcher's wakeup and one round of its loop (a quarter of a ``submit`` round trip);
-        ``False``: queue it as usual.  Callers hold the pool's lock.  Only untimed pieces
+        ``False``: queue it as usual.  Callers do not hold the pool's lock: pickling runs
+        user code, which may call back into the pool.  Only untimed pieces
         (the dispatcher computes the item deadlines it must wake for before it waits); never
         while the dispatcher is at work (it holds ``slots.handoff``; it takes queued work
         before it waits again), nor from its own thread (a done-callback that submits)."""
@@ -97,6 +99,7 @@ class Dispatcher:
     def start_all(self) -> None:
         while self.slots.fresh < self.config.workers:
             self.slots.start_fresh()
+            self.control.wakeup()  # (a no-op before the dispatcher thread exists)
 
     # -- the dispatcher thread ----------------------------------------------------------------
 

@@ -302,11 +302,12 @@ class RunEncoder:
         if job.fn is not self._cloud_fn:
             try:
                 return sender.encode(run)
-            except BaseException:
-                pass
+            except BaseException as exc:
+                _reraise_ctrl_c(exc)
         try:
             data = wire.cloud_dumps(run)
-        except BaseException:
+        except BaseException as exc:
+            _reraise_ctrl_c(exc)
             data = None
         if data is not None:
             self._cloud_fn = job.fn
@@ -356,10 +357,19 @@ def pickling_problem(obj: object) -> Optional[BaseException]:
     try:
         wire.dumps(obj)
     except BaseException as exc:
+        _reraise_ctrl_c(exc)
         try:
             if wire.cloud_dumps(obj) is not None:
                 return None
-        except BaseException:
-            pass
+        except BaseException as cloud_exc:
+            _reraise_ctrl_c(cloud_exc)
         return exc
     return None
+
+
+def _reraise_ctrl_c(exc: BaseException) -> None:
+    """Pickling runs user code, and any exception it raises marks the object unsendable,
+    except a Ctrl-C: in the main thread (a ``submit`` that hands its task to a worker
+    itself) a ``KeyboardInterrupt`` is the user's, and goes on up."""
+    if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+        raise exc

@@ -178,9 +178,9 @@ class SlotTable:
         self.fresh = 0  # slots started at least once (callers start them in index order)
         # Held by the dispatcher thread whenever it is not waiting, and by a submitting
         # thread that hands a task straight to an idle worker (Dispatcher.hand_off), so the
-        # two never change a slot at once.  Reentrant: a done-callback the dispatcher runs
-        # may submit again (it then queues; see hand_off).
-        self.handoff = threading.RLock()
+        # two never change a slot at once.  Others only try it (never block on it): a
+        # submit from a done-callback or from pickling code queues its task instead.
+        self.handoff = threading.Lock()
         # pids whose sentinel hung up while the process still ran (it closed its descriptors):
         # no longer waited on (it stays readable), checked by pid instead
         self.hung_up: set[int] = set()
