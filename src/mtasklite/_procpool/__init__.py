@@ -60,9 +60,12 @@ grows the pool synchronously, as the stdlib does) under the pool's lock.  Once a
 started, only the holder of ``SlotTable.handoff`` touches it or writes its pipe: the
 dispatcher thread, which holds it except while it waits, or, while it waits, a thread that
 submits an untimed task and finds a slot idle and nothing queued: it sends the Run itself
-(``Dispatcher.hand_off``), sparing the wakeup and a round of the loop.  Only the dispatcher
-reads the pipes.  A wakeup writes a byte only while the dispatcher may sleep: it arms the
-wakeup pipe before it reads what callers change (``waiting.WakeupPipe``).
+(``Dispatcher.hand_off``), sparing the wakeup and a round of the loop.  Callers only try the
+lock, outside the pool's lock (pickling runs user code, which may call back into the pool);
+a caller that does not get it queues the task.  Only the dispatcher reads the pipes.
+Callers that start a worker wake the dispatcher, which must wait on it too.  A wakeup
+writes a byte only while the dispatcher may sleep: it arms the wakeup pipe before it reads
+what callers change (``waiting.WakeupPipe``).
 
 Races, and where they are settled:
 
