@@ -16,14 +16,13 @@ from .. import _shm
 from .._futures import cancel_dropped
 from ..errors import DeserializationError, WorkerInitError
 from ..stateful import describe_worker
-from . import blame, groups, wire
+from . import blame, wire
 from .control import PoolControl
 from .jobs import Piece, RunEncoder, Span
 from .salvage import find_unrebuildable, salvage
 from .slots import (
     BUSY,
     IDLE,
-    KILLING,
     STARTING,
     STOPPING,
     PoolConfig,
@@ -82,8 +81,7 @@ class Courier:
             # A Ctrl-C in the submitting thread, part way: what reached the worker is
             # unknown, so it is replaced rather than trusted (its death is not a crash).
             if slot.state is IDLE and slot not in idle and slot.process is not None:
-                slot.state, slot.kill_at = KILLING, float("inf")
-                groups.signal_worker(slot.process, signal.SIGKILL)
+                slot.stop_at(float("inf"), signal.SIGKILL)  # inf: no escalation to come
                 self.control.wakeup()
             raise
         return True

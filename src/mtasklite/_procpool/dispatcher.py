@@ -99,7 +99,7 @@ class Dispatcher:
     def start_all(self) -> None:
         while self.slots.fresh < self.config.workers:
             self.slots.start_fresh()
-            self.control.wakeup()  # (a no-op before the dispatcher thread exists)
+        self.control.wakeup()  # wait on them too (a no-op before the dispatcher thread exists)
 
     # -- the dispatcher thread ----------------------------------------------------------------
 
@@ -207,7 +207,6 @@ class Dispatcher:
         slow = now >= self.next_slow_poll
         if slow:
             self.next_slow_poll = now + blame.SLOW_DEATH_POLL
-        hung_up, pipe_closed = self.slots.hung_up, self.slots.pipe_closed
         for slot in self.slots.all:
             process = slot.process
             if process is None or slot.state is EMPTY:
@@ -215,8 +214,7 @@ class Dispatcher:
             expected = (
                 slot.state is KILLING
                 or slot.state is STOPPING
-                or process.pid in hung_up
-                or process.pid in pipe_closed
+                or self.slots.checked_by_pid(process.pid)
             )
             if (expected or slow) and process.exitcode is not None:
                 self._reap(slot, process.sentinel)

@@ -302,6 +302,10 @@ class SlotTable:
                 groups.signal_worker(process, signal.SIGKILL)  # its teardown overran the grace
                 self.kill_retired_at[process.pid] = float("inf")
 
+    def checked_by_pid(self, pid: int) -> bool:
+        """Whether ``pid``'s sentinel or pipe hung up, so its exit is watched by pid."""
+        return pid in self.hung_up or pid in self.pipe_closed
+
     def forget_pid(self, pid: int) -> None:
         """``pid`` has been reaped: it may be reused by a new process."""
         self.hung_up.discard(pid)
@@ -390,7 +394,6 @@ class SlotTable:
         """(a process is about to exit (stopped, killed, retired) or hung up its pipes; a
         worker is up and could die unseen), for the death poll."""
         expecting, outstanding = bool(self.retiring), False
-        hung_up = self.hung_up
         for slot in self.all:
             state = slot.state
             if state is KILLING or state is STOPPING:
@@ -398,9 +401,7 @@ class SlotTable:
             elif state is not EMPTY:
                 # Idle ones too: a submitting thread may hand one a task while we wait.
                 outstanding = True
-            if slot.process is not None and (
-                slot.process.pid in hung_up or slot.process.pid in self.pipe_closed
-            ):
+            if slot.process is not None and self.checked_by_pid(slot.process.pid):
                 expecting = True
         return expecting, outstanding
 
