@@ -107,10 +107,21 @@ def worker_main(
     close_worker(instance)
 
 
+_stopping = False  # a SIGTERM has started the unwinding
+
+
 def _stop_gracefully(_signum: int, _frame: Any) -> None:
     """SIGTERM handler: raise :class:`WorkerStopping` in whatever runs (a task, or our own
-    wait for work); one unwinding only, the pool's SIGKILL follows its grace period."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    wait for work); one unwinding only, the pool's SIGKILL follows its grace period.
+
+    Later SIGTERMs (the pool may signal the group twice: ``terminate()``'s caller and the
+    dispatcher) are dropped here, not by switching to ``SIG_IGN``: Python reports a signal
+    that arrived while its handler was being replaced as an ``OSError`` ("ignored due to
+    race condition") raised into the unwinding."""
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
     raise WorkerStopping("the pool is stopping this worker process")
 
 
