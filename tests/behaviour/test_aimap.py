@@ -528,6 +528,16 @@ def test_aclose_from_another_task_ends_a_waiting_consumer(pools: Pools) -> None:
 # --- Dask ---------------------------------------------------------------------------------------
 
 
+def scheduler_backlog(client: Any) -> int:
+    """How many tasks the Dask scheduler still means to run or is running."""
+
+    def count(dask_scheduler: Any) -> int:
+        live = ("waiting", "queued", "no-worker", "processing")
+        return sum(task.state in live for task in dask_scheduler.tasks.values())
+
+    return int(client.run_on_scheduler(count))
+
+
 def test_dask_executor_streams_and_cancels(dask_client: Any, pools: Pools) -> None:
     from mtasklite.dask import StatefulDaskExecutor
 
@@ -550,6 +560,9 @@ def test_dask_executor_streams_and_cancels(dask_client: Any, pools: Pools) -> No
     try:
         run(main())
         assert source.pulled == WINDOW
+        # Cancellations reach the scheduler from the executor's service thread; release the
+        # blocked tasks only once it has dropped the queued ones, or they could still start.
+        assert files.wait_for(lambda: scheduler_backlog(dask_client) == 0), "cancel never arrived"
         pools.let_go()
         assert ex.submit(tasks.square, 3).result(LIMIT) == 9  # queued behind what still runs
         assert len(pools.started()) < WINDOW, "every queued task ran after the cancellation"
