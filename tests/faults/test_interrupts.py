@@ -4,8 +4,8 @@ subprocesses (a signal to the test process itself would hit pytest).
 - Ctrl-C (SIGINT) during a busy ``imap`` (or pqdm): the script gets ``KeyboardInterrupt``
   within 2 s, no item starts after that, and every worker process is gone within 2 s.
 - The parent is SIGKILLed with busy workers: every worker exits by itself within 2 s
-  (``PR_SET_PDEATHSIG``, or the parent-sentinel watcher when the pool was started from
-  another thread).
+  (the parent-sentinel watcher, or ``PR_SET_PDEATHSIG`` where another process holds the
+  sentinel open).
 
 Workers log each item start (pid, worker index, ``time.monotonic()``, a system-wide clock) to
 a file, which is how the test knows what ran when.
@@ -254,12 +254,36 @@ def test_ctrl_c_outside_the_wait_still_stops_pqdm_workers(tmp_path: Path, where:
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-@pytest.mark.parametrize("variant", ["main", "thread", "respawned"])
+@pytest.mark.parametrize("variant", ["main", "thread", "respawned", "held"])
 def test_workers_exit_when_the_parent_is_killed(
+    script: list[Script], tmp_path: Path, method: str, variant: str
+) -> None:
+    """``held``: a process the parent forked holds the other ends of the workers' sentinels
+    and pipes, so only a pidfd of the parent can tell them."""
+    check_workers_exit_with_parent(script, tmp_path, method, variant)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("variant", ["main", "held"])
+def test_without_pidfd_the_kernel_signal_stands_in(
+    script: list[Script], tmp_path: Path, method: str, variant: str, monkeypatch: Any
+) -> None:
+    """Kernels older than 5.3 have no pidfd: ``PR_SET_PDEATHSIG`` tells the workers.  (Not
+    with ``forkserver``: a process holding the parent's descriptors keeps the fork server,
+    the workers' real parent, alive.)"""
+    monkeypatch.setenv("MTASKLITE_TEST_NO_PIDFD", "1")
+    check_workers_exit_with_parent(script, tmp_path, method, variant)
+
+
+def check_workers_exit_with_parent(
     script: list[Script], tmp_path: Path, method: str, variant: str
 ) -> None:
     log = tmp_path / "log"
     s = start(script, tmp_path, "parent_killed.py", method, variant, str(log))
+    if variant == "held":
+        helper = s.read_line("HELPER", time.monotonic() + STARTUP_LIMIT)
+        assert helper is not None, s.stderr()
+        s.pids.add(int(helper.split()[1]))
     line = s.read_line("PIDS", time.monotonic() + STARTUP_LIMIT)
     assert line is not None, s.stderr()
     pids = {int(p) for p in line.split()[1:]}

@@ -16,7 +16,6 @@ import multiprocessing.connection
 import os
 import signal
 import sys
-import threading
 import time
 from concurrent.futures._base import LOGGER
 from typing import Any, Callable, Optional
@@ -31,10 +30,8 @@ from ..stateful import (
     close_worker,
     set_process_context,
 )
-from . import groups, memory, wire
+from . import groups, memory, parent_death, wire
 from .wire import PHASE, RESIDENT, STARTED
-
-_PR_SET_PDEATHSIG = 1
 
 Connection = multiprocessing.connection.Connection
 #: this worker's progress cell: a view of doubles (typeshed types memoryview items as int)
@@ -67,12 +64,12 @@ def worker_main(
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Never outlive the parent, nor let the group do so.  Before any user code (which may
-    # take long); with none, once we have reported ready: arming costs a new worker 2 ms
-    # (ctypes) and a one-shot script waits for its workers' reports.  Until then a parent
-    # death shows as the end of our pipe, and nothing we could leave behind has run.
+    # take long); with none, once we have reported ready: the guard's thread costs a new
+    # worker a little, and a one-shot script waits for its workers' reports.  Until then a
+    # parent death shows as the end of our pipe, and nothing we could leave behind has run.
     guarded = initializer is not None or spec is not None
     if guarded:
-        _guard_against_parent_death(die_with_parent)
+        parent_death.guard(die_with_parent)
     cell = wire.ProgressCells(progress).cell(slot)
     cell[PHASE] = wire.IDLE
     # Made after the first cell write: a death before it is still a launch failure.
@@ -95,7 +92,7 @@ def worker_main(
             return
     _send(conn, wire.Ready())
     if not guarded:
-        _guard_against_parent_death(die_with_parent)
+        parent_death.guard(die_with_parent)
     # From now on a SIGTERM unwinds the running task (see WorkerStopping); while starting it
     # still ends the process at once, so a stopped start never reports an InitFailed.
     signal.signal(signal.SIGTERM, _stop_gracefully)
@@ -300,64 +297,3 @@ def _reraise_stop(exc: BaseException) -> None:
 
 def _send(conn: Connection, message: object) -> None:
     conn.send_bytes(wire.dumps(message))
-
-
-_prctl: Optional[Callable[..., int]] = None
-
-
-def _load_prctl() -> Optional[Callable[..., int]]:
-    """libc's ``prctl`` (Linux), loaded once per process (a worker forked from a worker
-    that loaded it inherits it)."""
-    global _prctl
-    if _prctl is None and sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            _prctl = ctypes.CDLL(None, use_errno=True).prctl
-        except (OSError, AttributeError):  # pragma: no cover - exotic libc
-            pass
-    return _prctl
-
-
-def _arm_parent_death(die_with_parent: bool) -> bool:
-    """Have the kernel signal us when the parent dies (Linux; the handler kills the whole
-    group); ``False`` where it cannot, and the watcher thread must do it alone."""
-    if not (die_with_parent and sys.platform.startswith("linux")):
-        return False
-    prctl = _load_prctl()
-    if prctl is None:  # pragma: no cover - exotic libc
-        return False
-    signal.signal(groups.PARENT_DEATH_SIGNAL, groups.die_with_group)
-    prctl(_PR_SET_PDEATHSIG, groups.PARENT_DEATH_SIGNAL, 0, 0, 0)
-    # The parent may have died before the signal was armed.
-    parent = multiprocessing.parent_process()
-    if parent is not None and not parent.is_alive():
-        groups.kill_own_group()
-    return True
-
-
-def _guard_against_parent_death(die_with_parent: bool) -> None:
-    """The kernel's signal where it can be armed, and the watcher thread in any case."""
-    _arm_parent_death(die_with_parent)
-    _watch_parent()
-
-
-def _watch_parent() -> None:
-    """A thread that kills the worker's group once the parent is gone: it still acts while
-    the main thread runs C code that does not return to Python (where the signal's handler
-    would wait), and it is the only guard where the kernel's signal cannot be armed."""
-    parent = multiprocessing.parent_process()
-    if parent is None:  # pragma: no cover - always set for a multiprocessing child
-        return
-    if not parent.is_alive():
-        groups.kill_own_group()
-    sentinel = parent.sentinel
-
-    def watch() -> None:
-        multiprocessing.connection.wait([sentinel])
-        groups.kill_own_group()
-
-    try:
-        threading.Thread(target=watch, name="mtasklite-parent-watch", daemon=True).start()
-    except RuntimeError:  # pragma: no cover - interpreter shutting down
-        pass
