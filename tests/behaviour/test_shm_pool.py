@@ -158,7 +158,7 @@ def test_a_sigkilled_pool_parent_leaves_nothing(method: str, tmp_path: Path) -> 
         assert len(workers) == 2
         parent.kill()
         parent.wait(20)
-        # they die with their parent (PDEATHSIG / parent watcher)
+        # they die with their parent (its watcher thread: sentinel and pidfd)
         survivors = processes.wait_gone(workers, 20)
         assert not survivors, f"workers {survivors} outlived their parent"
     finally:
