@@ -70,12 +70,16 @@ def _watch(waitables: list[Any]) -> None:
 
 def _open_pidfd(pid: Optional[int]) -> Optional[int]:
     """A pidfd of process ``pid``, or ``None`` where pidfds are missing (or turned off).
-    A parent already gone yields nothing here; its sentinel has closed by then."""
+    If the parent is gone already (and reaped: a zombie still gives a pidfd, readable at
+    once), the group ends here: its sentinel may be held open by another process."""
     if not WATCH_PID or pid is None or not hasattr(os, "pidfd_open"):
         return None
     try:
         return os.pidfd_open(pid)
-    except OSError:  # an older kernel, or the parent has died meanwhile
+    except ProcessLookupError:
+        groups.kill_own_group()
+        raise  # pragma: no cover - kill_own_group does not return
+    except OSError:  # an older kernel, or pidfds forbidden (seccomp)
         return None
 
 
