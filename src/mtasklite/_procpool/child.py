@@ -126,9 +126,23 @@ def _exit_stopped() -> None:
     """The stop has unwound: exit as the SIGTERM would have (the exit status says so)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    # Python switches a handler in two steps (its own table, then the kernel's); a second
+    # SIGTERM landing between them is reported as "ignored due to race condition", a
+    # traceback on the user's terminal for the very signal we are about to exit by.
+    sys.unraisablehook = _quiet_about_signal_races
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
     os._exit(1)  # pragma: no cover - SIGTERM blocked by the task
+
+
+def _quiet_about_signal_races(unraisable: Any) -> None:
+    """Drop the ``OSError`` Python reports for a signal that arrived while its handler was
+    being replaced; report anything else as usual."""
+    if isinstance(unraisable.exc_value, OSError) and "race condition" in str(
+        unraisable.exc_value
+    ):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _serve(conn: Connection, cell: Cell) -> None:
