@@ -16,6 +16,7 @@ import concurrent.futures as cf
 import functools
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -289,6 +290,27 @@ def test_an_exception_in_close_is_logged_not_raised(method: str, tmp_path: Path)
         assert ex.submit(tasks.worker_pid, 0).result(START_LIMIT) > 0
     assert len(closes(log)) == 1
     assert "RuntimeError: close failed" in records.read_text()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_terminate_while_workers_close_lets_close_finish_quietly(
+    method: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``terminate()`` after ``shutdown(wait=False)``, as a cleanup path might call it: a
+    worker already closing its object has no task to unwind; close() finishes within the
+    grace and nothing is printed (no WorkerStopping traceback, no failed-close log)."""
+    log, gate = tmp_path / "closes", tmp_path / "gate"
+    ex = pool(method, worker=specs.GatedClose(str(log), str(gate)), stop_grace=START_LIMIT)
+    pid = ex.submit(tasks.worker_pid, 0).result(START_LIMIT)
+    ex.shutdown(wait=False)
+    assert files.wait_for(lambda: files.read_lines(log) == [f"closing {pid}"], START_LIMIT)
+    ex.terminate(wait=False)
+    assert files.wait_for(lambda: not processes.signal_pending(pid, signal.SIGTERM), BLOCK_LIMIT)
+    gate.touch()  # after the SIGTERM reached the worker, which is still inside close()
+    ex.shutdown(wait=True)
+    assert files.read_lines(log) == [f"closing {pid}", f"closed {pid}"]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "failed" not in err, err
 
 
 def test_thread_pool_shutdown_closes_each_threads_object_once(tmp_path: Path) -> None:

@@ -88,6 +88,17 @@ def wait_for_exit(pids: Iterable[int], deadline: float) -> None:
             os.close(fd)
 
 
+def signal_pending(pid: int, signum: int) -> bool:
+    """Whether ``signum`` was sent to ``pid`` and not yet delivered (its handler not yet
+    entered): the process-wide or main-thread pending set in ``/proc/<pid>/status``."""
+    bit = 1 << (signum - 1)
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & bit:
+                return True
+    return False
+
+
 def wait_gone(pids: Iterable[int], timeout: float) -> set[int]:
     """Wait until none of ``pids`` is alive (zombies count as gone; for processes that are not
     our children, such as a killed parent's, init reaps them); returns the survivors."""

@@ -208,6 +208,25 @@ class HangingClose:
             time.sleep(0.05)  # sleep-ok: a teardown that hangs until SIGKILLed
 
 
+@mt.delayed_init
+class GatedClose:
+    """A stateful worker whose ``close()`` logs ``closing <pid>``, waits until the file
+    ``gate`` exists, then logs ``closed <pid>``."""
+
+    def __init__(self, log: str, gate: str) -> None:
+        self.log = log
+        self.gate = gate
+
+    def __call__(self, x: Any) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        append_line(self.log, f"closing {os.getpid()}")
+        while not os.path.exists(self.gate):
+            time.sleep(0.01)  # sleep-ok: polls the test's gate file
+        append_line(self.log, f"closed {os.getpid()}")
+
+
 # --- a decorated class is still a class ------------------------------------------------------
 
 #: constructor calls of :class:`Model` made in *this* process (each worker process has its own)

@@ -58,7 +58,7 @@ def worker_main(
     measure_memory: bool = False,
 ) -> None:
     """Entry point of worker process ``slot`` (the target of its ``Process``)."""
-    global _sender, _measure_memory
+    global _sender, _measure_memory, _stopping
     _measure_memory = measure_memory
     groups.lead_own_group()  # first: whatever a task starts joins the group the pool signals
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
@@ -93,18 +93,24 @@ def worker_main(
     _send(conn, wire.Ready())
     if not guarded:
         parent_death.guard(die_with_parent)
-    # From now on a SIGTERM unwinds the running task (see WorkerStopping); while starting it
-    # still ends the process at once, so a stopped start never reports an InitFailed.
-    signal.signal(signal.SIGTERM, _stop_gracefully)
     try:
+        # From now on a SIGTERM unwinds the running task (see WorkerStopping); while starting
+        # it still ends the process at once, so a stopped start never reports an InitFailed.
+        # Both ends inside the ``try``: a WorkerStopping raised anywhere else would reach
+        # multiprocessing, which prints it.
+        signal.signal(signal.SIGTERM, _stop_gracefully)
         _serve(conn, cell)
+        # Serving is over (a Stop, or the parent is gone): a SIGTERM from now on (say
+        # ``terminate()`` as the pool winds down) has no task to unwind, and lets close()
+        # finish within the grace period.
+        _stopping = True
     except WorkerStopping:
         close_worker(instance)
         _exit_stopped()
     close_worker(instance)
 
 
-_stopping = False  # a SIGTERM has started the unwinding
+_stopping = False  # a SIGTERM has started the unwinding, or serving is over: drop SIGTERMs
 
 
 def _stop_gracefully(_signum: int, _frame: Any) -> None:
@@ -138,9 +144,8 @@ def _exit_stopped() -> None:
 def _quiet_about_signal_races(unraisable: Any) -> None:
     """Drop the ``OSError`` Python reports for a signal that arrived while its handler was
     being replaced; report anything else as usual."""
-    if isinstance(unraisable.exc_value, OSError) and "race condition" in str(
-        unraisable.exc_value
-    ):
+    error = unraisable.exc_value
+    if isinstance(error, OSError) and "race condition" in str(error):
         return
     sys.__unraisablehook__(unraisable)
 
