@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -166,6 +166,18 @@ class CtrlCWhilePickled:
         return (CtrlCWhilePickled, ())
 
 
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Python's own SIGINT handler, even where the test runner inherited SIGINT ignored (a
+    shell's background job): the test is about what our pool does with the KeyboardInterrupt."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_ctrl_c_while_the_argument_is_pickled_reaches_the_caller(
     pool: Callable[..., mt.StatefulProcessPoolExecutor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
