@@ -58,7 +58,7 @@ def worker_main(
     measure_memory: bool = False,
 ) -> None:
     """Entry point of worker process ``slot`` (the target of its ``Process``)."""
-    global _sender, _measure_memory, _stopping
+    global _sender, _measure_memory
     _measure_memory = measure_memory
     groups.lead_own_group()  # first: whatever a task starts joins the group the pool signals
     # Ctrl-C reaches the whole process group: the parent decides what stops, not us.
@@ -93,6 +93,13 @@ def worker_main(
     _send(conn, wire.Ready())
     if not guarded:
         parent_death.guard(die_with_parent)
+    _serve_then_close(conn, cell, instance)
+
+
+def _serve_then_close(conn: Connection, cell: Cell, instance: object) -> None:
+    """Serve Runs until told to stop (a Stop, a SIGTERM, or the parent gone), then close the
+    worker's object once; a SIGTERM leaves with the signal's exit status."""
+    global _stopping
     try:
         # From now on a SIGTERM unwinds the running task (see WorkerStopping); while starting
         # it still ends the process at once, so a stopped start never reports an InitFailed.
