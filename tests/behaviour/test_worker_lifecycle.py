@@ -422,7 +422,8 @@ def test_a_close_that_hangs_is_killed_after_the_grace(
 ) -> None:
     log, grace = str(tmp_path / "closes"), 0.5
     recycle = {"max_memory_per_child": 1} if how == "recycling" else {}
-    ex = pool(method, worker=specs.HangingClose(log), stop_grace=grace, **recycle)
+    never = str(tmp_path / "never-opened")
+    ex = pool(method, worker=specs.GatedClose(log, never), stop_grace=grace, **recycle)
     pid = ex.submit(tasks.worker_pid, 0).result(START_LIMIT)
     if how == "recycling":
         assert ex.submit(tasks.worker_pid, 1).result(START_LIMIT) != pid

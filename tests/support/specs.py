@@ -193,25 +193,10 @@ class Closable:
 
 
 @mt.delayed_init
-class HangingClose:
-    """A stateful worker whose ``close()`` never returns (it logs its start to ``log``)."""
-
-    def __init__(self, log: str) -> None:
-        self.log = log
-
-    def __call__(self, x: Any) -> int:
-        return os.getpid()
-
-    def close(self) -> None:
-        append_line(self.log, f"closing {os.getpid()}")
-        while True:
-            time.sleep(0.05)  # sleep-ok: a teardown that hangs until SIGKILLed
-
-
-@mt.delayed_init
 class GatedClose:
     """A stateful worker whose ``close()`` logs ``closing <pid>``, waits until the file
-    ``gate`` exists, then logs ``closed <pid>``."""
+    ``gate`` exists (a gate never opened: a teardown that hangs until SIGKILLed), then logs
+    ``closed <pid>``."""
 
     def __init__(self, log: str, gate: str) -> None:
         self.log = log
