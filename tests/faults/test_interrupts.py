@@ -4,8 +4,8 @@ subprocesses (a signal to the test process itself would hit pytest).
 - Ctrl-C (SIGINT) during a busy ``imap`` (or pqdm): the script gets ``KeyboardInterrupt``
   within 2 s, no item starts after that, and every worker process is gone within 2 s.
 - The parent is SIGKILLed with busy workers: every worker exits by itself within 2 s
-  (the parent-sentinel watcher, or ``PR_SET_PDEATHSIG`` where another process holds the
-  sentinel open).
+  (each worker's watcher thread waits on the parent's sentinel and a pidfd of the parent;
+  ``PR_SET_PDEATHSIG`` stands in where there is no pidfd).
 
 Workers log each item start (pid, worker index, ``time.monotonic()``, a system-wide clock) to
 a file, which is how the test knows what ran when.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+from typing import Any, NoReturn
 
 #: the kernel's signal to a worker whose parent died (``PR_SET_PDEATHSIG``): a catchable
 #: one, so that the worker can take its group with it (SIGKILL would leave it behind)
@@ -33,7 +33,7 @@ def lead_own_group() -> None:
             pass
 
 
-def kill_own_group() -> None:
+def kill_own_group() -> NoReturn:
     """SIGKILL this process's whole group (this process included) when it leads one; else
     exit at once (the parent is gone: nothing is left to report to)."""
     if hasattr(os, "getpgid") and os.getpgid(0) == os.getpid():
@@ -41,7 +41,7 @@ def kill_own_group() -> None:
     os._exit(1)
 
 
-def die_with_group(_signum: int, _frame: Any) -> None:
+def die_with_group(_signum: int, _frame: Any) -> NoReturn:
     """Signal handler for :data:`PARENT_DEATH_SIGNAL`."""
     kill_own_group()
 

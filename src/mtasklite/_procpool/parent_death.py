@@ -78,7 +78,6 @@ def _open_pidfd(pid: Optional[int]) -> Optional[int]:
         return os.pidfd_open(pid)
     except ProcessLookupError:
         groups.kill_own_group()
-        raise  # pragma: no cover - kill_own_group does not return
     except OSError:  # an older kernel, or pidfds forbidden (seccomp)
         return None
 
